@@ -1,0 +1,194 @@
+"""The agent loop: copy → verify → stats → delete → finalize, then sleep.
+
+One loop serves every front end: ``suprsync run`` and the OCS agent both build
+an :class:`Agent` and call :meth:`Agent.run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .catalog.engine import CatalogBusy
+from .catalog.store import SupRsyncFilesManager
+from .copying import CopyReport
+from .deletion import delete_due
+from .handler import SupRsyncFileHandler
+from .session import SessionData
+from .transport import SshOptions, TransferOptions, TransportError, make_transport
+
+log = logging.getLogger(__name__)
+
+#: transfer_stats are published at most this often (seconds).
+TRANSFER_STATS_INTERVAL = 600.0
+#: Longest pause after consecutive failed iterations (seconds).
+MAX_BACKOFF = 300.0
+
+Publisher = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class AgentConfig:
+    """Everything one agent needs; field names follow the command-line flags."""
+
+    archive_name: str
+    remote_basedir: str
+    db_path: str
+    suprsync_file_root: str
+    ssh_host: str | None = None
+    ssh_key: str | None = None
+    delete_local_after: float | None = None
+    max_copy_attempts: int = 5
+    copy_timeout: float | None = None
+    cmd_timeout: float | None = None
+    files_per_batch: int | None = None
+    sleep_time: float = 60.0
+    compression: bool = False
+    bwlimit: str | None = None
+    chmod: str | None = "g+rwX,o+rX"
+    db_echo: bool = False
+    db_pool_size: int = 5
+    db_pool_max_overflow: int = 10
+    instance_id: str = "suprsync"
+    ssh_port: int | None = None
+    ssh_known_hosts: str | None = None
+    ssh_options: tuple[str, ...] = field(default_factory=tuple)
+
+    def transfer_options(self) -> TransferOptions:
+        """rsync settings of this config."""
+        return TransferOptions(compression=self.compression, bwlimit=self.bwlimit,
+                               chmod=self.chmod, copy_timeout=self.copy_timeout,
+                               cmd_timeout=self.cmd_timeout)
+
+    def ssh(self) -> SshOptions | None:
+        """ssh settings, or None for a local destination."""
+        if not self.ssh_host:
+            return None
+        return SshOptions(host=self.ssh_host, key=self.ssh_key, port=self.ssh_port,
+                          known_hosts=self.ssh_known_hosts,
+                          connect_timeout=self.cmd_timeout or 20.0,
+                          extra_options=tuple(self.ssh_options))
+
+
+class Agent:
+    """Runs the sync loop for one archive and keeps its session data."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        manager: SupRsyncFilesManager | None = None,
+        clock: Callable[[], float] = time.time,
+        publish: Publisher | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.manager = manager or SupRsyncFilesManager(
+            config.db_path, create_all=True, echo=config.db_echo,
+            pool_size=config.db_pool_size, max_overflow=config.db_pool_max_overflow,
+            clock=clock)
+        transport = make_transport(config.remote_basedir, config.transfer_options(),
+                                   config.ssh())
+        self.handler = SupRsyncFileHandler(self.manager, config.archive_name,
+                                           config.remote_basedir, transport=transport)
+        self.session = SessionData(clock())
+        self.publish = publish or (lambda feed, message: None)
+        self.stop_event = threading.Event()
+        self._next_transfer_stats = 0.0
+        self._failures = 0
+
+    # ----------------------------------------------------------- the loop
+
+    def run(self, once: bool = False) -> None:
+        """Iterate until stop() is called (or once)."""
+        log.info("[%s] syncing archive %r to %s", self.config.instance_id,
+                 self.config.archive_name, self.handler.transport.describe())
+        try:
+            while not self.stop_event.is_set():
+                ok = self.iterate()
+                if once:
+                    break
+                self.stop_event.wait(self._pause(ok))
+        finally:
+            self.session.set("activity", "idle")
+            self.handler.close()
+            log.info("[%s] stopped", self.config.instance_id)
+
+    def stop(self) -> None:
+        """Ask the loop to end after its current step."""
+        self.stop_event.set()
+
+    def _pause(self, ok: bool) -> float:
+        if ok:
+            self._failures = 0
+            return self.config.sleep_time
+        self._failures += 1
+        backoff = min(MAX_BACKOFF, 2.0 ** min(self._failures, 10))
+        log.info("[%s] backing off %.0f s after %d failed iteration(s)",
+                 self.config.instance_id, max(backoff, self.config.sleep_time), self._failures)
+        return max(backoff, self.config.sleep_time)
+
+    def iterate(self) -> bool:
+        """One iteration; True when nothing failed."""
+        self.session.count("iterations")
+        try:
+            ok = self._copy_step()
+            if self.stop_event.is_set():
+                return ok
+            self._stats_step()
+            if self.config.delete_local_after is not None:
+                self.session.set("activity", "deleting")
+                delete_due(self.manager, self.config.archive_name,
+                           self.config.delete_local_after)
+            self.manager.update_all_timecode_dirs(
+                self.config.archive_name, self.config.suprsync_file_root,
+                self.config.instance_id)
+            self.session.degraded = False
+            return ok
+        except (SQLAlchemyError, CatalogBusy) as exc:
+            self.session.count("errors_sqlite")
+            self.session.degraded = True
+            log.error("[%s] catalog unavailable: %s", self.config.instance_id,
+                      str(exc).splitlines()[0])
+            return False
+        finally:
+            self.session.set("activity", "idle")
+
+    def _copy_step(self) -> bool:
+        cfg = self.config
+        self.session.set("activity", "copying")
+        try:
+            report = self.handler.copy_report(max_copy_attempts=cfg.max_copy_attempts,
+                                              num_files=cfg.files_per_batch)
+        except TransportError as exc:
+            log.error("[%s] destination unavailable: %s", cfg.instance_id, exc)
+            report = CopyReport(start_time=self.clock(), stop_time=self.clock(),
+                                error="timed out" if exc.timed_out else "nonzero exit",
+                                timed_out=exc.timed_out, failed=True)
+        self.session.count("copies", len(report.files))
+        if report.failed:
+            self.session.count("errors_timeout" if report.timed_out else "errors_nonzero")
+        if report.files:
+            good = sum(ok for _, ok in report.files)
+            log.info("[%s] copied %d files, %d verified, %d failed", cfg.instance_id,
+                     len(report.files), good, len(report.files) - good)
+        self.session.set("last_copy", report.as_session_data())
+        self.session.set("timestamp", self.clock())
+        return not report.failed
+
+    def _stats_step(self) -> None:
+        cfg = self.config
+        now = self.clock()
+        stats = self.manager.get_archive_stats(cfg.archive_name)
+        self.session.set_archive_stats(cfg.archive_name, stats)
+        self.publish("archive_stats", {"block_name": cfg.archive_name, "timestamp": now,
+                                       "data": stats})
+        if now >= self._next_transfer_stats:
+            self.publish("transfer_stats", {"block_name": "block0", "timestamp": now,
+                                            "data": self.session.counters})
+            self._next_transfer_stats = now + TRANSFER_STATS_INTERVAL

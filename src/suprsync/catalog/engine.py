@@ -1,0 +1,91 @@
+"""Opening a catalog: engine, connection settings, and waiting out a busy database."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import OperationalError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Seconds SQLite itself waits for a lock before giving up on one statement.
+BUSY_TIMEOUT = 30.0
+
+
+class CatalogBusy(RuntimeError):
+    """The catalog stayed locked by other writers for longer than we wait."""
+
+
+def catalog_url(db: str) -> str:
+    """An SQLAlchemy URL for a catalog given as a URL or as an sqlite file path."""
+    if "://" in db:
+        return db
+    return f"sqlite:///{os.path.abspath(os.path.expanduser(db))}"
+
+
+def make_engine(
+    db: str, echo: bool = False, pool_size: int = 5, max_overflow: int = 10
+) -> Engine:
+    """Create the engine; for sqlite, WAL mode and a busy timeout on every connection."""
+    url = catalog_url(db)
+    if not url.startswith("sqlite"):
+        return create_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow,
+                             pool_pre_ping=True)
+    path = url.removeprefix("sqlite:///")
+    if path and path != ":memory:":
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    engine = create_engine(
+        url,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=max_overflow,
+        connect_args={"timeout": BUSY_TIMEOUT},
+    )
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+        finally:
+            cur.close()
+
+    return engine
+
+
+def is_busy_error(exc: BaseException) -> bool:
+    """True for SQLite's 'database is locked' / 'busy' errors."""
+    if not isinstance(exc, OperationalError):
+        return False
+    text = str(exc.orig if exc.orig is not None else exc).lower()
+    return "locked" in text or "busy" in text
+
+
+def retry_busy(
+    fn: Callable[[], T], max_wait: float = 300.0, what: str = "catalog write",
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call fn, retrying while the catalog is locked by another writer."""
+    deadline = time.monotonic() + max_wait
+    delay = 0.05
+    while True:
+        try:
+            return fn()
+        except OperationalError as exc:
+            if not is_busy_error(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise CatalogBusy(f"{what}: catalog still locked after {max_wait:.0f} s") from exc
+            log.info("%s: catalog is locked by another writer, waiting %.2f s", what, delay)
+            sleep(delay)
+            delay = min(delay * 2, 2.0)

@@ -1,0 +1,99 @@
+"""The two catalog tables, column for column as the original agent created them."""
+
+from __future__ import annotations
+
+from sqlalchemy import Boolean, Column, Float, ForeignKey, Index, Integer, String, and_, or_
+from sqlalchemy.orm import declarative_base
+
+TABLE_VERSION = 0
+FILES_TABLE = f"supersync_v{TABLE_VERSION}"
+TIMECODE_TABLE = f"timecode_dirs_v{TABLE_VERSION}"
+
+Base = declarative_base()
+
+
+class TimecodeDir(Base):
+    """A timecode directory of one archive and its completion state."""
+
+    __tablename__ = TIMECODE_TABLE
+
+    id = Column(Integer, primary_key=True)
+    timecode = Column(Integer, nullable=False)
+    archive_name = Column(String, nullable=False)
+    completed = Column(Boolean, default=False)
+    synced = Column(Boolean, default=False)
+    finalized = Column(Boolean, default=False)
+    finalize_file_id = Column(Integer, ForeignKey(f"{FILES_TABLE}.id"))
+
+    def __repr__(self) -> str:
+        return (
+            f"TimecodeDir(archive={self.archive_name!r}, timecode={self.timecode}, "
+            f"completed={self.completed}, synced={self.synced}, finalized={self.finalized})"
+        )
+
+
+class SupRsyncFile(Base):
+    """One registered file: where it is, where it goes, and how far it got."""
+
+    __tablename__ = FILES_TABLE
+
+    id = Column(Integer, primary_key=True)
+    local_path = Column(String, nullable=False)
+    local_md5sum = Column(String, nullable=False)
+    archive_name = Column(String, nullable=False)
+    remote_path = Column(String, nullable=False)
+    timestamp = Column(Float, nullable=False)
+    remote_md5sum = Column(String)
+    copied = Column(Float)
+    removed = Column(Float)
+    failed_copy_attempts = Column(Integer, default=0)
+    deletable = Column(Boolean, default=True)
+    ignore = Column(Boolean, default=False)
+
+    def __str__(self) -> str:
+        return (
+            f"SupRsyncFile(id={self.id}, archive={self.archive_name!r}, "
+            f"local_path={self.local_path!r}, remote_path={self.remote_path!r}, "
+            f"synced={self.is_synced}, removed={self.removed})"
+        )
+
+    __repr__ = __str__
+
+    @property
+    def is_synced(self) -> bool:
+        """True when the destination checksum equals the local one."""
+        return self.remote_md5sum is not None and self.remote_md5sum == self.local_md5sum
+
+
+F = SupRsyncFile
+
+#: SQL condition: the remote copy is not (yet) verified.
+UNSYNCED = or_(F.remote_md5sum.is_(None), F.remote_md5sum != F.local_md5sum)
+#: SQL condition: the remote copy is verified.
+SYNCED = and_(F.remote_md5sum.is_not(None), F.remote_md5sum == F.local_md5sum)
+#: SQL condition: not marked ignored (NULL means not ignored).
+NOT_IGNORED = or_(F.ignore.is_(None), F.ignore.is_(False))
+#: SQL condition: deletable (NULL means deletable).
+DELETABLE = or_(F.deletable.is_(None), F.deletable.is_(True))
+
+# Indexes are added to catalogs created by other programs when a manager opens
+# them (CREATE INDEX IF NOT EXISTS); they never change a column.
+INDEXES = [
+    Index("ix_suprsync_archive_time", F.archive_name, F.timestamp),
+    Index("ix_suprsync_local_path", F.local_path),
+    Index(
+        "ix_suprsync_unsynced",
+        F.archive_name,
+        F.timestamp,
+        sqlite_where=UNSYNCED,
+        postgresql_where=UNSYNCED,
+    ),
+    Index(
+        "ix_suprsync_present",
+        F.archive_name,
+        F.timestamp,
+        sqlite_where=F.removed.is_(None),
+        postgresql_where=F.removed.is_(None),
+    ),
+    Index("ix_suprsync_tcdir", TimecodeDir.archive_name, TimecodeDir.timecode),
+]

@@ -1,0 +1,369 @@
+"""SupRsyncFilesManager: registering files and every query the agent makes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, TypeVar
+
+from sqlalchemy import func, inspect, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..hashing import md5_file
+from ..paths import check_local_file, normalize_remote_path, timecode_of
+from . import timecode as tc_rules
+from .engine import make_engine, retry_busy
+from .schema import (
+    DELETABLE,
+    INDEXES,
+    NOT_IGNORED,
+    SYNCED,
+    UNSYNCED,
+    Base,
+    SupRsyncFile,
+    TimecodeDir,
+)
+
+log = logging.getLogger(__name__)
+
+F = SupRsyncFile
+T = TypeVar("T")
+Clock = Callable[[], float]
+
+
+def create_file(
+    local_path: Any,
+    remote_path: Any,
+    archive_name: str,
+    local_md5sum: str | None = None,
+    timestamp: float | None = None,
+    deletable: bool | None = True,
+) -> SupRsyncFile:
+    """Build (not insert) a catalog row for a local file, hashing it when no md5 is given.
+
+    Raises ValueError for a remote path that would leave the remote base dir, and
+    OSError when the local path is missing or not a regular file.
+    """
+    local_path = os.path.abspath(str(local_path))
+    remote_path = normalize_remote_path(str(remote_path))
+    if local_md5sum is None:
+        check_local_file(local_path)
+        local_md5sum = md5_file(local_path)
+    if timestamp is None:
+        timestamp = time.time()
+    row = SupRsyncFile(
+        local_path=local_path,
+        local_md5sum=local_md5sum,
+        archive_name=archive_name,
+        remote_path=remote_path,
+        timestamp=timestamp,
+        failed_copy_attempts=0,
+        deletable=True if deletable is None else bool(deletable),
+        ignore=False,
+    )
+    return row
+
+
+def with_session(method: Callable[..., T]) -> Callable[..., T]:
+    """Run a method in the caller's session, or in a new one committed at the end."""
+
+    @wraps(method)
+    def wrapper(self: SupRsyncFilesManager, *args: Any, session: Session | None = None,
+                **kwargs: Any) -> T:
+        if session is not None:
+            return method(self, *args, session=session, **kwargs)
+
+        def attempt() -> T:
+            with self.Session.begin() as new_session:
+                return method(self, *args, session=new_session, **kwargs)
+
+        return retry_busy(attempt, what=method.__name__)
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """What the destination said about one copied file."""
+
+    file_id: int
+    remote_md5sum: str | None
+    copied: float | None
+    ok: bool
+
+
+class SupRsyncFilesManager:
+    """The catalog: registers files and answers the agent's questions about them.
+
+    ``db_path`` is an sqlite file path (created with its directory when missing)
+    or an SQLAlchemy URL.
+    """
+
+    def __init__(
+        self,
+        db_path: str,
+        create_all: bool = True,
+        echo: bool = False,
+        pool_size: int = 5,
+        max_overflow: int = 10,
+        clock: Clock = time.time,
+    ) -> None:
+        self.db_path = str(db_path)
+        self.clock = clock
+        self._engine = make_engine(self.db_path, echo, pool_size, max_overflow)
+        self.Session = sessionmaker(bind=self._engine, expire_on_commit=False)
+        if create_all:
+            retry_busy(self._create_schema, what="create catalog tables")
+        # Highest file id already scanned for timecode dirs, per archive.
+        self._tc_scanned_id: dict[str, int] = {}
+
+    @property
+    def engine(self):  # type: ignore[no-untyped-def]
+        """The SQLAlchemy engine of the catalog."""
+        return self._engine
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self._engine.dispose()
+
+    def _create_schema(self) -> None:
+        Base.metadata.create_all(self._engine)
+        existing = {ix["name"] for t in (F.__tablename__, TimecodeDir.__tablename__)
+                    for ix in inspect(self._engine).get_indexes(t)}
+        for index in INDEXES:
+            if index.name not in existing:
+                index.create(self._engine, checkfirst=True)
+
+    def write(self, fn: Callable[[Session], T], what: str = "catalog write") -> T:
+        """Run fn(session) in one short transaction, waiting while the catalog is locked."""
+
+        def attempt() -> T:
+            with self.Session.begin() as session:
+                return fn(session)
+
+        return retry_busy(attempt, what=what)
+
+    def read(self, fn: Callable[[Session], T], what: str = "catalog read") -> T:
+        """Run fn(session) for reading, waiting while the catalog is locked."""
+
+        def attempt() -> T:
+            with self.Session() as session:
+                return fn(session)
+
+        return retry_busy(attempt, what=what)
+
+    # ------------------------------------------------------------------ API
+
+    @with_session
+    def add_file(
+        self,
+        local_path: Any,
+        remote_path: Any,
+        archive_name: str,
+        local_md5sum: str | None = None,
+        timestamp: float | None = None,
+        session: Session | None = None,
+        deletable: bool = True,
+    ) -> SupRsyncFile:
+        """Register a local file to be copied to ``<remote_basedir>/<remote_path>``."""
+        assert session is not None
+        if timestamp is None:
+            timestamp = self.clock()
+        row = create_file(local_path, remote_path, archive_name, local_md5sum=local_md5sum,
+                          timestamp=timestamp, deletable=deletable)
+        session.add(row)
+        self._ensure_tcdir(session, archive_name, timecode_of(row.remote_path))
+        session.flush()
+        return row
+
+    @with_session
+    def get_copyable_files(
+        self,
+        archive_name: str,
+        session: Session | None = None,
+        max_copy_attempts: int | None = None,
+        num_files: int | None = None,
+    ) -> list[SupRsyncFile]:
+        """Files not synced, not removed, not ignored and below the attempt limit; oldest first."""
+        assert session is not None
+        query = select(F).where(F.archive_name == archive_name, UNSYNCED, F.removed.is_(None),
+                                NOT_IGNORED)
+        if max_copy_attempts is not None:
+            query = query.where(func.coalesce(F.failed_copy_attempts, 0) < max_copy_attempts)
+        query = query.order_by(F.timestamp, F.id)
+        if num_files is not None:
+            query = query.limit(num_files)
+        return list(session.scalars(query))
+
+    @with_session
+    def get_deletable_files(
+        self, archive_name: str, delete_after: float, session: Session | None = None,
+        limit: int | None = None,
+    ) -> list[SupRsyncFile]:
+        """Synced, deletable, not removed files registered more than delete_after s ago."""
+        assert session is not None
+        query = (
+            select(F)
+            .where(F.archive_name == archive_name, F.removed.is_(None), SYNCED, DELETABLE,
+                   F.timestamp < self.clock() - float(delete_after))
+            .order_by(F.timestamp, F.id)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        return list(session.scalars(query))
+
+    @with_session
+    def get_known_files(
+        self, archive_name: str, session: Session | None = None, min_ctime: float | None = None
+    ) -> list[SupRsyncFile]:
+        """Every file of the archive registered after min_ctime, oldest first."""
+        assert session is not None
+        query = select(F).where(F.archive_name == archive_name)
+        if min_ctime is not None:
+            query = query.where(F.timestamp > min_ctime)
+        return list(session.scalars(query.order_by(F.timestamp, F.id)))
+
+    @with_session
+    def get_finalized_until(self, archive_name: str, session: Session | None = None) -> float:
+        """Time before which every non-ignored file is synced (now when all are)."""
+        assert session is not None
+        oldest = session.scalar(
+            select(F.timestamp)
+            .where(F.archive_name == archive_name, UNSYNCED, NOT_IGNORED)
+            .order_by(F.timestamp)
+            .limit(1)
+        )
+        return self.clock() if oldest is None else float(oldest) - 1
+
+    @with_session
+    def get_archive_stats(self, archive_name: str, session: Session | None = None) -> dict:
+        """finalized_until, num_files, uncopied_files, last_file_added, last_file_copied."""
+        assert session is not None
+        in_archive = F.archive_name == archive_name
+        num_files = session.scalar(select(func.count()).select_from(F).where(in_archive))
+        uncopied = session.scalar(
+            select(func.count()).select_from(F).where(in_archive, UNSYNCED, NOT_IGNORED))
+        last_added = session.scalar(
+            select(F.local_path).where(in_archive).order_by(F.timestamp.desc(), F.id.desc())
+            .limit(1))
+        last_copied = session.scalar(
+            select(F.local_path).where(in_archive, SYNCED)
+            .order_by(F.timestamp.desc(), F.id.desc()).limit(1))
+        return {
+            "finalized_until": self.get_finalized_until(archive_name, session=session),
+            "num_files": int(num_files or 0),
+            "uncopied_files": int(uncopied or 0),
+            "last_file_added": last_added or "",
+            "last_file_copied": last_copied or "",
+        }
+
+    def create_all_timecode_dirs(self, archive_name: str, min_ctime: float | None = None) -> int:
+        """Create the timecode-dir rows of every file of the archive (a full rebuild).
+
+        Returns the number of rows created.
+        """
+        return self.write(
+            lambda s: tc_rules.scan_timecodes(s, archive_name, min_ctime=min_ctime)[0],
+            what="create timecode dirs",
+        )
+
+    def update_all_timecode_dirs(
+        self, archive_name: str, file_root: str, sync_id: str
+    ) -> list[TimecodeDir]:
+        """Detect new timecode dirs, complete, sync and finalize them; return those finalized."""
+        self.detect_timecode_dirs(archive_name)
+        return tc_rules.update_timecode_dirs(self, archive_name, file_root, sync_id)
+
+    # ------------------------------------------------------- agent helpers
+
+    def detect_timecode_dirs(self, archive_name: str) -> int:
+        """Create timecode-dir rows for files registered since the last scan."""
+        last = self._tc_scanned_id.get(archive_name, 0)
+        created, max_id = self.write(
+            lambda s: tc_rules.scan_timecodes(s, archive_name, after_id=last),
+            what="detect timecode dirs",
+        )
+        self._tc_scanned_id[archive_name] = max(last, max_id)
+        return created
+
+    def _ensure_tcdir(self, session: Session, archive_name: str, timecode: int | None) -> None:
+        if timecode is not None:
+            tc_rules.ensure_tcdir(session, archive_name, timecode)
+
+    def record_results(self, results: Sequence[CopyResult]) -> None:
+        """Store remote checksums; a failed file gets one more failed attempt."""
+        if not results:
+            return
+
+        def apply(session: Session) -> None:
+            for r in results:
+                values: dict[str, Any] = {}
+                if r.copied is not None:
+                    values["copied"] = r.copied
+                if r.remote_md5sum is not None or not r.ok:
+                    values["remote_md5sum"] = r.remote_md5sum
+                if not r.ok:
+                    values["failed_copy_attempts"] = (
+                        func.coalesce(F.failed_copy_attempts, 0) + 1)
+                if values:
+                    session.execute(update(F).where(F.id == r.file_id).values(**values))
+
+        self.write(apply, what="record copy results")
+
+    def count_failed_attempt(self, file_ids: Iterable[int]) -> None:
+        """Add one failed attempt to each of these files."""
+        ids = list(file_ids)
+        if not ids:
+            return
+        self.write(
+            lambda s: s.execute(
+                update(F).where(F.id.in_(ids))
+                .values(failed_copy_attempts=func.coalesce(F.failed_copy_attempts, 0) + 1)),
+            what="count failed attempt",
+        )
+
+    def mark_unsendable(self, file_ids: Iterable[int], max_copy_attempts: int) -> None:
+        """Put files that can never be sent at the attempt limit, so they are not retried."""
+        ids = list(file_ids)
+        if not ids:
+            return
+        self.write(
+            lambda s: s.execute(update(F).where(F.id.in_(ids))
+                                .values(failed_copy_attempts=max_copy_attempts)),
+            what="mark unsendable",
+        )
+
+    def mark_removed(self, file_id: int, removed: float) -> None:
+        """Record the deletion time of a local file (0: it was already gone)."""
+        self.write(
+            lambda s: s.execute(update(F).where(F.id == file_id, F.removed.is_(None))
+                                .values(removed=removed)),
+            what="mark removed",
+        )
+
+    def archives(self) -> list[str]:
+        """Names of every archive in the catalog."""
+        return self.read(
+            lambda s: sorted(s.scalars(select(F.archive_name).distinct())), what="list archives")
+
+    def file_by_local_path(self, local_path: str) -> list[SupRsyncFile]:
+        """Rows registered for a local path (there may be several)."""
+        path = os.path.abspath(local_path)
+        return self.read(
+            lambda s: list(s.scalars(select(F).where(F.local_path == path).order_by(F.id))),
+            what="look up file")
+
+    def known_local_paths(self, archive_name: str | None = None) -> set[str]:
+        """Set of every local path registered (in one archive, or in all)."""
+
+        def query(s: Session) -> set[str]:
+            q = select(F.local_path)
+            if archive_name is not None:
+                q = q.where(F.archive_name == archive_name)
+            return set(s.scalars(q))
+
+        return self.read(query, what="known local paths")

@@ -1,0 +1,280 @@
+"""The ``suprsync`` command: run the agent, and inspect or fill the catalog."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .catalog.engine import CatalogBusy
+from .catalog.schema import SupRsyncFile
+from .catalog.store import SupRsyncFilesManager
+from .catalog.timecode import dir_states
+from .options import ConfigError, add_run_arguments, check_environment, config_from_args
+from .registration import add_local_files
+
+log = logging.getLogger("suprsync")
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+def _db_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", default=os.environ.get("SUPRSYNC_DB"),
+                        help="catalog: sqlite file or SQLAlchemy URL (default: $SUPRSYNC_DB)")
+
+
+def open_catalog(db: str | None, create: bool = False) -> SupRsyncFilesManager:
+    """Open an existing catalog (or create it when asked); CliError otherwise."""
+    if not db:
+        raise CliError("no catalog given: use --db PATH or set SUPRSYNC_DB")
+    if "://" not in db and not create:
+        if not os.path.exists(db):
+            raise CliError(f"catalog {db!r} does not exist")
+        if not os.access(db, os.R_OK):
+            raise CliError(f"catalog {db!r} is not readable")
+    return SupRsyncFilesManager(db, create_all=True)
+
+
+def _require_archive(manager: SupRsyncFilesManager, archive: str) -> None:
+    archives = manager.archives()
+    if archive not in archives:
+        known = ", ".join(archives) if archives else "none"
+        raise CliError(f"unknown archive {archive!r} (archives in this catalog: {known})")
+
+
+def _row_dict(row: SupRsyncFile) -> dict[str, Any]:
+    return {c.name: getattr(row, c.name) for c in SupRsyncFile.__table__.columns}
+
+
+# ----------------------------------------------------------------- commands
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    from .agent import Agent
+
+    try:
+        config = config_from_args(ns)
+        check_environment(config)
+        agent = Agent(config)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    except (SQLAlchemyError, CatalogBusy) as exc:
+        raise CliError(f"cannot open catalog {ns.db_path!r}: {str(exc).splitlines()[0]}") \
+            from None
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s, stopping after the current step", signal.Signals(signum).name)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    agent.run(once=ns.once)
+    return 0
+
+
+def cmd_add(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db, create=ns.create_db)
+    local = os.path.abspath(ns.local_path)
+    try:
+        row = manager.add_file(local, ns.remote_path, ns.archive,
+                               deletable=not ns.keep_local)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot add {local!r}: {exc.strerror or exc}") from None
+    print(f"added {row.local_path} -> {row.remote_path} (archive {row.archive_name}, "
+          f"id {row.id})")
+    return 0
+
+
+def cmd_add_local_files(ns: argparse.Namespace) -> int:
+    root = os.path.abspath(ns.local_root)
+    if not os.path.isdir(root):
+        raise CliError(f"{root!r} is not a directory")
+    manager = open_catalog(ns.db, create=ns.create_db)
+    added = add_local_files(manager, root, ns.archive_name, last_edit=ns.last_edit,
+                            dry=ns.dry, out=sys.stdout)
+    if ns.dry:
+        print(f"dry run: would add {len(added)} files")
+    else:
+        print(f"added {len(added)} files to archive {ns.archive_name}")
+    return 0
+
+
+def cmd_check(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db)
+    rows = manager.file_by_local_path(ns.local_path)
+    if not rows:
+        raise CliError(f"{os.path.abspath(ns.local_path)!r} is not in the catalog")
+    if ns.json:
+        print(json.dumps([_row_dict(r) for r in rows], indent=2))
+        return 0
+    for row in rows:
+        print("-" * 72)
+        for key, value in _row_dict(row).items():
+            print(f"{key:>22}: {value}")
+        print(f"{'synced':>22}: {row.is_synced}")
+    print("-" * 72)
+    return 0
+
+
+def cmd_next(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db)
+    _require_archive(manager, ns.archive_name)
+    files = manager.get_copyable_files(ns.archive_name, num_files=1,
+                                       max_copy_attempts=ns.max_copy_attempts)
+    if ns.json:
+        print(json.dumps(_row_dict(files[0]) if files else None, indent=2))
+    elif not files:
+        print("No more files left to be copied")
+    else:
+        print(files[0])
+    return 0
+
+
+def cmd_list(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db)
+    _require_archive(manager, ns.archive_name)
+    files = manager.get_copyable_files(ns.archive_name, max_copy_attempts=ns.max_copy_attempts,
+                                       num_files=ns.limit)
+    if ns.json:
+        print(json.dumps([_row_dict(f) for f in files], indent=2))
+    elif not files:
+        print("No files left to be copied")
+    else:
+        for i, f in enumerate(files):
+            print(f"{i}: {f.local_path} -> {f.remote_path} "
+                  f"(attempts {f.failed_copy_attempts or 0})")
+    return 0
+
+
+def cmd_stats(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db)
+    archives = [ns.archive_name] if ns.archive_name else manager.archives()
+    if ns.archive_name:
+        _require_archive(manager, ns.archive_name)
+    out: dict[str, Any] = {}
+    for archive in archives:
+        stats = manager.get_archive_stats(archive)
+        stats["timecode_dirs"] = manager.read(lambda s, a=archive: dir_states(s, a))
+        out[archive] = stats
+    if ns.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    for archive, stats in out.items():
+        print(f"archive {archive}")
+        for key in ("num_files", "uncopied_files", "last_file_added", "last_file_copied"):
+            print(f"  {key:<18} {stats[key]}")
+        fu = stats["finalized_until"]
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(fu))
+        print(f"  {'finalized_until':<18} {fu:.0f} ({when})")
+        dirs = stats["timecode_dirs"]
+        print("  timecode dirs:")
+        for state in ("open", "completed_unsynced", "synced", "finalized"):
+            tcs = dirs[state]
+            shown = " ".join(map(str, tcs[-12:])) + (" ..." if len(tcs) > 12 else "")
+            print(f"    {state:<19} {len(tcs):>5}  {shown}")
+    return 0
+
+
+# ------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="suprsync",
+        description="Copy files registered in a catalog to a remote archive with rsync, "
+                    "verify them by md5, and delete local copies when due.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the sync agent for one archive")
+    add_run_arguments(run)
+    run.add_argument("--once", action="store_true", help="run one iteration, then exit")
+    run.set_defaults(func=cmd_run)
+
+    add = sub.add_parser("add", help="register one local file")
+    add.add_argument("local_path")
+    add.add_argument("remote_path", help="path relative to the remote base dir")
+    add.add_argument("--archive", required=True, help="archive name")
+    add.add_argument("--keep-local", action="store_true",
+                     help="never delete the local copy (deletable=false)")
+    add.add_argument("--create-db", action="store_true", help="create the catalog if missing")
+    _db_argument(add)
+    add.set_defaults(func=cmd_add)
+
+    alf = sub.add_parser("add-local-files",
+                         help="register every file under a directory not yet in the catalog")
+    alf.add_argument("local_root")
+    alf.add_argument("archive_name")
+    alf.add_argument("--last-edit", type=float, default=60,
+                     help="only files last modified more than this many seconds ago "
+                          "(default: 60)")
+    alf.add_argument("--dry", action="store_true", help="print what would be added")
+    alf.add_argument("--create-db", action="store_true", help="create the catalog if missing")
+    _db_argument(alf)
+    alf.set_defaults(func=cmd_add_local_files)
+
+    check = sub.add_parser("check", help="show the catalog rows of a local file")
+    check.add_argument("local_path")
+    check.add_argument("--json", action="store_true")
+    _db_argument(check)
+    check.set_defaults(func=cmd_check)
+
+    for name, func, text in (("next", cmd_next, "show the next file to be copied"),
+                             ("list", cmd_list, "list the files waiting to be copied")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("archive_name")
+        p.add_argument("--max-copy-attempts", type=int, default=None,
+                       help="leave out files at this many failed attempts")
+        p.add_argument("--json", action="store_true")
+        if name == "list":
+            p.add_argument("--limit", type=int, default=None, help="show at most N files")
+        _db_argument(p)
+        p.set_defaults(func=func)
+
+    stats = sub.add_parser("stats", help="archive statistics and timecode-dir states")
+    stats.add_argument("archive_name", nargs="?", help="archive (default: all)")
+    stats.add_argument("--json", action="store_true")
+    _db_argument(stats)
+    stats.set_defaults(func=cmd_stats)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if ns.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    func: Callable[[argparse.Namespace], int] | None = getattr(ns, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return func(ns)
+    except CliError as exc:
+        print(f"suprsync {ns.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except (SQLAlchemyError, CatalogBusy) as exc:
+        print(f"suprsync {ns.command}: error: catalog: {str(exc).splitlines()[0]}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

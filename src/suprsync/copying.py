@@ -1,0 +1,162 @@
+"""One copy step: pick a batch, stage it, rsync it, verify it on the destination, record."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .catalog.schema import SupRsyncFile
+from .catalog.store import CopyResult, SupRsyncFilesManager
+from .paths import check_local_file, normalize_remote_path
+from .transport.base import PARTIAL_EXIT_CODES, Transport, TransportError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CopyReport:
+    """What one copy step did; ``files`` pairs each local path with its verdict."""
+
+    start_time: float
+    stop_time: float = 0.0
+    files: list[tuple[str, bool]] = field(default_factory=list)
+    error: str | None = None
+    timed_out: bool = False
+    failed: bool = False
+
+    def as_session_data(self) -> dict:
+        """The ``last_copy`` entry of the session data."""
+        data: dict = {
+            "start_time": self.start_time,
+            "stop_time": self.stop_time,
+            "files": [[path, ok] for path, ok in self.files],
+        }
+        if self.error is not None:
+            data["error"] = self.error
+        return data
+
+
+@dataclass
+class _Staged:
+    row: SupRsyncFile
+    rel: str
+
+
+def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManager,
+           max_copy_attempts: int | None) -> list[_Staged]:
+    """Link each sendable file into the staging tree under its remote name.
+
+    Files that cannot be sent cost themselves an attempt (or, for a remote path
+    that would leave the base dir, go straight to the limit) and are left out.
+    """
+    staged: list[_Staged] = []
+    seen: set[str] = set()
+    bad_path: list[int] = []
+    unreadable: list[int] = []
+    for row in batch:
+        try:
+            rel = normalize_remote_path(row.remote_path)
+        except ValueError as exc:
+            log.error("not copying %s (file id %s): %s", row.local_path, row.id, exc)
+            bad_path.append(row.id)
+            continue
+        if rel in seen:
+            log.warning("not copying %s now: another file of this batch goes to %r",
+                        row.local_path, rel)
+            continue
+        try:
+            check_local_file(row.local_path)
+            if not os.access(row.local_path, os.R_OK):
+                raise PermissionError(f"{row.local_path!r} is not readable")
+            link = os.path.join(staging, rel)
+            os.makedirs(os.path.dirname(link), exist_ok=True)
+            os.symlink(row.local_path, link)
+        except OSError as exc:
+            log.error("cannot copy %s (file id %s): %s", row.local_path, row.id, exc)
+            unreadable.append(row.id)
+            continue
+        seen.add(rel)
+        staged.append(_Staged(row, rel))
+    manager.mark_unsendable(bad_path, max_copy_attempts if max_copy_attempts else 1 << 30)
+    manager.count_failed_attempt(unreadable)
+    return staged
+
+
+def copy_batch(
+    manager: SupRsyncFilesManager,
+    transport: Transport,
+    archive_name: str,
+    max_copy_attempts: int | None = None,
+    num_files: int | None = None,
+    clock: Callable[[], float] = time.time,
+    staging_root: str | None = None,
+) -> CopyReport:
+    """Copy and verify one batch of copyable files; record every verdict in the catalog."""
+    report = CopyReport(start_time=clock())
+    batch = manager.get_copyable_files(archive_name, max_copy_attempts=max_copy_attempts,
+                                       num_files=num_files)
+    if not batch:
+        report.stop_time = clock()
+        return report
+    staging = tempfile.mkdtemp(prefix="suprsync-stage-", dir=staging_root)
+    try:
+        staged = _stage(batch, staging, manager, max_copy_attempts)
+        staged_ids = {s.row.id for s in staged}
+        report.files += [(row.local_path, False) for row in batch if row.id not in staged_ids]
+        # Files whose earlier copy did not verify are re-sent even if they look current.
+        for force in (False, True):
+            group = [s for s in staged if (s.row.remote_md5sum is not None) == force]
+            if group:
+                _copy_group(manager, transport, staging, group, force, report, clock)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report.stop_time = clock()
+    return report
+
+
+def _copy_group(manager: SupRsyncFilesManager, transport: Transport, staging: str,
+                group: list[_Staged], force: bool, report: CopyReport,
+                clock: Callable[[], float]) -> None:
+    rels = [s.rel for s in group]
+    result = transport.copy(staging, rels, force=force)
+    copied_at = clock()
+    if result.timed_out:
+        report.error, report.timed_out, report.failed = "timed out", True, True
+        log.error("rsync of %d files to %s timed out after %.1f s; retrying next iteration",
+                  len(group), transport.describe(), result.duration)
+        return
+    if result.returncode not in (0, *PARTIAL_EXIT_CODES):
+        report.error, report.failed = "nonzero exit", True
+        log.error("rsync of %d files to %s failed with exit %s: %s", len(group),
+                  transport.describe(), result.returncode, result.stderr_tail())
+        return
+    if result.returncode != 0:
+        log.warning("rsync to %s could not send some files (exit %s): %s",
+                    transport.describe(), result.returncode, result.stderr_tail())
+    try:
+        sums = transport.checksums(rels)
+    except TransportError as exc:
+        report.error = "timed out" if exc.timed_out else "nonzero exit"
+        report.timed_out, report.failed = exc.timed_out, True
+        log.error("verification of %d files failed: %s; retrying next iteration",
+                  len(group), exc)
+        return
+    results = []
+    for s in group:
+        remote = sums.get(s.rel)
+        ok = remote is not None and remote == s.row.local_md5sum
+        if ok:
+            log.info("copied and verified %s -> %s", s.row.local_path, s.rel)
+        elif remote is None:
+            log.error("%s: missing on the destination after rsync (file id %s)", s.rel, s.row.id)
+        else:
+            log.error("%s: md5 mismatch, local %s remote %s (file id %s)", s.rel,
+                      s.row.local_md5sum, remote, s.row.id)
+        results.append(CopyResult(s.row.id, remote, copied_at, ok))
+        report.files.append((s.row.local_path, ok))
+    manager.record_results(results)

@@ -1,0 +1,84 @@
+"""SupRsyncFileHandler: the original agent's copy/delete API, built on the same steps."""
+
+from __future__ import annotations
+
+import subprocess
+
+from .catalog.store import SupRsyncFilesManager
+from .copying import CopyReport, copy_batch
+from .deletion import DeleteReport, delete_due
+from .transport import SshOptions, TransferOptions, Transport, make_transport
+
+
+class SupRsyncFileHandler:
+    """Copies one archive's files to a remote (or local) base dir and deletes old local copies."""
+
+    def __init__(
+        self,
+        file_manager: SupRsyncFilesManager,
+        archive_name: str,
+        remote_basedir: str,
+        ssh_host: str | None = None,
+        ssh_key: str | None = None,
+        cmd_timeout: float | None = None,
+        copy_timeout: float | None = None,
+        compression: bool | None = None,
+        bwlimit: str | None = None,
+        chmod: str | None = None,
+        ssh_options: SshOptions | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        self.srfm = file_manager
+        self.archive_name = archive_name
+        self.remote_basedir = remote_basedir
+        self.ssh_host = ssh_host
+        self.ssh_key = ssh_key
+        self.cmd_timeout = cmd_timeout
+        self.copy_timeout = copy_timeout
+        self.compression = bool(compression)
+        self.bwlimit = bwlimit
+        self.chmod = chmod
+        if transport is None:
+            options = TransferOptions(compression=self.compression, bwlimit=bwlimit, chmod=chmod,
+                                      copy_timeout=copy_timeout, cmd_timeout=cmd_timeout)
+            if ssh_options is None and ssh_host:
+                ssh_options = SshOptions(host=ssh_host, key=ssh_key)
+            transport = make_transport(remote_basedir, options, ssh_options)
+        self.transport = transport
+        self._prepared = False
+        self.last_report: CopyReport | None = None
+
+    def copy_report(self, max_copy_attempts: int | None = None,
+                    num_files: int | None = None) -> CopyReport:
+        """Copy and verify one batch; the full report of what happened."""
+        if not self._prepared:
+            self.transport.prepare()
+            self._prepared = True
+        report = copy_batch(self.srfm, self.transport, self.archive_name,
+                            max_copy_attempts=max_copy_attempts, num_files=num_files,
+                            clock=self.srfm.clock)
+        self.last_report = report
+        return report
+
+    def copy_files(self, max_copy_attempts: int | None = None,
+                   num_files: int | None = None) -> list[tuple[str, bool]]:
+        """Copy and verify one batch; return ``[(local_path, md5_ok), ...]``.
+
+        Like the original, a transfer that timed out raises subprocess.TimeoutExpired
+        and one that failed raises subprocess.CalledProcessError (after recording
+        whatever was verified).
+        """
+        report = self.copy_report(max_copy_attempts, num_files)
+        if report.timed_out:
+            raise subprocess.TimeoutExpired(["rsync"], self.copy_timeout or 0)
+        if report.failed:
+            raise subprocess.CalledProcessError(1, ["rsync"])
+        return report.files
+
+    def delete_files(self, delete_after: float) -> DeleteReport:
+        """Delete local copies verified on the remote and older than delete_after s."""
+        return delete_due(self.srfm, self.archive_name, delete_after)
+
+    def close(self) -> None:
+        """Release the transport's connections."""
+        self.transport.close()

@@ -1,0 +1,163 @@
+"""The run flags (the original agent's, same names and defaults) and their checks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import stat
+
+from .agent import AgentConfig
+
+DEFAULT_CHMOD = "g+rwX,o+rX"
+
+
+class ConfigError(ValueError):
+    """A flag value or the environment makes the agent unable to start."""
+
+
+def _positive(kind: type):  # type: ignore[no-untyped-def]
+    def parse(text: str):  # type: ignore[no-untyped-def]
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every flag of the original agent, plus suprsync's own."""
+    env_db = os.environ.get("SUPRSYNC_DB")
+    g = parser.add_argument_group("Agent Options")
+    g.add_argument("--archive-name", required=True,
+                   help="Name of managed archive. Determines which files should be copied")
+    g.add_argument("--remote-basedir", required=True,
+                   help="Base directory on the remote server where files will be copied")
+    g.add_argument("--db-path", "--db", dest="db_path", required=env_db is None, default=env_db,
+                   help="Path to the suprsync sqlite db, or an SQLAlchemy URL "
+                        "(default: $SUPRSYNC_DB)")
+    g.add_argument("--ssh-host", default=None,
+                   help="Remote host to copy files to (e.g. '<user>@<host>'). "
+                        "If None, will copy files locally")
+    g.add_argument("--ssh-key", default=None, help="Path to ssh-key needed to access remote host")
+    g.add_argument("--delete-local-after", type=_positive(float), default=None,
+                   help="Time (sec) after which this agent will delete local copies of "
+                        "successfully transferred files. If None, will not delete files.")
+    g.add_argument("--max-copy-attempts", type=_positive(int), default=5,
+                   help="Number of failed copy attempts before the agent will stop trying to "
+                        "copy a file (default: 5)")
+    g.add_argument("--copy-timeout", type=_positive(float), default=None,
+                   help="Time (sec) before the rsync command will timeout")
+    g.add_argument("--cmd-timeout", type=_positive(float), default=None,
+                   help="Time (sec) before remote commands will timeout")
+    g.add_argument("--files-per-batch", type=_positive(int), default=None,
+                   help="Number of files to copy over per batch. Default is None, which will "
+                        "copy over all available files.")
+    g.add_argument("--sleep-time", type=_positive(float), default=60,
+                   help="Time to sleep (sec) in between copy iterations (default: 60)")
+    g.add_argument("--compression", action="store_true", default=False,
+                   help="Activate gzip on data transfer (rsync -z)")
+    g.add_argument("--bwlimit", default=None, help="Bandwidth limit arg (passed through to rsync)")
+    g.add_argument("--suprsync-file-root", required=True,
+                   help="Local path where agent will write suprsync files")
+    g.add_argument("--db-echo", action="store_true", help="Echos db queries")
+    g.add_argument("--db-pool-size", type=_positive(int), default=5,
+                   help="Number of connections to the catalog to keep open (default: 5)")
+    g.add_argument("--db-pool-max-overflow", type=_positive(int), default=10,
+                   help="Number of connections allowed beyond the pool (default: 10)")
+    g.add_argument("--chmod", default=DEFAULT_CHMOD,
+                   help=f"chmod applied by rsync to copied files (default: {DEFAULT_CHMOD})")
+    s = parser.add_argument_group("suprsync options")
+    s.add_argument("--instance-id", default=None,
+                   help="Name of this agent in logs and finalization paths "
+                        "(default: suprsync-<archive-name>)")
+    s.add_argument("--ssh-port", type=_positive(int), default=None, help="ssh port of the host")
+    s.add_argument("--ssh-known-hosts", default=None,
+                   help="known_hosts file to check the host key against (default: ssh's own)")
+    s.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra ssh -o option; may be repeated")
+
+
+def config_from_args(ns: argparse.Namespace) -> AgentConfig:
+    """Build and check the agent config; raise ConfigError with a one-line reason."""
+    if not ns.db_path:
+        raise ConfigError("no catalog given: use --db-path PATH or set SUPRSYNC_DB")
+    if ns.max_copy_attempts < 1:
+        raise ConfigError("--max-copy-attempts must be at least 1")
+    if ns.files_per_batch is not None and ns.files_per_batch < 1:
+        raise ConfigError("--files-per-batch must be at least 1")
+    if ns.ssh_host is not None and (not ns.ssh_host.strip() or ns.ssh_host.startswith("-")
+                                    or any(c.isspace() for c in ns.ssh_host)):
+        raise ConfigError(f"--ssh-host is not a host name: {ns.ssh_host!r}")
+    for opt in ns.ssh_option:
+        if "=" not in opt:
+            raise ConfigError(f"--ssh-option must look like KEY=VALUE, not {opt!r}")
+    return AgentConfig(
+        archive_name=ns.archive_name,
+        remote_basedir=ns.remote_basedir,
+        db_path=ns.db_path,
+        suprsync_file_root=os.path.abspath(ns.suprsync_file_root),
+        ssh_host=ns.ssh_host,
+        ssh_key=ns.ssh_key,
+        delete_local_after=ns.delete_local_after,
+        max_copy_attempts=ns.max_copy_attempts,
+        copy_timeout=ns.copy_timeout or None,
+        cmd_timeout=ns.cmd_timeout or None,
+        files_per_batch=ns.files_per_batch,
+        sleep_time=ns.sleep_time,
+        compression=ns.compression,
+        bwlimit=ns.bwlimit,
+        chmod=ns.chmod or None,
+        db_echo=ns.db_echo,
+        db_pool_size=ns.db_pool_size,
+        db_pool_max_overflow=ns.db_pool_max_overflow,
+        instance_id=ns.instance_id or f"suprsync-{ns.archive_name}",
+        ssh_port=ns.ssh_port,
+        ssh_known_hosts=ns.ssh_known_hosts,
+        ssh_options=tuple(ns.ssh_option),
+    )
+
+
+def check_environment(config: AgentConfig) -> None:
+    """Fail fast, with a one-line reason, on what would break the agent later."""
+    if shutil.which("rsync") is None:
+        raise ConfigError("rsync is not installed (no 'rsync' on PATH)")
+    if config.ssh_host:
+        if shutil.which("ssh") is None:
+            raise ConfigError("ssh is not installed (no 'ssh' on PATH) but --ssh-host is set")
+        if config.ssh_key:
+            _check_key(config.ssh_key)
+        if config.ssh_known_hosts and not os.path.isfile(config.ssh_known_hosts):
+            raise ConfigError(f"--ssh-known-hosts {config.ssh_known_hosts!r} does not exist")
+    root = config.suprsync_file_root
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create --suprsync-file-root {root!r}: {exc.strerror}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ConfigError(f"--suprsync-file-root {root!r} is not writable")
+    if "://" not in config.db_path:
+        folder = os.path.dirname(os.path.abspath(config.db_path))
+        if os.path.exists(config.db_path) and not os.access(config.db_path, os.R_OK | os.W_OK):
+            raise ConfigError(f"catalog {config.db_path!r} is not readable and writable")
+        if not os.path.exists(config.db_path) and os.path.isdir(folder) \
+                and not os.access(folder, os.W_OK):
+            raise ConfigError(f"cannot create catalog {config.db_path!r}: "
+                              f"{folder!r} is not writable")
+
+
+def _check_key(path: str) -> None:
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ConfigError(f"--ssh-key {path!r}: {exc.strerror}") from None
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"--ssh-key {path!r} is not readable by this user")
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"--ssh-key {path!r} has mode {stat.S_IMODE(st.st_mode):o}; ssh "
+                          f"refuses keys readable by others: chmod 600 it")

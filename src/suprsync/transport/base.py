@@ -1,0 +1,59 @@
+"""The interface every destination implements, and what they share."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from ..procs import ProcResult
+
+
+class TransportError(RuntimeError):
+    """A whole operation against the destination failed (not one file)."""
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    """rsync settings shared by every destination."""
+
+    compression: bool = False
+    bwlimit: str | None = None
+    chmod: str | None = "g+rwX,o+rX"
+    copy_timeout: float | None = None
+    cmd_timeout: float | None = None
+    rsync: str = "rsync"
+
+
+#: rsync exit codes that mean some files failed but the transfer as a whole ran.
+PARTIAL_EXIT_CODES = (23, 24)
+
+
+class Transport(abc.ABC):
+    """Copies a staged tree to the destination and answers questions about it."""
+
+    def __init__(self, remote_basedir: str, options: TransferOptions) -> None:
+        self.remote_basedir = remote_basedir
+        self.options = options
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where files go, for logs."""
+
+    @abc.abstractmethod
+    def prepare(self) -> None:
+        """Make sure the remote base dir exists; raise TransportError otherwise."""
+
+    @abc.abstractmethod
+    def copy(self, staging_dir: str, rel_paths: list[str], force: bool = False) -> ProcResult:
+        """rsync these paths (relative to staging_dir) to the base dir."""
+
+    @abc.abstractmethod
+    def checksums(self, rel_paths: list[str]) -> dict[str, str]:
+        """md5 of each path that exists under the base dir (missing ones are left out)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release connections."""

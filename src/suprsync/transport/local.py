@@ -1,0 +1,42 @@
+"""A destination on this host (a local disk or a mounted network file system)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from ..hashing import md5_file
+from ..procs import ProcResult, run
+from .base import TransferOptions, Transport, TransportError
+from .rsync import files_from, rsync_argv
+
+
+class LocalTransport(Transport):
+    """rsync to a directory of this host; checksums computed here."""
+
+    def __init__(self, remote_basedir: str, options: TransferOptions) -> None:
+        super().__init__(os.path.abspath(os.path.expanduser(remote_basedir)), options)
+
+    def describe(self) -> str:
+        return self.remote_basedir
+
+    def prepare(self) -> None:
+        try:
+            os.makedirs(self.remote_basedir, exist_ok=True)
+        except OSError as exc:
+            raise TransportError(f"cannot create base dir {self.remote_basedir!r}: {exc}") from exc
+
+    def copy(self, staging_dir: str, rel_paths: list[str], force: bool = False) -> ProcResult:
+        argv = rsync_argv(self.options, staging_dir, self.remote_basedir + "/", force=force)
+        return run(argv, input=files_from(rel_paths), timeout=self.options.copy_timeout)
+
+    def checksums(self, rel_paths: list[str]) -> dict[str, str]:
+        def one(rel: str) -> tuple[str, str | None]:
+            try:
+                return rel, md5_file(os.path.join(self.remote_basedir, rel))
+            except OSError:
+                return rel, None
+
+        workers = min(4, max(1, len(rel_paths)))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return {rel: md5 for rel, md5 in pool.map(one, rel_paths) if md5 is not None}

@@ -1,0 +1,141 @@
+"""A destination on another host, reached with ssh; nothing from the catalog meets a shell."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from ..procs import ProcResult, run
+from .base import PARTIAL_EXIT_CODES, TransferOptions, Transport, TransportError
+from .rsync import files_from, rsync_argv
+
+#: Exit status of ssh itself when the connection failed.
+SSH_FAILED = 255
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    """How to reach the remote host."""
+
+    host: str
+    key: str | None = None
+    port: int | None = None
+    known_hosts: str | None = None
+    strict_host_key_checking: str = "yes"
+    connect_timeout: float = 20.0
+    extra_options: tuple[str, ...] = field(default_factory=tuple)
+    ssh: str = "ssh"
+
+    def argv(self) -> list[str]:
+        """ssh and its options, without the host."""
+        argv = [
+            self.ssh,
+            "-o", "BatchMode=yes",
+            "-o", f"StrictHostKeyChecking={self.strict_host_key_checking}",
+            "-o", f"ConnectTimeout={max(1, int(self.connect_timeout))}",
+            "-o", "ServerAliveInterval=15",
+            "-o", "ServerAliveCountMax=3",
+        ]
+        if self.key:
+            argv += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
+        if self.port:
+            argv += ["-p", str(self.port)]
+        if self.known_hosts:
+            argv += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+        for opt in self.extra_options:
+            argv += ["-o", opt]
+        return argv
+
+
+def remote_command(*args: str) -> str:
+    """One command line for the remote shell, every word quoted."""
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def parse_md5sum(output: bytes) -> dict[str, str]:
+    """Parse GNU md5sum output, including its backslash-escaped names."""
+    sums: dict[str, str] = {}
+    for raw in output.split(b"\n"):
+        if not raw:
+            continue
+        line = raw.decode("utf-8", "surrogateescape")
+        escaped = line.startswith("\\")
+        if escaped:
+            line = line[1:]
+        digest, sep, name = line.partition("  ")
+        if not sep:
+            digest, sep, name = line.partition(" *")
+        if not sep or len(digest) != 32:
+            continue
+        if escaped:
+            name = _unescape(name)
+        sums[name] = digest.lower()
+    return sums
+
+
+def _unescape(name: str) -> str:
+    out = []
+    chars = iter(name)
+    for ch in chars:
+        if ch == "\\":
+            nxt = next(chars, "")
+            out.append({"n": "\n", "r": "\r", "\\": "\\"}.get(nxt, "\\" + nxt))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+class SshTransport(Transport):
+    """rsync over ssh; checksums computed on the remote host by md5sum.
+
+    Remote commands are fixed strings whose only variable part (the base dir)
+    is quoted; file names travel on stdin, NUL-separated, to xargs -0.
+    """
+
+    def __init__(self, remote_basedir: str, options: TransferOptions, ssh: SshOptions) -> None:
+        super().__init__(remote_basedir, options)
+        self.ssh = ssh
+
+    def describe(self) -> str:
+        return f"{self.ssh.host}:{self.remote_basedir}"
+
+    def run_remote(self, command: str, input: bytes | None = None,
+                   timeout: float | None = None) -> ProcResult:
+        """Run one quoted command line on the remote host."""
+        argv = [*self.ssh.argv(), "--", self.ssh.host, command]
+        return run(argv, input=input, timeout=timeout)
+
+    def _check_ssh(self, result: ProcResult, what: str) -> None:
+        if result.timed_out:
+            raise TransportError(f"{what} on {self.ssh.host} timed out after "
+                                 f"{result.duration:.1f} s", timed_out=True)
+        if result.returncode == SSH_FAILED:
+            raise TransportError(f"{what}: ssh to {self.ssh.host} failed: "
+                                 f"{result.stderr_tail()}")
+
+    def prepare(self) -> None:
+        result = self.run_remote(remote_command("mkdir", "-p", "--", self.remote_basedir),
+                                 timeout=self.options.cmd_timeout)
+        self._check_ssh(result, "creating the remote base dir")
+        if result.returncode != 0:
+            raise TransportError(f"cannot create {self.describe()}: {result.stderr_tail()}")
+
+    def copy(self, staging_dir: str, rel_paths: list[str], force: bool = False) -> ProcResult:
+        shell = " ".join(shlex.quote(a) for a in self.ssh.argv())
+        destination = f"{self.ssh.host}:{self.remote_basedir.rstrip('/')}/"
+        argv = rsync_argv(self.options, staging_dir, destination, force=force,
+                          remote_shell=shell)
+        return run(argv, input=files_from(rel_paths), timeout=self.options.copy_timeout)
+
+    def checksums(self, rel_paths: list[str]) -> dict[str, str]:
+        if not rel_paths:
+            return {}
+        command = (remote_command("cd", "--", self.remote_basedir) + " && "
+                   + remote_command("xargs", "-0", "-r", "md5sum", "--"))
+        result = self.run_remote(command, input=files_from(rel_paths),
+                                 timeout=self.options.cmd_timeout)
+        self._check_ssh(result, "remote md5sum")
+        if result.returncode not in (0, *PARTIAL_EXIT_CODES, 123) and not result.stdout:
+            raise TransportError(f"remote md5sum in {self.describe()} failed with exit "
+                                 f"{result.returncode}: {result.stderr_tail()}")
+        return parse_md5sum(result.stdout)
