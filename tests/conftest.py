@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import getpass
+import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,6 +15,16 @@ from pathlib import Path
 import pytest
 
 SSHD = "/usr/sbin/sshd"
+#: The suprsync console script of the interpreter running the tests.
+SUPRSYNC = str(Path(sys.executable).parent / "suprsync")
+
+
+def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None,
+            **kwargs) -> subprocess.CompletedProcess[str]:
+    """Run the suprsync command with an argument list; capture text output."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([SUPRSYNC, *args], capture_output=True, text=True, timeout=timeout,
+                          env=full_env, stdin=subprocess.DEVNULL, **kwargs)
 START_TIMEOUT = 10.0
 
 
@@ -85,6 +97,15 @@ class SshServer:
             "IdentitiesOnly=yes",
             self.destination,
             *remote_args,
+        ]
+
+    def agent_flags(self) -> list[str]:
+        """The ``suprsync run`` flags that reach this server."""
+        return [
+            "--ssh-host", self.destination,
+            "--ssh-key", str(self.key),
+            "--ssh-port", str(self.port),
+            "--ssh-known-hosts", str(self.known_hosts),
         ]
 
     def start(self) -> None:
