@@ -7,11 +7,13 @@ an :class:`Agent` and call :meth:`Agent.run`.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -31,6 +33,7 @@ TRANSFER_STATS_INTERVAL = 600.0
 MAX_BACKOFF = 300.0
 
 Publisher = Callable[[str, dict[str, Any]], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -85,6 +88,7 @@ class Agent:
         manager: SupRsyncFilesManager | None = None,
         clock: Callable[[], float] = time.time,
         publish: Publisher | None = None,
+        on_session_change: Callable[[dict[str, Any], bool], None] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -96,9 +100,13 @@ class Agent:
                                    config.ssh())
         self.handler = SupRsyncFileHandler(self.manager, config.archive_name,
                                            config.remote_basedir, transport=transport)
-        self.session = SessionData(clock())
+        self.session = SessionData(clock(), on_change=on_session_change)
         self.publish = publish or (lambda feed, message: None)
         self.stop_event = threading.Event()
+        self.running = False
+        self._wake = threading.Event()
+        self._request_lock = threading.Lock()
+        self._requests: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
         self._next_transfer_stats = 0.0
         self._failures = 0
 
@@ -108,20 +116,65 @@ class Agent:
         """Iterate until stop() is called (or once)."""
         log.info("[%s] syncing archive %r to %s", self.config.instance_id,
                  self.config.archive_name, self.handler.transport.describe())
+        with self._request_lock:
+            self.running = True
         try:
             while not self.stop_event.is_set():
+                self._serve_requests()
                 ok = self.iterate()
                 if once:
                     break
-                self.stop_event.wait(self._pause(ok))
+                self._sleep(self._pause(ok))
         finally:
+            with self._request_lock:
+                self.running = False
+            self._serve_requests()
             self.session.set("activity", "idle")
             self.handler.close()
             log.info("[%s] stopped", self.config.instance_id)
 
     def stop(self) -> None:
-        """Ask the loop to end after its current step."""
+        """Ask the loop to end after its current step (a sleep ends at once)."""
         self.stop_event.set()
+        self._wake.set()
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wake.wait(remaining)
+            self._wake.clear()
+            self._serve_requests()
+
+    def call_between_steps(self, fn: Callable[[], T], timeout: float | None = None) -> T:
+        """Run fn in the loop's thread between two steps (directly when not running).
+
+        Operator actions go through here so they never interleave with a copy step.
+        """
+        future: Future = Future()
+        with self._request_lock:
+            queued = self.running
+            if queued:
+                self._requests.put((fn, future))
+        if not queued:
+            return fn()
+        self._wake.set()
+        return future.result(timeout=timeout)
+
+    def _serve_requests(self) -> None:
+        while True:
+            try:
+                fn, future = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the caller
+                future.set_exception(exc)
 
     def _pause(self, ok: bool) -> float:
         if ok:

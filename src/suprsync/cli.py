@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from .catalog import maintenance
 from .catalog.engine import CatalogBusy
 from .catalog.schema import SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
@@ -187,6 +188,45 @@ def cmd_stats(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retry_failed(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db)
+    _require_archive(manager, ns.archive_name)
+    count = maintenance.retry_failed(manager, ns.archive_name, ns.max_copy_attempts,
+                                     ns.path or None)
+    print(f"reset the failed attempts of {count} file(s)")
+    return 0
+
+
+def cmd_set_ignore(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db)
+    count = maintenance.set_ignore(manager, ns.paths, not ns.unignore, ns.archive)
+    if count == 0:
+        raise CliError("none of these paths is in the catalog")
+    print(f"marked {count} file(s) {'not ignored' if ns.unignore else 'ignored'}")
+    return 0
+
+
+def cmd_recheck(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db)
+    report = maintenance.recheck(manager, ns.paths, ns.archive)
+    for path in report.changed:
+        print(f"changed since registration: {path}")
+    for path in report.gone:
+        print(f"local copy gone, cannot re-send: {path}")
+    for path in report.not_found:
+        print(f"not in the catalog: {path}")
+    print(f"queued {len(report.queued)} file(s) to be copied and verified again")
+    return 0 if not report.not_found else 1
+
+
+def cmd_rebuild_timecode_dirs(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db)
+    _require_archive(manager, ns.archive_name)
+    created = manager.create_all_timecode_dirs(ns.archive_name, min_ctime=ns.min_ctime)
+    print(f"created {created} timecode dir(s)")
+    return 0
+
+
 # ------------------------------------------------------------------- parser
 
 
@@ -248,6 +288,36 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true")
     _db_argument(stats)
     stats.set_defaults(func=cmd_stats)
+
+    retry = sub.add_parser("retry-failed",
+                           help="copy again files that reached the attempt limit")
+    retry.add_argument("archive_name")
+    retry.add_argument("--path", action="append", help="only this local path (repeatable)")
+    retry.add_argument("--max-copy-attempts", type=int, default=5,
+                       help="the agent's attempt limit (default: 5)")
+    _db_argument(retry)
+    retry.set_defaults(func=cmd_retry_failed)
+
+    ignore = sub.add_parser("set-ignore", help="mark local paths ignored (or not)")
+    ignore.add_argument("paths", nargs="+")
+    ignore.add_argument("--unignore", action="store_true", help="mark them not ignored")
+    ignore.add_argument("--archive", default=None, help="only rows of this archive")
+    _db_argument(ignore)
+    ignore.set_defaults(func=cmd_set_ignore)
+
+    recheck = sub.add_parser("recheck", help="re-hash files and copy and verify them again")
+    recheck.add_argument("paths", nargs="+")
+    recheck.add_argument("--archive", default=None, help="only rows of this archive")
+    _db_argument(recheck)
+    recheck.set_defaults(func=cmd_recheck)
+
+    rebuild = sub.add_parser("rebuild-timecode-dirs",
+                             help="create the timecode-dir rows of every file of an archive")
+    rebuild.add_argument("archive_name")
+    rebuild.add_argument("--min-ctime", type=float, default=None,
+                         help="only files registered after this unix time")
+    _db_argument(rebuild)
+    rebuild.set_defaults(func=cmd_rebuild_timecode_dirs)
     return parser
 
 

@@ -30,8 +30,11 @@ def _positive(kind: type):  # type: ignore[no-untyped-def]
     return parse
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every flag of the original agent, plus suprsync's own."""
+def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True) -> None:
+    """Add every flag of the original agent, plus suprsync's own.
+
+    ``instance_id=False`` leaves out --instance-id for front ends (OCS) that add it.
+    """
     env_db = os.environ.get("SUPRSYNC_DB")
     g = parser.add_argument_group("Agent Options")
     g.add_argument("--archive-name", required=True,
@@ -73,9 +76,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--chmod", default=DEFAULT_CHMOD,
                    help=f"chmod applied by rsync to copied files (default: {DEFAULT_CHMOD})")
     s = parser.add_argument_group("suprsync options")
-    s.add_argument("--instance-id", default=None,
-                   help="Name of this agent in logs and finalization paths "
-                        "(default: suprsync-<archive-name>)")
+    if instance_id:
+        s.add_argument("--instance-id", default=None,
+                       help="Name of this agent in logs and finalization paths "
+                            "(default: suprsync-<archive-name>)")
     s.add_argument("--ssh-port", type=_positive(int), default=None, help="ssh port of the host")
     s.add_argument("--ssh-known-hosts", default=None,
                    help="known_hosts file to check the host key against (default: ssh's own)")
@@ -116,7 +120,7 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
         db_echo=ns.db_echo,
         db_pool_size=ns.db_pool_size,
         db_pool_max_overflow=ns.db_pool_max_overflow,
-        instance_id=ns.instance_id or f"suprsync-{ns.archive_name}",
+        instance_id=getattr(ns, "instance_id", None) or f"suprsync-{ns.archive_name}",
         ssh_port=ns.ssh_port,
         ssh_known_hosts=ns.ssh_known_hosts,
         ssh_options=tuple(ns.ssh_option),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from typing import Any
 
 COUNTER_NAMES = ("iterations", "copies", "errors_timeout", "errors_nonzero", "errors_sqlite")
@@ -15,8 +16,10 @@ class SessionData:
     Keys: activity, timestamp, last_copy, archive_stats, counters.
     """
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float,
+                 on_change: Callable[[dict[str, Any], bool], None] | None = None) -> None:
         self._lock = threading.Lock()
+        self._on_change = on_change
         self._data: dict[str, Any] = {
             "activity": "idle",
             "timestamp": now,
@@ -24,7 +27,23 @@ class SessionData:
             "archive_stats": {},
             "counters": {name: 0 for name in COUNTER_NAMES},
         }
-        self.degraded = False
+        self._degraded = False
+
+    @property
+    def degraded(self) -> bool:
+        """True while the catalog cannot be read or written."""
+        return self._degraded
+
+    @degraded.setter
+    def degraded(self, value: bool) -> None:
+        changed = value != self._degraded
+        self._degraded = value
+        if changed:
+            self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self.snapshot(), self._degraded)
 
     def snapshot(self) -> dict[str, Any]:
         """A deep copy, safe to hand to another thread."""
@@ -35,16 +54,19 @@ class SessionData:
         """Replace one top-level entry."""
         with self._lock:
             self._data[key] = value
+        self._changed()
 
     def set_archive_stats(self, archive_name: str, stats: dict[str, Any]) -> None:
         """Store the stats of one archive."""
         with self._lock:
             self._data["archive_stats"][archive_name] = dict(stats)
+        self._changed()
 
     def count(self, name: str, n: int = 1) -> None:
         """Add n to a counter."""
         with self._lock:
             self._data["counters"][name] += n
+        self._changed()
 
     @property
     def counters(self) -> dict[str, int]:
