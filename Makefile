@@ -1,20 +1,31 @@
-# Test infrastructure for suprsync.
+# Set-up, tests and demo for suprsync.
+#
+#   make demo   install what is missing, then run the demo
+#   make test   install what is missing, then lint and run the whole test suite
+#
+# Environments:
+#   .venv           suprsync with its test and ocs extras
+#   .venv-peer      socs 0.6.4, the original agent, used by tests as a peer program
+#   .venv-crossbar  the crossbar router the OCS integration test starts
 
 VENV := .venv
 PY := $(VENV)/bin/python
+PEER := .venv-peer
+CROSSBAR := .venv-crossbar
 PYTEST_ARGS ?=
+PIP_QUIET := -q --disable-pip-version-check
 
 # Run apt-get through sudo only when not already root.
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: all deps venv lint test demo
+.PHONY: all deps venv peer crossbar lint test demo clean
 
 all: test
 
 deps:
 	@if ! command -v rsync >/dev/null 2>&1 || [ ! -x /usr/sbin/sshd ] \
-	    || ! command -v ssh >/dev/null 2>&1; then \
+	    || ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; then \
 	  echo "Installing rsync and OpenSSH with apt-get"; \
 	  $(APT) update -q && \
 	  $(APT) install -y -q --no-install-recommends rsync openssh-server openssh-client; \
@@ -22,14 +33,28 @@ deps:
 
 venv:
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[test,ocs]'
+
+peer:
+	@test -x $(PEER)/bin/python || python3 -m venv $(PEER)
+	@$(PEER)/bin/python -c 'import socs.db.suprsync' 2>/dev/null \
+	  || $(PEER)/bin/pip install $(PIP_QUIET) 'socs==0.6.4'
+
+crossbar:
+	@test -x $(CROSSBAR)/bin/python || python3 -m venv $(CROSSBAR)
+	@test -x $(CROSSBAR)/bin/crossbar || $(CROSSBAR)/bin/pip install $(PIP_QUIET) crossbar
 
 lint: venv
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests scripts
 
-test: deps venv
-	$(VENV)/bin/ruff check src tests
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: deps venv peer crossbar
+	$(VENV)/bin/ruff check src tests scripts
+	SUPRSYNC_PEER_PYTHON=$(CURDIR)/$(PEER)/bin/python \
+	SUPRSYNC_CROSSBAR=$(CURDIR)/$(CROSSBAR)/bin/crossbar \
+	  $(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: deps venv
 	$(PY) scripts/demo.py
+
+clean:
+	rm -rf $(VENV) $(PEER) $(CROSSBAR) demo .pytest_cache

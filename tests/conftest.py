@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 SSHD = "/usr/sbin/sshd"
+REPO = Path(__file__).resolve().parent.parent
 #: The suprsync console script of the interpreter running the tests.
 SUPRSYNC = str(Path(sys.executable).parent / "suprsync")
 
@@ -205,6 +206,38 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
         yield server
     finally:
         server.stop()
+
+
+def _tool(env_var: str, default: Path, what: str) -> Path:
+    path = Path(os.environ.get(env_var) or default)
+    if not path.exists():
+        pytest.fail(f"{what} not found at {path}: run the tests with 'make test', which "
+                    f"installs it (or set {env_var})")
+    return path
+
+
+@pytest.fixture(scope="session")
+def peer_python() -> Path:
+    """Python of the environment holding socs 0.6.4, the original agent (a peer program)."""
+    return _tool("SUPRSYNC_PEER_PYTHON", REPO / ".venv-peer" / "bin" / "python",
+                 "the socs 0.6.4 peer environment")
+
+
+@pytest.fixture(scope="session")
+def crossbar_bin() -> Path:
+    """The crossbar router executable."""
+    return _tool("SUPRSYNC_CROSSBAR", REPO / ".venv-crossbar" / "bin" / "crossbar",
+                 "the crossbar router")
+
+
+def run_peer(peer_python: Path, script: str, *args: str,
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a Python script with the original socs package; fail the test if it fails."""
+    result = subprocess.run([str(peer_python), "-c", script, *args], capture_output=True,
+                            text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        pytest.fail(f"peer script failed ({result.returncode}):\n{result.stderr}")
+    return result
 
 
 @pytest.fixture

@@ -213,9 +213,11 @@ def test_unsynced_file_holds_dir_back(tmp_path: Path) -> None:
     now_tc = timecode_at(NOW)
     db = tmp_path / "catalog.db"
     agent = agent_for(tmp_path, "smurf", clock, db=db)
-    files = make_files(tmp_path / "data", {f"{now_tc - 2}/s/bad.dat": b"bad"})
+    files = make_files(tmp_path / "data", {f"{now_tc - 2}/s/good.dat": b"good",
+                                           f"{now_tc - 2}/s/vanished.dat": b"gone"})
     for rel, path in files.items():
-        agent.manager.add_file(str(path), rel, "smurf", timestamp=NOW, local_md5sum="0" * 32)
+        agent.manager.add_file(str(path), rel, "smurf", timestamp=NOW)
+    files[f"{now_tc - 2}/s/vanished.dat"].unlink()  # can never be copied
     iterate(agent, 2)
     assert tcdirs(db, "smurf")[now_tc - 2][:3] == (1, 0, 0)
     assert finalization_files(tmp_path / "remote" / "smurf") == []

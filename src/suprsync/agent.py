@@ -62,6 +62,7 @@ class AgentConfig:
     ssh_port: int | None = None
     ssh_known_hosts: str | None = None
     ssh_options: tuple[str, ...] = field(default_factory=tuple)
+    verify_before_delete: bool = False
 
     def transfer_options(self) -> TransferOptions:
         """rsync settings of this config."""
@@ -112,12 +113,13 @@ class Agent:
 
     # ----------------------------------------------------------- the loop
 
-    def run(self, once: bool = False) -> None:
-        """Iterate until stop() is called (or once)."""
+    def run(self, once: bool = False) -> bool:
+        """Iterate until stop() is called (or once); True when the last iteration succeeded."""
         log.info("[%s] syncing archive %r to %s", self.config.instance_id,
                  self.config.archive_name, self.handler.transport.describe())
         with self._request_lock:
             self.running = True
+        ok = True
         try:
             while not self.stop_event.is_set():
                 self._serve_requests()
@@ -132,6 +134,7 @@ class Agent:
             self.session.set("activity", "idle")
             self.handler.close()
             log.info("[%s] stopped", self.config.instance_id)
+        return ok
 
     def stop(self) -> None:
         """Ask the loop to end after its current step (a sleep ends at once)."""
@@ -196,8 +199,11 @@ class Agent:
             self._stats_step()
             if self.config.delete_local_after is not None:
                 self.session.set("activity", "deleting")
-                delete_due(self.manager, self.config.archive_name,
-                           self.config.delete_local_after)
+                deleted = delete_due(self.manager, self.config.archive_name,
+                                     self.config.delete_local_after,
+                                     transport=self.handler.transport,
+                                     verify_md5=self.config.verify_before_delete)
+                ok = ok and deleted.error is None
             self.manager.update_all_timecode_dirs(
                 self.config.archive_name, self.config.suprsync_file_root,
                 self.config.instance_id)

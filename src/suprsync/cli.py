@@ -34,8 +34,12 @@ def _db_argument(parser: argparse.ArgumentParser) -> None:
                         help="catalog: sqlite file or SQLAlchemy URL (default: $SUPRSYNC_DB)")
 
 
-def open_catalog(db: str | None, create: bool = False) -> SupRsyncFilesManager:
-    """Open an existing catalog (or create it when asked); CliError otherwise."""
+def open_catalog(db: str | None, create: bool = False,
+                 write: bool = False) -> SupRsyncFilesManager:
+    """Open an existing catalog (or create it when asked); CliError otherwise.
+
+    ``write``: the command changes the catalog, so missing indexes may be added.
+    """
     if not db:
         raise CliError("no catalog given: use --db PATH or set SUPRSYNC_DB")
     if "://" not in db and not create:
@@ -43,7 +47,8 @@ def open_catalog(db: str | None, create: bool = False) -> SupRsyncFilesManager:
             raise CliError(f"catalog {db!r} does not exist")
         if not os.access(db, os.R_OK):
             raise CliError(f"catalog {db!r} is not readable")
-    return SupRsyncFilesManager(db, create_all=True)
+    # Read-only commands leave an existing catalog as it is (no new tables or indexes).
+    return SupRsyncFilesManager(db, create_all=create or write)
 
 
 def _require_archive(manager: SupRsyncFilesManager, archive: str) -> None:
@@ -79,12 +84,12 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    agent.run(once=ns.once)
-    return 0
+    ok = agent.run(once=ns.once)
+    return 0 if ok or not ns.once else 1
 
 
 def cmd_add(ns: argparse.Namespace) -> int:
-    manager = open_catalog(ns.db, create=ns.create_db)
+    manager = open_catalog(ns.db, create=ns.create_db, write=True)
     local = os.path.abspath(ns.local_path)
     try:
         row = manager.add_file(local, ns.remote_path, ns.archive,
@@ -102,7 +107,7 @@ def cmd_add_local_files(ns: argparse.Namespace) -> int:
     root = os.path.abspath(ns.local_root)
     if not os.path.isdir(root):
         raise CliError(f"{root!r} is not a directory")
-    manager = open_catalog(ns.db, create=ns.create_db)
+    manager = open_catalog(ns.db, create=ns.create_db, write=True)
     added = add_local_files(manager, root, ns.archive_name, last_edit=ns.last_edit,
                             dry=ns.dry, out=sys.stdout)
     if ns.dry:
@@ -189,7 +194,7 @@ def cmd_stats(ns: argparse.Namespace) -> int:
 
 
 def cmd_retry_failed(ns: argparse.Namespace) -> int:
-    manager = open_catalog(ns.db)
+    manager = open_catalog(ns.db, write=True)
     _require_archive(manager, ns.archive_name)
     count = maintenance.retry_failed(manager, ns.archive_name, ns.max_copy_attempts,
                                      ns.path or None)
@@ -198,7 +203,7 @@ def cmd_retry_failed(ns: argparse.Namespace) -> int:
 
 
 def cmd_set_ignore(ns: argparse.Namespace) -> int:
-    manager = open_catalog(ns.db)
+    manager = open_catalog(ns.db, write=True)
     count = maintenance.set_ignore(manager, ns.paths, not ns.unignore, ns.archive)
     if count == 0:
         raise CliError("none of these paths is in the catalog")
@@ -207,7 +212,7 @@ def cmd_set_ignore(ns: argparse.Namespace) -> int:
 
 
 def cmd_recheck(ns: argparse.Namespace) -> int:
-    manager = open_catalog(ns.db)
+    manager = open_catalog(ns.db, write=True)
     report = maintenance.recheck(manager, ns.paths, ns.archive)
     for path in report.changed:
         print(f"changed since registration: {path}")
@@ -220,7 +225,7 @@ def cmd_recheck(ns: argparse.Namespace) -> int:
 
 
 def cmd_rebuild_timecode_dirs(ns: argparse.Namespace) -> int:
-    manager = open_catalog(ns.db)
+    manager = open_catalog(ns.db, write=True)
     _require_archive(manager, ns.archive_name)
     created = manager.create_all_timecode_dirs(ns.archive_name, min_ctime=ns.min_ctime)
     print(f"created {created} timecode dir(s)")
@@ -240,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the sync agent for one archive")
     add_run_arguments(run)
-    run.add_argument("--once", action="store_true", help="run one iteration, then exit")
+    run.add_argument("--once", action="store_true",
+                     help="run one iteration, then exit (status 1 if it failed)")
     run.set_defaults(func=cmd_run)
 
     add = sub.add_parser("add", help="register one local file")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from .catalog.schema import SupRsyncFile
 from .catalog.store import CopyResult, SupRsyncFilesManager
+from .hashing import md5_file
 from .paths import check_local_file, normalize_remote_path
 from .transport.base import PARTIAL_EXIT_CODES, Transport, TransportError
 
@@ -45,6 +46,7 @@ class CopyReport:
 class _Staged:
     row: SupRsyncFile
     rel: str
+    size: int
 
 
 def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManager,
@@ -70,7 +72,7 @@ def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManage
                         row.local_path, rel)
             continue
         try:
-            check_local_file(row.local_path)
+            size = check_local_file(row.local_path).st_size
             if not os.access(row.local_path, os.R_OK):
                 raise PermissionError(f"{row.local_path!r} is not readable")
             link = os.path.join(staging, rel)
@@ -81,7 +83,7 @@ def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManage
             unreadable.append(row.id)
             continue
         seen.add(rel)
-        staged.append(_Staged(row, rel))
+        staged.append(_Staged(row, rel, size))
     manager.mark_unsendable(bad_path, max_copy_attempts if max_copy_attempts else 1 << 30)
     manager.count_failed_attempt(unreadable)
     return staged
@@ -139,7 +141,7 @@ def _copy_group(manager: SupRsyncFilesManager, transport: Transport, staging: st
         log.warning("rsync to %s could not send some files (exit %s): %s",
                     transport.describe(), result.returncode, result.stderr_tail())
     try:
-        sums = transport.checksums(rels)
+        sums = transport.checksums(rels, total_bytes=sum(s.size for s in group))
     except TransportError as exc:
         report.error = "timed out" if exc.timed_out else "nonzero exit"
         report.timed_out, report.failed = exc.timed_out, True
@@ -149,14 +151,32 @@ def _copy_group(manager: SupRsyncFilesManager, transport: Transport, staging: st
     results = []
     for s in group:
         remote = sums.get(s.rel)
-        ok = remote is not None and remote == s.row.local_md5sum
+        local_md5 = s.row.local_md5sum
+        if remote is not None and remote != local_md5:
+            local_md5 = _rehash_changed(s.row) or local_md5
+        ok = remote is not None and remote == local_md5
         if ok:
             log.info("copied and verified %s -> %s", s.row.local_path, s.rel)
         elif remote is None:
             log.error("%s: missing on the destination after rsync (file id %s)", s.rel, s.row.id)
         else:
             log.error("%s: md5 mismatch, local %s remote %s (file id %s)", s.rel,
-                      s.row.local_md5sum, remote, s.row.id)
-        results.append(CopyResult(s.row.id, remote, copied_at, ok))
+                      local_md5, remote, s.row.id)
+        new_md5 = local_md5 if local_md5 != s.row.local_md5sum else None
+        results.append(CopyResult(s.row.id, remote, copied_at, ok, new_md5))
         report.files.append((s.row.local_path, ok))
     manager.record_results(results)
+
+
+def _rehash_changed(row: SupRsyncFile) -> str | None:
+    """The local file's md5 now, when it differs from the registered one (else None)."""
+    try:
+        current = md5_file(row.local_path)
+    except OSError as exc:
+        log.error("cannot re-hash %s: %s", row.local_path, exc.strerror)
+        return None
+    if current == row.local_md5sum:
+        return None
+    log.warning("%s changed after it was registered (md5 %s -> %s); the new content is the "
+                "one copied", row.local_path, row.local_md5sum, current)
+    return current

@@ -80,6 +80,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
         s.add_argument("--instance-id", default=None,
                        help="Name of this agent in logs and finalization paths "
                             "(default: suprsync-<archive-name>)")
+    s.add_argument("--verify-before-delete", action="store_true",
+                   help="re-check the md5 of the remote copy before deleting a local file "
+                        "(its size and mtime are always checked)")
     s.add_argument("--ssh-port", type=_positive(int), default=None, help="ssh port of the host")
     s.add_argument("--ssh-known-hosts", default=None,
                    help="known_hosts file to check the host key against (default: ssh's own)")
@@ -124,6 +127,7 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
         ssh_port=ns.ssh_port,
         ssh_known_hosts=ns.ssh_known_hosts,
         ssh_options=tuple(ns.ssh_option),
+        verify_before_delete=ns.verify_before_delete,
     )
 
 

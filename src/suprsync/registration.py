@@ -22,13 +22,23 @@ BATCH = 500
 
 
 def find_new_files(root: str, known: set[str], last_edit: float,
-                   now: float) -> Iterator[str]:
-    """Regular files under root, not in known, last modified at least last_edit s ago."""
+                   now: float, exclude: set[str] | None = None) -> Iterator[str]:
+    """Regular files under root, not in known, last modified at least last_edit s ago.
+
+    Paths in ``exclude`` (the catalog's own files) and names that are not valid
+    UTF-8 (the catalog cannot store them) are skipped with a warning.
+    """
+    exclude = exclude or set()
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         for name in sorted(files):
             path = os.path.join(folder, name)
-            if path in known:
+            if path in known or path in exclude:
+                continue
+            try:
+                path.encode("utf-8")
+            except UnicodeEncodeError:
+                log.warning("skipping %r: its name is not valid UTF-8", path)
                 continue
             try:
                 st = os.stat(path)
@@ -58,8 +68,11 @@ def add_local_files(manager: SupRsyncFilesManager, root: str, archive_name: str,
     added (or, when dry, that would be added).
     """
     root = os.path.abspath(root)
-    known = manager.known_local_paths()
-    paths = list(find_new_files(root, known, last_edit, manager.clock()))
+    known = manager.known_local_paths(archive_name)
+    catalog = manager.sqlite_path()
+    suffixes = ("", "-wal", "-shm", "-journal")
+    exclude = {catalog + suffix for suffix in suffixes} if catalog else set()
+    paths = list(find_new_files(root, known, last_edit, manager.clock(), exclude))
     if dry:
         if out is not None:
             for path in paths[:10]:

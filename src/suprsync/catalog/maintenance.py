@@ -71,6 +71,8 @@ def recheck(manager: SupRsyncFilesManager, paths: Sequence[str],
             archive_name: str | None = None) -> RecheckReport:
     """Re-hash these local files and queue them to be copied and verified again.
 
+    Their failed attempts start again from zero.
+
     Files whose local copy was already deleted cannot be re-sent and are reported.
     Hashing happens outside any transaction.
     """
@@ -104,7 +106,7 @@ def recheck(manager: SupRsyncFilesManager, paths: Sequence[str],
         manager.write(
             lambda s, i=file_id, m=new_md5: s.execute(
                 update(F).where(F.id == i, F.removed.is_(None))
-                .values(local_md5sum=m, remote_md5sum=None)),
+                .values(local_md5sum=m, remote_md5sum=None, failed_copy_attempts=0)),
             what="recheck")
         report.queued.append(path)
     return report

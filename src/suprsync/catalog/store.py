@@ -94,6 +94,8 @@ class CopyResult:
     remote_md5sum: str | None
     copied: float | None
     ok: bool
+    #: The local file's md5 when it changed after registration.
+    local_md5sum: str | None = None
 
 
 class SupRsyncFilesManager:
@@ -125,6 +127,13 @@ class SupRsyncFilesManager:
     def engine(self):  # type: ignore[no-untyped-def]
         """The SQLAlchemy engine of the catalog."""
         return self._engine
+
+    def sqlite_path(self) -> str | None:
+        """Absolute path of the catalog file when it is sqlite, else None."""
+        url = self._engine.url
+        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+            return None
+        return os.path.abspath(url.database)
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -306,6 +315,8 @@ class SupRsyncFilesManager:
                     values["copied"] = r.copied
                 if r.remote_md5sum is not None or not r.ok:
                     values["remote_md5sum"] = r.remote_md5sum
+                if r.local_md5sum is not None:
+                    values["local_md5sum"] = r.local_md5sum
                 if not r.ok:
                     values["failed_copy_attempts"] = (
                         func.coalesce(F.failed_copy_attempts, 0) + 1)
@@ -335,6 +346,14 @@ class SupRsyncFilesManager:
             lambda s: s.execute(update(F).where(F.id.in_(ids))
                                 .values(failed_copy_attempts=max_copy_attempts)),
             what="mark unsendable",
+        )
+
+    def requeue(self, file_id: int) -> None:
+        """Forget the verification of a file so that it is copied and verified again."""
+        self.write(
+            lambda s: s.execute(update(F).where(F.id == file_id, F.removed.is_(None))
+                                .values(remote_md5sum=None)),
+            what="requeue",
         )
 
     def mark_removed(self, file_id: int, removed: float) -> None:

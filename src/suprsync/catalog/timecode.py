@@ -138,7 +138,8 @@ def dir_summary(session: Session, manager: SupRsyncFilesManager, archive_name: s
         "num_files": num_files,
         "subdirs": sorted(subdirs),
         "finalized_at": now,
-        "finalized_until": manager.get_finalized_until(archive_name, session=session),
+        "finalized_until": min(now, manager.get_finalized_until(archive_name,
+                                                                session=session)),
         "archive_name": archive_name,
         "instance_id": instance_id,
     }

@@ -28,6 +28,25 @@ class TransferOptions:
     rsync: str = "rsync"
 
 
+@dataclass(frozen=True)
+class RemoteStat:
+    """Size and whole-second mtime of a file on the destination."""
+
+    size: int
+    mtime: int
+
+
+#: Slowest rate (bytes/s) at which a destination is expected to hash data.
+MIN_HASH_RATE = 50e6
+
+
+def scaled_timeout(cmd_timeout: float | None, total_bytes: int) -> float | None:
+    """--cmd-timeout for a command that reads total_bytes: the limit plus time to read them."""
+    if cmd_timeout is None:
+        return None
+    return cmd_timeout + total_bytes / MIN_HASH_RATE
+
+
 #: rsync exit codes that mean some files failed but the transfer as a whole ran.
 PARTIAL_EXIT_CODES = (23, 24)
 
@@ -52,8 +71,15 @@ class Transport(abc.ABC):
         """rsync these paths (relative to staging_dir) to the base dir."""
 
     @abc.abstractmethod
-    def checksums(self, rel_paths: list[str]) -> dict[str, str]:
-        """md5 of each path that exists under the base dir (missing ones are left out)."""
+    def checksums(self, rel_paths: list[str], total_bytes: int = 0) -> dict[str, str]:
+        """md5 of each path that exists under the base dir (missing ones are left out).
+
+        ``total_bytes`` (their expected size) extends the time limit of remote hashing.
+        """
+
+    @abc.abstractmethod
+    def stat(self, rel_paths: list[str]) -> dict[str, RemoteStat]:
+        """Size and mtime of each path that exists under the base dir (missing ones left out)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections."""

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..hashing import md5_file
 from ..procs import ProcResult, run
-from .base import TransferOptions, Transport, TransportError
+from .base import RemoteStat, TransferOptions, Transport, TransportError
 from .rsync import files_from, rsync_argv
 
 
@@ -30,7 +30,17 @@ class LocalTransport(Transport):
         argv = rsync_argv(self.options, staging_dir, self.remote_basedir + "/", force=force)
         return run(argv, input=files_from(rel_paths), timeout=self.options.copy_timeout)
 
-    def checksums(self, rel_paths: list[str]) -> dict[str, str]:
+    def stat(self, rel_paths: list[str]) -> dict[str, RemoteStat]:
+        found = {}
+        for rel in rel_paths:
+            try:
+                st = os.stat(os.path.join(self.remote_basedir, rel))
+            except OSError:
+                continue
+            found[rel] = RemoteStat(st.st_size, int(st.st_mtime))
+        return found
+
+    def checksums(self, rel_paths: list[str], total_bytes: int = 0) -> dict[str, str]:
         def one(rel: str) -> tuple[str, str | None]:
             try:
                 return rel, md5_file(os.path.join(self.remote_basedir, rel))

@@ -6,7 +6,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from ..procs import ProcResult, run
-from .base import PARTIAL_EXIT_CODES, TransferOptions, Transport, TransportError
+from .base import RemoteStat, TransferOptions, Transport, TransportError, scaled_timeout
 from .rsync import files_from, rsync_argv
 
 #: Exit status of ssh itself when the connection failed.
@@ -73,6 +73,17 @@ def parse_md5sum(output: bytes) -> dict[str, str]:
     return sums
 
 
+def parse_stat(output: bytes) -> dict[str, RemoteStat]:
+    """Parse NUL-terminated ``<size> <mtime> <name>`` records of ``stat --printf``."""
+    found: dict[str, RemoteStat] = {}
+    for record in output.split(b"\0"):
+        parts = record.split(b" ", 2)
+        if len(parts) == 3 and parts[0].isdigit() and parts[1].lstrip(b"-").isdigit():
+            name = parts[2].decode("utf-8", "surrogateescape")
+            found[name] = RemoteStat(int(parts[0]), int(parts[1]))
+    return found
+
+
 def _unescape(name: str) -> str:
     out = []
     chars = iter(name)
@@ -127,15 +138,28 @@ class SshTransport(Transport):
                           remote_shell=shell)
         return run(argv, input=files_from(rel_paths), timeout=self.options.copy_timeout)
 
-    def checksums(self, rel_paths: list[str]) -> dict[str, str]:
+    def _xargs(self, what: str, rel_paths: list[str], *command: str,
+               timeout: float | None = None) -> bytes:
+        """Run ``command -- <paths>`` in the base dir, the paths given on stdin."""
+        line = (remote_command("cd", "--", self.remote_basedir) + " && "
+                + remote_command("xargs", "-0", "-r", *command, "--"))
+        result = self.run_remote(line, input=files_from(rel_paths),
+                                 timeout=timeout or self.options.cmd_timeout)
+        self._check_ssh(result, what)
+        # xargs exits 123 when the command failed for some files (e.g. missing ones).
+        if result.returncode not in (0, 123) and not result.stdout:
+            raise TransportError(f"{what} in {self.describe()} failed with exit "
+                                 f"{result.returncode}: {result.stderr_tail()}")
+        return result.stdout
+
+    def checksums(self, rel_paths: list[str], total_bytes: int = 0) -> dict[str, str]:
         if not rel_paths:
             return {}
-        command = (remote_command("cd", "--", self.remote_basedir) + " && "
-                   + remote_command("xargs", "-0", "-r", "md5sum", "--"))
-        result = self.run_remote(command, input=files_from(rel_paths),
-                                 timeout=self.options.cmd_timeout)
-        self._check_ssh(result, "remote md5sum")
-        if result.returncode not in (0, *PARTIAL_EXIT_CODES, 123) and not result.stdout:
-            raise TransportError(f"remote md5sum in {self.describe()} failed with exit "
-                                 f"{result.returncode}: {result.stderr_tail()}")
-        return parse_md5sum(result.stdout)
+        timeout = scaled_timeout(self.options.cmd_timeout, total_bytes)
+        return parse_md5sum(self._xargs("remote md5sum", rel_paths, "md5sum", timeout=timeout))
+
+    def stat(self, rel_paths: list[str]) -> dict[str, RemoteStat]:
+        if not rel_paths:
+            return {}
+        out = self._xargs("remote stat", rel_paths, "stat", "--printf", "%s %Y %n\\000")
+        return parse_stat(out)
