@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .catalog.engine import CatalogBusy
 from .catalog.store import SupRsyncFilesManager
-from .copying import CopyReport
+from .copying import CopyReport, Pipeline
 from .deletion import delete_due
 from .handler import SupRsyncFileHandler
 from .session import SessionData
@@ -63,6 +63,8 @@ class AgentConfig:
     ssh_known_hosts: str | None = None
     ssh_options: tuple[str, ...] = field(default_factory=tuple)
     verify_before_delete: bool = False
+    parallel: int = 1
+    ssh_reuse_connection: bool = True
 
     def transfer_options(self) -> TransferOptions:
         """rsync settings of this config."""
@@ -77,7 +79,8 @@ class AgentConfig:
         return SshOptions(host=self.ssh_host, key=self.ssh_key, port=self.ssh_port,
                           known_hosts=self.ssh_known_hosts,
                           connect_timeout=self.cmd_timeout or 20.0,
-                          extra_options=tuple(self.ssh_options))
+                          extra_options=tuple(self.ssh_options),
+                          reuse_connection=self.ssh_reuse_connection)
 
 
 class Agent:
@@ -100,7 +103,8 @@ class Agent:
         transport = make_transport(config.remote_basedir, config.transfer_options(),
                                    config.ssh())
         self.handler = SupRsyncFileHandler(self.manager, config.archive_name,
-                                           config.remote_basedir, transport=transport)
+                                           config.remote_basedir, transport=transport,
+                                           pipeline=Pipeline(parallel=config.parallel))
         self.session = SessionData(clock(), on_change=on_session_change)
         self.publish = publish or (lambda feed, message: None)
         self.stop_event = threading.Event()

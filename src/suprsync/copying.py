@@ -6,14 +6,17 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .catalog.schema import SupRsyncFile
 from .catalog.store import CopyResult, SupRsyncFilesManager
 from .hashing import md5_file
 from .paths import check_local_file, normalize_remote_path
+from .procs import ProcResult
 from .transport.base import PARTIAL_EXIT_CODES, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,38 @@ def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManage
     return staged
 
 
+@dataclass(frozen=True)
+class Pipeline:
+    """How a batch is cut into chunks and how many run at once.
+
+    Each chunk is one rsync call followed by one verification call; while a
+    chunk is verified the next one is already being sent. ``parallel`` rsync
+    streams run at once.
+    """
+
+    parallel: int = 1
+    chunk_bytes: int = 128 << 20
+    chunk_files: int = 1000
+
+
+def _chunks(group: list[_Staged], pipeline: Pipeline) -> list[list[_Staged]]:
+    chunks: list[list[_Staged]] = []
+    current: list[_Staged] = []
+    size = 0
+    # Spread a small batch over the streams, but never below one file per chunk.
+    per_stream = -(-len(group) // max(1, pipeline.parallel))
+    limit_files = max(1, min(pipeline.chunk_files, per_stream))
+    for s in group:
+        if current and (size + s.size > pipeline.chunk_bytes or len(current) >= limit_files):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(s)
+        size += s.size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 def copy_batch(
     manager: SupRsyncFilesManager,
     transport: Transport,
@@ -97,8 +132,10 @@ def copy_batch(
     num_files: int | None = None,
     clock: Callable[[], float] = time.time,
     staging_root: str | None = None,
+    pipeline: Pipeline | None = None,
 ) -> CopyReport:
     """Copy and verify one batch of copyable files; record every verdict in the catalog."""
+    pipeline = pipeline or Pipeline()
     report = CopyReport(start_time=clock())
     batch = manager.get_copyable_files(archive_name, max_copy_attempts=max_copy_attempts,
                                        num_files=num_files)
@@ -111,45 +148,77 @@ def copy_batch(
         staged_ids = {s.row.id for s in staged}
         report.files += [(row.local_path, False) for row in batch if row.id not in staged_ids]
         # Files whose earlier copy did not verify are re-sent even if they look current.
+        work = []
         for force in (False, True):
             group = [s for s in staged if (s.row.remote_md5sum is not None) == force]
-            if group:
-                _copy_group(manager, transport, staging, group, force, report, clock)
+            work += [(chunk, force) for chunk in _chunks(group, pipeline)]
+        _run_pipeline(manager, transport, staging, work, pipeline, report, clock)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report.stop_time = clock()
     return report
 
 
-def _copy_group(manager: SupRsyncFilesManager, transport: Transport, staging: str,
-                group: list[_Staged], force: bool, report: CopyReport,
-                clock: Callable[[], float]) -> None:
-    rels = [s.rel for s in group]
-    result = transport.copy(staging, rels, force=force)
-    copied_at = clock()
+def _run_pipeline(manager: SupRsyncFilesManager, transport: Transport, staging: str,
+                  work: list[tuple[list[_Staged], bool]], pipeline: Pipeline,
+                  report: CopyReport, clock: Callable[[], float]) -> None:
+    lock = threading.Lock()
+    streams = max(1, pipeline.parallel)
+    with ThreadPoolExecutor(streams, thread_name_prefix="rsync") as senders, \
+            ThreadPoolExecutor(streams, thread_name_prefix="verify") as verifiers:
+
+        def send_then_queue_verify(chunk: list[_Staged], force: bool) -> Future | None:
+            result = transport.copy(staging, [s.rel for s in chunk], force=force)
+            copied_at = clock()
+            if not _transfer_ok(result, len(chunk), transport, report, lock):
+                return None
+            return verifiers.submit(_verify_chunk, manager, transport, chunk, copied_at,
+                                    report, lock)
+
+        sent = [senders.submit(send_then_queue_verify, chunk, force) for chunk, force in work]
+        for future in sent:
+            verifying = future.result()
+            if verifying is not None:
+                verifying.result()
+
+
+def _transfer_ok(result: ProcResult, count: int, transport: Transport, report: CopyReport,
+                 lock: threading.Lock) -> bool:
+    """Judge one rsync call; a whole-transfer failure is recorded in the report."""
     if result.timed_out:
-        report.error, report.timed_out, report.failed = "timed out", True, True
+        with lock:
+            report.error, report.timed_out, report.failed = "timed out", True, True
         log.error("rsync of %d files to %s timed out after %.1f s; retrying next iteration",
-                  len(group), transport.describe(), result.duration)
-        return
+                  count, transport.describe(), result.duration)
+        return False
     if result.returncode not in (0, *PARTIAL_EXIT_CODES):
-        report.error, report.failed = "nonzero exit", True
-        log.error("rsync of %d files to %s failed with exit %s: %s", len(group),
+        with lock:
+            report.error, report.failed = "nonzero exit", True
+        log.error("rsync of %d files to %s failed with exit %s: %s", count,
                   transport.describe(), result.returncode, result.stderr_tail())
-        return
+        return False
     if result.returncode != 0:
         log.warning("rsync to %s could not send some files (exit %s): %s",
                     transport.describe(), result.returncode, result.stderr_tail())
+    return True
+
+
+def _verify_chunk(manager: SupRsyncFilesManager, transport: Transport, chunk: list[_Staged],
+                  copied_at: float, report: CopyReport, lock: threading.Lock) -> None:
+    """md5 the chunk on the destination and record each file's verdict."""
     try:
-        sums = transport.checksums(rels, total_bytes=sum(s.size for s in group))
+        sums = transport.checksums([s.rel for s in chunk],
+                                   total_bytes=sum(s.size for s in chunk))
     except TransportError as exc:
-        report.error = "timed out" if exc.timed_out else "nonzero exit"
-        report.timed_out, report.failed = exc.timed_out, True
+        with lock:
+            report.error = "timed out" if exc.timed_out else "nonzero exit"
+            report.timed_out, report.failed = exc.timed_out, True
         log.error("verification of %d files failed: %s; retrying next iteration",
-                  len(group), exc)
+                  len(chunk), exc)
         return
     results = []
-    for s in group:
+    verdicts = []
+    for s in chunk:
         remote = sums.get(s.rel)
         local_md5 = s.row.local_md5sum
         if remote is not None and remote != local_md5:
@@ -164,8 +233,10 @@ def _copy_group(manager: SupRsyncFilesManager, transport: Transport, staging: st
                       local_md5, remote, s.row.id)
         new_md5 = local_md5 if local_md5 != s.row.local_md5sum else None
         results.append(CopyResult(s.row.id, remote, copied_at, ok, new_md5))
-        report.files.append((s.row.local_path, ok))
+        verdicts.append((s.row.local_path, ok))
     manager.record_results(results)
+    with lock:
+        report.files += verdicts
 
 
 def _rehash_changed(row: SupRsyncFile) -> str | None:

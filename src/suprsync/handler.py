@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 from .catalog.store import SupRsyncFilesManager
-from .copying import CopyReport, copy_batch
+from .copying import CopyReport, Pipeline, copy_batch
 from .deletion import DeleteReport, delete_due
 from .transport import SshOptions, TransferOptions, Transport, make_transport
 
@@ -27,6 +27,7 @@ class SupRsyncFileHandler:
         chmod: str | None = None,
         ssh_options: SshOptions | None = None,
         transport: Transport | None = None,
+        pipeline: Pipeline | None = None,
     ) -> None:
         self.srfm = file_manager
         self.archive_name = archive_name
@@ -45,6 +46,7 @@ class SupRsyncFileHandler:
                 ssh_options = SshOptions(host=ssh_host, key=ssh_key)
             transport = make_transport(remote_basedir, options, ssh_options)
         self.transport = transport
+        self.pipeline = pipeline or Pipeline()
         self._prepared = False
         self.last_report: CopyReport | None = None
 
@@ -56,7 +58,7 @@ class SupRsyncFileHandler:
             self._prepared = True
         report = copy_batch(self.srfm, self.transport, self.archive_name,
                             max_copy_attempts=max_copy_attempts, num_files=num_files,
-                            clock=self.srfm.clock)
+                            clock=self.srfm.clock, pipeline=self.pipeline)
         self.last_report = report
         return report
 

@@ -83,6 +83,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
     s.add_argument("--verify-before-delete", action="store_true",
                    help="re-check the md5 of the remote copy before deleting a local file "
                         "(its size and mtime are always checked)")
+    s.add_argument("--parallel", type=_positive(int), default=1, metavar="N",
+                   help="rsync streams run at once (default: 1)")
+    s.add_argument("--ssh-reuse-connection", action=argparse.BooleanOptionalAction,
+                   default=True,
+                   help="share one ssh connection among all transfers and checks "
+                        "(ControlMaster in a private directory; default: on)")
     s.add_argument("--ssh-port", type=_positive(int), default=None, help="ssh port of the host")
     s.add_argument("--ssh-known-hosts", default=None,
                    help="known_hosts file to check the host key against (default: ssh's own)")
@@ -96,6 +102,8 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
         raise ConfigError("no catalog given: use --db-path PATH or set SUPRSYNC_DB")
     if ns.max_copy_attempts < 1:
         raise ConfigError("--max-copy-attempts must be at least 1")
+    if ns.parallel < 1:
+        raise ConfigError("--parallel must be at least 1")
     if ns.files_per_batch is not None and ns.files_per_batch < 1:
         raise ConfigError("--files-per-batch must be at least 1")
     if ns.ssh_host is not None and (not ns.ssh_host.strip() or ns.ssh_host.startswith("-")
@@ -128,6 +136,8 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
         ssh_known_hosts=ns.ssh_known_hosts,
         ssh_options=tuple(ns.ssh_option),
         verify_before_delete=ns.verify_before_delete,
+        parallel=ns.parallel,
+        ssh_reuse_connection=ns.ssh_reuse_connection,
     )
 
 
@@ -140,6 +150,8 @@ def check_environment(config: AgentConfig) -> None:
             raise ConfigError("ssh is not installed (no 'ssh' on PATH) but --ssh-host is set")
         if config.ssh_key:
             _check_key(config.ssh_key)
+        if config.ssh_known_hosts and '"' in config.ssh_known_hosts:
+            raise ConfigError("--ssh-known-hosts: ssh cannot take a path containing '\"'")
         if config.ssh_known_hosts and not os.path.isfile(config.ssh_known_hosts):
             raise ConfigError(f"--ssh-known-hosts {config.ssh_known_hosts!r} does not exist")
     root = config.suprsync_file_root

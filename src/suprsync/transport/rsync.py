@@ -22,6 +22,8 @@ def rsync_argv(options: TransferOptions, source_dir: str, destination: str,
         "--from0",
         "--files-from=-",
         "--no-inc-recursive",
+        # New files have nothing to delta against: send them whole.
+        "--whole-file",
     ]
     if options.chmod:
         argv.append(f"--chmod={options.chmod}")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
+import tempfile
+import threading
 from dataclasses import dataclass, field
 
 from ..procs import ProcResult, run
@@ -11,6 +15,13 @@ from .rsync import files_from, rsync_argv
 
 #: Exit status of ssh itself when the connection failed.
 SSH_FAILED = 255
+
+
+#: Ciphers offered first: fast AEAD ciphers, then OpenSSH's other defaults as fallback.
+FAST_CIPHERS = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
+                "aes128-ctr,aes192-ctr,aes256-ctr")
+#: Seconds an idle shared connection outlives its last use (bounds a crashed agent's leftover).
+CONTROL_PERSIST = 120
 
 
 @dataclass(frozen=True)
@@ -25,26 +36,45 @@ class SshOptions:
     connect_timeout: float = 20.0
     extra_options: tuple[str, ...] = field(default_factory=tuple)
     ssh: str = "ssh"
+    #: Share one connection among all ssh and rsync calls (ControlMaster).
+    reuse_connection: bool = True
+    fast_ciphers: bool = True
 
-    def argv(self) -> list[str]:
+    def argv(self, control_path: str | None = None) -> list[str]:
         """ssh and its options, without the host."""
         argv = [
             self.ssh,
+            "-T", "-x",
             "-o", "BatchMode=yes",
             "-o", f"StrictHostKeyChecking={self.strict_host_key_checking}",
             "-o", f"ConnectTimeout={max(1, int(self.connect_timeout))}",
             "-o", "ServerAliveInterval=15",
             "-o", "ServerAliveCountMax=3",
+            "-o", "Compression=no",
         ]
+        user_set = {opt.split("=", 1)[0].strip().lower() for opt in self.extra_options}
+        if self.fast_ciphers and "ciphers" not in user_set:
+            argv += ["-o", f"Ciphers={FAST_CIPHERS}"]
+        if control_path is not None:
+            argv += ["-o", "ControlMaster=auto",
+                     "-o", f"ControlPath={config_value(control_path)}",
+                     "-o", f"ControlPersist={CONTROL_PERSIST}"]
         if self.key:
             argv += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
         if self.port:
             argv += ["-p", str(self.port)]
         if self.known_hosts:
-            argv += ["-o", f"UserKnownHostsFile={self.known_hosts}"]
+            argv += ["-o", f"UserKnownHostsFile={config_value(self.known_hosts)}"]
         for opt in self.extra_options:
             argv += ["-o", opt]
         return argv
+
+
+def config_value(value: str) -> str:
+    """An ssh -o value that may hold spaces (ssh splits unquoted values on whitespace)."""
+    if '"' in value:
+        raise ValueError(f"ssh cannot take a path containing a double quote: {value!r}")
+    return f'"{value}"' if any(c.isspace() for c in value) else value
 
 
 def remote_command(*args: str) -> str:
@@ -106,15 +136,40 @@ class SshTransport(Transport):
     def __init__(self, remote_basedir: str, options: TransferOptions, ssh: SshOptions) -> None:
         super().__init__(remote_basedir, options)
         self.ssh = ssh
+        self._control_dir: str | None = None
+        self._lock = threading.Lock()
 
     def describe(self) -> str:
         return f"{self.ssh.host}:{self.remote_basedir}"
 
+    def _control_path(self) -> str | None:
+        if not self.ssh.reuse_connection:
+            return None
+        with self._lock:
+            if self._control_dir is None:
+                # A private (0700) directory: nobody else can use our connection.
+                self._control_dir = tempfile.mkdtemp(prefix="suprsync-ssh-")
+            return os.path.join(self._control_dir, "%C")
+
+    def ssh_argv(self) -> list[str]:
+        """ssh with every option, sharing the connection when enabled."""
+        return self.ssh.argv(self._control_path())
+
     def run_remote(self, command: str, input: bytes | None = None,
                    timeout: float | None = None) -> ProcResult:
         """Run one quoted command line on the remote host."""
-        argv = [*self.ssh.argv(), "--", self.ssh.host, command]
+        argv = [*self.ssh_argv(), "--", self.ssh.host, command]
         return run(argv, input=input, timeout=timeout)
+
+    def close(self) -> None:
+        """Close the shared connection and remove its private directory."""
+        with self._lock:
+            folder, self._control_dir = self._control_dir, None
+        if folder is None:
+            return
+        control = os.path.join(folder, "%C")
+        run([*self.ssh.argv(control), "-O", "exit", "--", self.ssh.host], timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
 
     def _check_ssh(self, result: ProcResult, what: str) -> None:
         if result.timed_out:
@@ -132,7 +187,7 @@ class SshTransport(Transport):
             raise TransportError(f"cannot create {self.describe()}: {result.stderr_tail()}")
 
     def copy(self, staging_dir: str, rel_paths: list[str], force: bool = False) -> ProcResult:
-        shell = " ".join(shlex.quote(a) for a in self.ssh.argv())
+        shell = " ".join(shlex.quote(a) for a in self.ssh_argv())
         destination = f"{self.ssh.host}:{self.remote_basedir.rstrip('/')}/"
         argv = rsync_argv(self.options, staging_dir, destination, force=force,
                           remote_shell=shell)
