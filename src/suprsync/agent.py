@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .catalog.engine import CatalogBusy
 from .catalog.store import SupRsyncFilesManager
-from .copying import CopyReport, Pipeline
+from .copying import CopyReport, Pipeline, default_agent_id
 from .deletion import delete_due
 from .handler import SupRsyncFileHandler
 from .session import SessionData
@@ -65,6 +65,7 @@ class AgentConfig:
     verify_before_delete: bool = False
     parallel: int = 1
     ssh_reuse_connection: bool = True
+    claim_timeout: float = 600.0
 
     def transfer_options(self) -> TransferOptions:
         """rsync settings of this config."""
@@ -104,7 +105,9 @@ class Agent:
                                    config.ssh())
         self.handler = SupRsyncFileHandler(self.manager, config.archive_name,
                                            config.remote_basedir, transport=transport,
-                                           pipeline=Pipeline(parallel=config.parallel))
+                                           pipeline=Pipeline(parallel=config.parallel,
+                                                             lease=config.claim_timeout),
+                                           agent_id=default_agent_id(config.instance_id))
         self.session = SessionData(clock(), on_change=on_session_change)
         self.publish = publish or (lambda feed, message: None)
         self.stop_event = threading.Event()
@@ -141,9 +144,14 @@ class Agent:
         return ok
 
     def stop(self) -> None:
-        """Ask the loop to end after its current step (a sleep ends at once)."""
+        """End the loop: a sleep ends at once, a running transfer is killed.
+
+        Killing rsync is safe: it writes to a temporary name and renames only a
+        complete file, and an interrupted transfer costs no file an attempt.
+        """
         self.stop_event.set()
         self._wake.set()
+        self.handler.transport.abort()
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -104,6 +105,34 @@ class Pipeline:
     parallel: int = 1
     chunk_bytes: int = 128 << 20
     chunk_files: int = 1000
+    #: Seconds a claim on a batch lasts unless renewed (renewed while the batch runs).
+    lease: float = 600.0
+
+
+def default_agent_id(name: str) -> str:
+    """An id unique to this process: name, host and pid."""
+    return f"{name}@{socket.gethostname()}:{os.getpid()}"
+
+
+class _LeaseRenewer:
+    """Extends an agent's claims every quarter lease while a batch is handled."""
+
+    def __init__(self, manager: SupRsyncFilesManager, agent_id: str, lease: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(manager, agent_id, lease),
+                                        name="lease-renewer", daemon=True)
+        self._thread.start()
+
+    def _run(self, manager: SupRsyncFilesManager, agent_id: str, lease: float) -> None:
+        while not self._stop.wait(lease / 4):
+            try:
+                manager.renew_claims(agent_id, lease)
+            except Exception as exc:  # the next renewal may succeed; never kill the batch
+                log.warning("could not renew the claims of %s: %s", agent_id, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _chunks(group: list[_Staged], pipeline: Pipeline) -> list[list[_Staged]]:
@@ -133,16 +162,23 @@ def copy_batch(
     clock: Callable[[], float] = time.time,
     staging_root: str | None = None,
     pipeline: Pipeline | None = None,
+    agent_id: str | None = None,
 ) -> CopyReport:
-    """Copy and verify one batch of copyable files; record every verdict in the catalog."""
+    """Copy and verify one batch of copyable files; record every verdict in the catalog.
+
+    The batch is leased to ``agent_id`` (default: one made for this call) while it
+    is handled, so agents sharing the catalog never copy the same file at once.
+    """
     pipeline = pipeline or Pipeline()
+    agent_id = agent_id or default_agent_id("copy")
     report = CopyReport(start_time=clock())
-    batch = manager.get_copyable_files(archive_name, max_copy_attempts=max_copy_attempts,
-                                       num_files=num_files)
+    batch = manager.claim_copyable(archive_name, agent_id, pipeline.lease,
+                                   max_copy_attempts=max_copy_attempts, num_files=num_files)
     if not batch:
         report.stop_time = clock()
         return report
     staging = tempfile.mkdtemp(prefix="suprsync-stage-", dir=staging_root)
+    renewing = _LeaseRenewer(manager, agent_id, pipeline.lease)
     try:
         staged = _stage(batch, staging, manager, max_copy_attempts)
         staged_ids = {s.row.id for s in staged}
@@ -152,16 +188,18 @@ def copy_batch(
         for force in (False, True):
             group = [s for s in staged if (s.row.remote_md5sum is not None) == force]
             work += [(chunk, force) for chunk in _chunks(group, pipeline)]
-        _run_pipeline(manager, transport, staging, work, pipeline, report, clock)
+        _run_pipeline(manager, transport, staging, work, pipeline, report, clock, agent_id)
     finally:
+        renewing.stop()
         shutil.rmtree(staging, ignore_errors=True)
+        manager.release_claims(agent_id)
     report.stop_time = clock()
     return report
 
 
 def _run_pipeline(manager: SupRsyncFilesManager, transport: Transport, staging: str,
                   work: list[tuple[list[_Staged], bool]], pipeline: Pipeline,
-                  report: CopyReport, clock: Callable[[], float]) -> None:
+                  report: CopyReport, clock: Callable[[], float], agent_id: str) -> None:
     lock = threading.Lock()
     streams = max(1, pipeline.parallel)
     with ThreadPoolExecutor(streams, thread_name_prefix="rsync") as senders, \
@@ -173,7 +211,7 @@ def _run_pipeline(manager: SupRsyncFilesManager, transport: Transport, staging: 
             if not _transfer_ok(result, len(chunk), transport, report, lock):
                 return None
             return verifiers.submit(_verify_chunk, manager, transport, chunk, copied_at,
-                                    report, lock)
+                                    report, lock, agent_id)
 
         sent = [senders.submit(send_then_queue_verify, chunk, force) for chunk, force in work]
         for future in sent:
@@ -204,7 +242,8 @@ def _transfer_ok(result: ProcResult, count: int, transport: Transport, report: C
 
 
 def _verify_chunk(manager: SupRsyncFilesManager, transport: Transport, chunk: list[_Staged],
-                  copied_at: float, report: CopyReport, lock: threading.Lock) -> None:
+                  copied_at: float, report: CopyReport, lock: threading.Lock,
+                  agent_id: str) -> None:
     """md5 the chunk on the destination and record each file's verdict."""
     try:
         sums = transport.checksums([s.rel for s in chunk],
@@ -234,14 +273,20 @@ def _verify_chunk(manager: SupRsyncFilesManager, transport: Transport, chunk: li
         new_md5 = local_md5 if local_md5 != s.row.local_md5sum else None
         results.append(CopyResult(s.row.id, remote, copied_at, ok, new_md5))
         verdicts.append((s.row.local_path, ok))
-    manager.record_results(results)
+    manager.record_results(results, agent_id)
     with lock:
         report.files += verdicts
 
 
 def _rehash_changed(row: SupRsyncFile) -> str | None:
-    """The local file's md5 now, when it differs from the registered one (else None)."""
+    """The local file's md5 now, when it was modified after registration and differs.
+
+    A file whose mtime is not later than its registration keeps its registered md5:
+    its content must not have changed, so a mismatch is a real failure.
+    """
     try:
+        if os.stat(row.local_path).st_mtime <= row.timestamp:
+            return None
         current = md5_file(row.local_path)
     except OSError as exc:
         log.error("cannot re-hash %s: %s", row.local_path, exc.strerror)

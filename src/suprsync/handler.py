@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 from .catalog.store import SupRsyncFilesManager
-from .copying import CopyReport, Pipeline, copy_batch
+from .copying import CopyReport, Pipeline, copy_batch, default_agent_id
 from .deletion import DeleteReport, delete_due
 from .transport import SshOptions, TransferOptions, Transport, make_transport
 
@@ -28,6 +28,7 @@ class SupRsyncFileHandler:
         ssh_options: SshOptions | None = None,
         transport: Transport | None = None,
         pipeline: Pipeline | None = None,
+        agent_id: str | None = None,
     ) -> None:
         self.srfm = file_manager
         self.archive_name = archive_name
@@ -47,6 +48,7 @@ class SupRsyncFileHandler:
             transport = make_transport(remote_basedir, options, ssh_options)
         self.transport = transport
         self.pipeline = pipeline or Pipeline()
+        self.agent_id = agent_id or default_agent_id(archive_name)
         self._prepared = False
         self.last_report: CopyReport | None = None
 
@@ -58,7 +60,8 @@ class SupRsyncFileHandler:
             self._prepared = True
         report = copy_batch(self.srfm, self.transport, self.archive_name,
                             max_copy_attempts=max_copy_attempts, num_files=num_files,
-                            clock=self.srfm.clock, pipeline=self.pipeline)
+                            clock=self.srfm.clock, pipeline=self.pipeline,
+                            agent_id=self.agent_id)
         self.last_report = report
         return report
 

@@ -89,6 +89,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
                    default=True,
                    help="share one ssh connection among all transfers and checks "
                         "(ControlMaster in a private directory; default: on)")
+    s.add_argument("--claim-timeout", type=_positive(float), default=600.0, metavar="S",
+                   help="seconds after which files claimed by an agent that died may be "
+                        "taken by another agent sharing the catalog (default: 600)")
     s.add_argument("--ssh-port", type=_positive(int), default=None, help="ssh port of the host")
     s.add_argument("--ssh-known-hosts", default=None,
                    help="known_hosts file to check the host key against (default: ssh's own)")
@@ -102,6 +105,8 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
         raise ConfigError("no catalog given: use --db-path PATH or set SUPRSYNC_DB")
     if ns.max_copy_attempts < 1:
         raise ConfigError("--max-copy-attempts must be at least 1")
+    if ns.claim_timeout < 1:
+        raise ConfigError("--claim-timeout must be at least 1 second")
     if ns.parallel < 1:
         raise ConfigError("--parallel must be at least 1")
     if ns.files_per_batch is not None and ns.files_per_batch < 1:
@@ -138,6 +143,7 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
         verify_before_delete=ns.verify_before_delete,
         parallel=ns.parallel,
         ssh_reuse_connection=ns.ssh_reuse_connection,
+        claim_timeout=ns.claim_timeout,
     )
 
 
@@ -150,8 +156,10 @@ def check_environment(config: AgentConfig) -> None:
             raise ConfigError("ssh is not installed (no 'ssh' on PATH) but --ssh-host is set")
         if config.ssh_key:
             _check_key(config.ssh_key)
-        if config.ssh_known_hosts and '"' in config.ssh_known_hosts:
-            raise ConfigError("--ssh-known-hosts: ssh cannot take a path containing '\"'")
+        for flag, path in (("--ssh-key", config.ssh_key),
+                           ("--ssh-known-hosts", config.ssh_known_hosts)):
+            if path and "${" in path:
+                raise ConfigError(f"{flag}: ssh cannot take a path containing '${{'")
         if config.ssh_known_hosts and not os.path.isfile(config.ssh_known_hosts):
             raise ConfigError(f"--ssh-known-hosts {config.ssh_known_hosts!r} does not exist")
     root = config.suprsync_file_root

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 
@@ -31,8 +32,34 @@ class ProcResult:
         return text[-limit:]
 
 
+class ProcGroup:
+    """The children one owner has running, so that they can be stopped together."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self.aborted = False
+
+    def add(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.add(proc)
+            if self.aborted:
+                kill_group(proc)
+
+    def discard(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def kill_all(self) -> None:
+        """SIGKILL every running child (and what it started); later ones die at start."""
+        with self._lock:
+            self.aborted = True
+            for proc in self._procs:
+                kill_group(proc)
+
+
 def run(argv: list[str], input: bytes | None = None, timeout: float | None = None,
-        env: dict[str, str] | None = None) -> ProcResult:
+        env: dict[str, str] | None = None, group: ProcGroup | None = None) -> ProcResult:
     """Run argv (never through a shell); on timeout kill its whole process group."""
     start = time.monotonic()
     proc = subprocess.Popen(
@@ -43,6 +70,8 @@ def run(argv: list[str], input: bytes | None = None, timeout: float | None = Non
         start_new_session=True,
         env=env,
     )
+    if group is not None:
+        group.add(proc)
     try:
         out, err = proc.communicate(input=input, timeout=timeout)
         timed_out = False
@@ -54,6 +83,9 @@ def run(argv: list[str], input: bytes | None = None, timeout: float | None = Non
         kill_group(proc)
         proc.wait()
         raise
+    finally:
+        if group is not None:
+            group.discard(proc)
     return ProcResult(list(argv), proc.returncode, out or b"", err or b"", timed_out,
                       time.monotonic() - start)
 

@@ -65,6 +65,20 @@ class SupRsyncFile(Base):
         return self.remote_md5sum is not None and self.remote_md5sum == self.local_md5sum
 
 
+class FileClaim(Base):
+    """A lease on a file by one agent while it copies and verifies it.
+
+    Not part of the original schema: an extra table that other programs ignore.
+    It keeps agents sharing a catalog from copying the same file at once.
+    """
+
+    __tablename__ = f"suprsync_claims_v{TABLE_VERSION}"
+
+    file_id = Column(Integer, primary_key=True, autoincrement=False)
+    agent_id = Column(String, nullable=False)
+    expires = Column(Float, nullable=False)
+
+
 F = SupRsyncFile
 
 #: SQL condition: the remote copy is not (yet) verified.
@@ -96,4 +110,5 @@ INDEXES = [
         postgresql_where=F.removed.is_(None),
     ),
     Index("ix_suprsync_tcdir", TimecodeDir.archive_name, TimecodeDir.timecode),
+    Index("ix_suprsync_claims_agent", FileClaim.agent_id),
 ]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
 
-from sqlalchemy import func, inspect, select, update
+from sqlalchemy import delete, exists, func, insert, inspect, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..hashing import md5_file
@@ -24,6 +24,7 @@ from .schema import (
     SYNCED,
     UNSYNCED,
     Base,
+    FileClaim,
     SupRsyncFile,
     TimecodeDir,
 )
@@ -98,6 +99,18 @@ class CopyResult:
     local_md5sum: str | None = None
 
 
+def _copyable_query(archive_name: str, max_copy_attempts: int | None,
+                    num_files: int | None):  # type: ignore[no-untyped-def]
+    query = select(F).where(F.archive_name == archive_name, UNSYNCED, F.removed.is_(None),
+                            NOT_IGNORED)
+    if max_copy_attempts is not None:
+        query = query.where(func.coalesce(F.failed_copy_attempts, 0) < max_copy_attempts)
+    query = query.order_by(F.timestamp, F.id)
+    if num_files is not None:
+        query = query.limit(num_files)
+    return query
+
+
 class SupRsyncFilesManager:
     """The catalog: registers files and answers the agent's questions about them.
 
@@ -141,8 +154,8 @@ class SupRsyncFilesManager:
 
     def _create_schema(self) -> None:
         Base.metadata.create_all(self._engine)
-        existing = {ix["name"] for t in (F.__tablename__, TimecodeDir.__tablename__)
-                    for ix in inspect(self._engine).get_indexes(t)}
+        tables = (F.__tablename__, TimecodeDir.__tablename__, FileClaim.__tablename__)
+        existing = {ix["name"] for t in tables for ix in inspect(self._engine).get_indexes(t)}
         for index in INDEXES:
             if index.name not in existing:
                 index.create(self._engine, checkfirst=True)
@@ -199,14 +212,8 @@ class SupRsyncFilesManager:
     ) -> list[SupRsyncFile]:
         """Files not synced, not removed, not ignored and below the attempt limit; oldest first."""
         assert session is not None
-        query = select(F).where(F.archive_name == archive_name, UNSYNCED, F.removed.is_(None),
-                                NOT_IGNORED)
-        if max_copy_attempts is not None:
-            query = query.where(func.coalesce(F.failed_copy_attempts, 0) < max_copy_attempts)
-        query = query.order_by(F.timestamp, F.id)
-        if num_files is not None:
-            query = query.limit(num_files)
-        return list(session.scalars(query))
+        return list(session.scalars(_copyable_query(archive_name, max_copy_attempts,
+                                                    num_files)))
 
     @with_session
     def get_deletable_files(
@@ -303,12 +310,70 @@ class SupRsyncFilesManager:
         if timecode is not None:
             tc_rules.ensure_tcdir(session, archive_name, timecode)
 
-    def record_results(self, results: Sequence[CopyResult]) -> None:
-        """Store remote checksums; a failed file gets one more failed attempt."""
+    @property
+    def is_postgresql(self) -> bool:
+        """True when the catalog is a PostgreSQL database."""
+        return self._engine.dialect.name == "postgresql"
+
+    def claim_copyable(self, archive_name: str, agent_id: str, lease: float,
+                       max_copy_attempts: int | None = None,
+                       num_files: int | None = None) -> list[SupRsyncFile]:
+        """Select copyable files no other agent holds, and lease them to agent_id.
+
+        Leases that expired (their agent died) are dropped first. On PostgreSQL the
+        selection skips rows another agent is claiming at the same moment.
+        """
+
+        def claim(session: Session) -> list[SupRsyncFile]:
+            now = self.clock()
+            # The first statement writes, so sqlite takes its write lock up front.
+            session.execute(delete(FileClaim).where(
+                (FileClaim.expires < now) | (FileClaim.agent_id == agent_id)))
+            query = _copyable_query(archive_name, max_copy_attempts, num_files).where(
+                ~exists().where(FileClaim.file_id == F.id))
+            if self.is_postgresql:
+                query = query.with_for_update(skip_locked=True, of=F)
+            rows = list(session.scalars(query))
+            if rows:
+                session.execute(insert(FileClaim), [
+                    {"file_id": r.id, "agent_id": agent_id, "expires": now + lease}
+                    for r in rows])
+            return rows
+
+        return self.write(claim, what="claim files")
+
+    def renew_claims(self, agent_id: str, lease: float) -> None:
+        """Extend the leases of agent_id."""
+        self.write(lambda s: s.execute(update(FileClaim).where(FileClaim.agent_id == agent_id)
+                                       .values(expires=self.clock() + lease)),
+                   what="renew claims")
+
+    def release_claims(self, agent_id: str, file_ids: Iterable[int] | None = None) -> None:
+        """Drop leases of agent_id (all of them, or on these files)."""
+        ids = None if file_ids is None else list(file_ids)
+
+        def release(session: Session) -> None:
+            stmt = delete(FileClaim).where(FileClaim.agent_id == agent_id)
+            if ids is not None:
+                stmt = stmt.where(FileClaim.file_id.in_(ids))
+            session.execute(stmt)
+
+        if ids is None or ids:
+            self.write(release, what="release claims")
+
+    def record_results(self, results: Sequence[CopyResult], agent_id: str | None = None) -> None:
+        """Store remote checksums; a failed file gets one more failed attempt.
+
+        With agent_id, that agent's leases on these files end in the same transaction.
+        """
         if not results:
             return
 
         def apply(session: Session) -> None:
+            if agent_id is not None:
+                session.execute(delete(FileClaim).where(
+                    FileClaim.agent_id == agent_id,
+                    FileClaim.file_id.in_([r.file_id for r in results])))
             for r in results:
                 values: dict[str, Any] = {}
                 if r.copied is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from ..procs import ProcResult
+from ..procs import ProcGroup, ProcResult
 
 
 class TransportError(RuntimeError):
@@ -57,6 +57,12 @@ class Transport(abc.ABC):
     def __init__(self, remote_basedir: str, options: TransferOptions) -> None:
         self.remote_basedir = remote_basedir
         self.options = options
+        #: Every rsync/ssh child of this transport, so abort() can stop them.
+        self.children = ProcGroup()
+
+    def abort(self) -> None:
+        """Kill running transfers and checks now (copies are atomic, so this is safe)."""
+        self.children.kill_all()
 
     @abc.abstractmethod
     def describe(self) -> str:

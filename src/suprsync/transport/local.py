@@ -28,7 +28,8 @@ class LocalTransport(Transport):
 
     def copy(self, staging_dir: str, rel_paths: list[str], force: bool = False) -> ProcResult:
         argv = rsync_argv(self.options, staging_dir, self.remote_basedir + "/", force=force)
-        return run(argv, input=files_from(rel_paths), timeout=self.options.copy_timeout)
+        return run(argv, input=files_from(rel_paths), timeout=self.options.copy_timeout,
+                   group=self.children)
 
     def stat(self, rel_paths: list[str]) -> dict[str, RemoteStat]:
         found = {}

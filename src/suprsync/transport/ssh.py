@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import tempfile
@@ -40,8 +39,8 @@ class SshOptions:
     reuse_connection: bool = True
     fast_ciphers: bool = True
 
-    def argv(self, control_path: str | None = None) -> list[str]:
-        """ssh and its options, without the host."""
+    def argv(self, control_dir: str | None = None) -> list[str]:
+        """ssh and its options, without the host; control_dir shares one connection."""
         argv = [
             self.ssh,
             "-T", "-x",
@@ -55,12 +54,12 @@ class SshOptions:
         user_set = {opt.split("=", 1)[0].strip().lower() for opt in self.extra_options}
         if self.fast_ciphers and "ciphers" not in user_set:
             argv += ["-o", f"Ciphers={FAST_CIPHERS}"]
-        if control_path is not None:
+        if control_dir is not None:
             argv += ["-o", "ControlMaster=auto",
-                     "-o", f"ControlPath={config_value(control_path)}",
+                     "-o", f'ControlPath="{_escape_config(control_dir)}/%C"',
                      "-o", f"ControlPersist={CONTROL_PERSIST}"]
         if self.key:
-            argv += ["-i", self.key, "-o", "IdentitiesOnly=yes"]
+            argv += ["-o", f"IdentityFile={config_value(self.key)}", "-o", "IdentitiesOnly=yes"]
         if self.port:
             argv += ["-p", str(self.port)]
         if self.known_hosts:
@@ -71,10 +70,18 @@ class SshOptions:
 
 
 def config_value(value: str) -> str:
-    """An ssh -o value that may hold spaces (ssh splits unquoted values on whitespace)."""
-    if '"' in value:
-        raise ValueError(f"ssh cannot take a path containing a double quote: {value!r}")
-    return f'"{value}"' if any(c.isspace() for c in value) else value
+    """A path as an ssh -o value: quoted, with ssh's %-tokens escaped.
+
+    ssh splits unquoted values on whitespace and expands ``%x`` and ``${VAR}`` in
+    file options; ``${`` has no escape, so such a path is refused.
+    """
+    return f'"{_escape_config(value)}"'
+
+
+def _escape_config(value: str) -> str:
+    if "${" in value:
+        raise ValueError(f"ssh cannot take a path containing '${{': {value!r}")
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
 
 
 def remote_command(*args: str) -> str:
@@ -142,24 +149,24 @@ class SshTransport(Transport):
     def describe(self) -> str:
         return f"{self.ssh.host}:{self.remote_basedir}"
 
-    def _control_path(self) -> str | None:
+    def _control(self) -> str | None:
         if not self.ssh.reuse_connection:
             return None
         with self._lock:
             if self._control_dir is None:
                 # A private (0700) directory: nobody else can use our connection.
                 self._control_dir = tempfile.mkdtemp(prefix="suprsync-ssh-")
-            return os.path.join(self._control_dir, "%C")
+            return self._control_dir
 
     def ssh_argv(self) -> list[str]:
         """ssh with every option, sharing the connection when enabled."""
-        return self.ssh.argv(self._control_path())
+        return self.ssh.argv(self._control())
 
     def run_remote(self, command: str, input: bytes | None = None,
                    timeout: float | None = None) -> ProcResult:
         """Run one quoted command line on the remote host."""
         argv = [*self.ssh_argv(), "--", self.ssh.host, command]
-        return run(argv, input=input, timeout=timeout)
+        return run(argv, input=input, timeout=timeout, group=self.children)
 
     def close(self) -> None:
         """Close the shared connection and remove its private directory."""
@@ -167,9 +174,10 @@ class SshTransport(Transport):
             folder, self._control_dir = self._control_dir, None
         if folder is None:
             return
-        control = os.path.join(folder, "%C")
-        run([*self.ssh.argv(control), "-O", "exit", "--", self.ssh.host], timeout=10)
-        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            run([*self.ssh.argv(folder), "-O", "exit", "--", self.ssh.host], timeout=10)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _check_ssh(self, result: ProcResult, what: str) -> None:
         if result.timed_out:
@@ -191,7 +199,8 @@ class SshTransport(Transport):
         destination = f"{self.ssh.host}:{self.remote_basedir.rstrip('/')}/"
         argv = rsync_argv(self.options, staging_dir, destination, force=force,
                           remote_shell=shell)
-        return run(argv, input=files_from(rel_paths), timeout=self.options.copy_timeout)
+        return run(argv, input=files_from(rel_paths), timeout=self.options.copy_timeout,
+                   group=self.children)
 
     def _xargs(self, what: str, rel_paths: list[str], *command: str,
                timeout: float | None = None) -> bytes:
