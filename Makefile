@@ -19,7 +19,7 @@ PIP_QUIET := -q --disable-pip-version-check
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: all deps venv peer crossbar lint test demo clean
+.PHONY: all deps pgdeps venv peer crossbar lint test demo clean
 
 all: test
 
@@ -31,9 +31,16 @@ deps:
 	  $(APT) install -y -q --no-install-recommends rsync openssh-server openssh-client; \
 	fi
 
+pgdeps:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "Installing PostgreSQL with apt-get"; \
+	  $(APT) update -q && \
+	  $(APT) install -y -q --no-install-recommends postgresql postgresql-client; \
+	fi
+
 venv:
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[test,ocs]'
+	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[test,ocs,postgresql]'
 
 peer:
 	@test -x $(PEER)/bin/python || python3 -m venv $(PEER)
@@ -47,7 +54,7 @@ crossbar:
 lint: venv
 	$(VENV)/bin/ruff check src tests scripts
 
-test: deps venv peer crossbar
+test: deps pgdeps venv peer crossbar
 	$(VENV)/bin/ruff check src tests scripts
 	SUPRSYNC_PEER_PYTHON=$(CURDIR)/$(PEER)/bin/python \
 	SUPRSYNC_CROSSBAR=$(CURDIR)/$(CROSSBAR)/bin/crossbar \

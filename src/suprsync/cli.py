@@ -232,6 +232,31 @@ def cmd_rebuild_timecode_dirs(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(ns: argparse.Namespace) -> int:
+    from .catalog.migrate import MigrationError, migrate
+
+    source = ns.source.removeprefix("sqlite:///") if ns.source.startswith("sqlite:///") \
+        else ns.source
+    if "://" not in source and not os.path.exists(source):
+        raise CliError(f"source catalog {source!r} does not exist")
+    tty = sys.stderr.isatty()
+
+    def progress(table: str, done: int, total: int) -> None:
+        if tty:
+            sys.stderr.write(f"\r{table}: {done}/{total} rows")
+            sys.stderr.flush()
+            if done >= total:
+                sys.stderr.write("\n")
+
+    try:
+        copied = migrate(source, ns.destination, progress=progress)
+    except MigrationError as exc:
+        raise CliError(str(exc)) from None
+    for table, count in copied.items():
+        print(f"{table}: {count} rows copied")
+    return 0
+
+
 # ------------------------------------------------------------------- parser
 
 
@@ -324,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="only files registered after this unix time")
     _db_argument(rebuild)
     rebuild.set_defaults(func=cmd_rebuild_timecode_dirs)
+
+    mig = sub.add_parser("migrate", help="copy a whole catalog into another database")
+    mig.add_argument("--from", dest="source", required=True,
+                     help="source catalog: sqlite path or SQLAlchemy URL")
+    mig.add_argument("--to", dest="destination", required=True,
+                     help="destination: SQLAlchemy URL (e.g. postgresql://...) or sqlite path; "
+                          "its tables must be empty")
+    mig.set_defaults(func=cmd_migrate)
     return parser
 
 

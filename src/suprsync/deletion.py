@@ -99,7 +99,8 @@ def _confirmed_on_remote(manager: SupRsyncFilesManager, transport: Transport,
             confirmed.append(row)
             continue
         log.error("not deleting %s: %s; queued to be copied again", row.local_path, reason)
-        manager.requeue(row.id)
+        observed = sums.get(rel) if rel is not None else None
+        manager.requeue(row.id, observed if observed != row.local_md5sum else None)
         report.requeued.append((row.local_path, reason))
     return confirmed
 

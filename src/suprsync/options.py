@@ -41,9 +41,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
                    help="Name of managed archive. Determines which files should be copied")
     g.add_argument("--remote-basedir", required=True,
                    help="Base directory on the remote server where files will be copied")
-    g.add_argument("--db-path", "--db", dest="db_path", required=env_db is None, default=env_db,
-                   help="Path to the suprsync sqlite db, or an SQLAlchemy URL "
-                        "(default: $SUPRSYNC_DB)")
+    g.add_argument("--db-path", "--db", dest="db_path", default=env_db,
+                   help="Path to the suprsync sqlite db (default: $SUPRSYNC_DB)")
     g.add_argument("--ssh-host", default=None,
                    help="Remote host to copy files to (e.g. '<user>@<host>'). "
                         "If None, will copy files locally")
@@ -80,6 +79,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
         s.add_argument("--instance-id", default=None,
                        help="Name of this agent in logs and finalization paths "
                             "(default: suprsync-<archive-name>)")
+    s.add_argument("--db-url", default=None, metavar="URL",
+                   help="catalog as an SQLAlchemy URL, e.g. postgresql://user@host/db "
+                        "(instead of --db-path)")
     s.add_argument("--verify-before-delete", action="store_true",
                    help="re-check the md5 of the remote copy before deleting a local file "
                         "(its size and mtime are always checked)")
@@ -101,8 +103,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
 
 def config_from_args(ns: argparse.Namespace) -> AgentConfig:
     """Build and check the agent config; raise ConfigError with a one-line reason."""
-    if not ns.db_path:
-        raise ConfigError("no catalog given: use --db-path PATH or set SUPRSYNC_DB")
+    db_url = getattr(ns, "db_url", None)
+    if db_url and ns.db_path and ns.db_path != os.environ.get("SUPRSYNC_DB"):
+        raise ConfigError("give the catalog once: --db-path or --db-url, not both")
+    db = db_url or ns.db_path
+    if not db:
+        raise ConfigError("no catalog given: use --db-path PATH, --db-url URL or set "
+                          "SUPRSYNC_DB")
     if ns.max_copy_attempts < 1:
         raise ConfigError("--max-copy-attempts must be at least 1")
     if ns.claim_timeout < 1:
@@ -120,7 +127,7 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
     return AgentConfig(
         archive_name=ns.archive_name,
         remote_basedir=ns.remote_basedir,
-        db_path=ns.db_path,
+        db_path=db,
         suprsync_file_root=os.path.abspath(ns.suprsync_file_root),
         ssh_host=ns.ssh_host,
         ssh_key=ns.ssh_key,

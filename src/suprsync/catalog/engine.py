@@ -24,10 +24,21 @@ class CatalogBusy(RuntimeError):
 
 
 def catalog_url(db: str) -> str:
-    """An SQLAlchemy URL for a catalog given as a URL or as an sqlite file path."""
-    if "://" in db:
-        return db
-    return f"sqlite:///{os.path.abspath(os.path.expanduser(db))}"
+    """An SQLAlchemy URL for a catalog given as a URL or as an sqlite file path.
+
+    ``postgresql://`` URLs use the psycopg (3) driver.
+    """
+    if "://" not in db:
+        return f"sqlite:///{os.path.abspath(os.path.expanduser(db))}"
+    for prefix in ("postgresql://", "postgres://"):
+        if db.startswith(prefix):
+            return "postgresql+psycopg://" + db[len(prefix):]
+    return db
+
+
+def is_url(db: str) -> bool:
+    """True when the catalog is given as a URL rather than an sqlite file path."""
+    return "://" in db
 
 
 def make_engine(

@@ -413,11 +413,15 @@ class SupRsyncFilesManager:
             what="mark unsendable",
         )
 
-    def requeue(self, file_id: int) -> None:
-        """Forget the verification of a file so that it is copied and verified again."""
+    def requeue(self, file_id: int, observed_md5: str | None = None) -> None:
+        """Forget the verification of a file so that it is copied and verified again.
+
+        ``observed_md5``: what the destination holds now; recording it makes the
+        next copy re-send the file even if its size and mtime look current.
+        """
         self.write(
             lambda s: s.execute(update(F).where(F.id == file_id, F.removed.is_(None))
-                                .values(remote_md5sum=None)),
+                                .values(remote_md5sum=observed_md5)),
             what="requeue",
         )
 
