@@ -1,7 +1,10 @@
 # Set-up, tests and demo for suprsync.
 #
-#   make demo   install what is missing, then run the demo
-#   make test   install what is missing, then lint and run the whole test suite
+#   make demo         install what is missing, then run the demo
+#   make test         install what is missing, then lint and run the whole test suite
+#   make bench        run the benchmarks (several minutes); table on stdout and in
+#                     benchmarks/results.json (see docs/benchmarks.md)
+#   make bench-quick  the small variants of the benchmarks (a smoke test, ~30 s)
 #
 # Environments:
 #   .venv           suprsync with its test and ocs extras
@@ -13,13 +16,14 @@ PY := $(VENV)/bin/python
 PEER := .venv-peer
 CROSSBAR := .venv-crossbar
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 PIP_QUIET := -q --disable-pip-version-check
 
 # Run apt-get through sudo only when not already root.
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: all deps pgdeps venv peer crossbar lint test demo clean
+.PHONY: all deps pgdeps venv peer crossbar lint test demo bench bench-quick clean
 
 all: test
 
@@ -40,7 +44,7 @@ pgdeps:
 
 venv:
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[test,ocs,postgresql]'
+	$(VENV)/bin/pip install $(PIP_QUIET) -e '.[test,ocs,postgresql,metrics]'
 
 peer:
 	@test -x $(PEER)/bin/python || python3 -m venv $(PEER)
@@ -52,16 +56,22 @@ crossbar:
 	@test -x $(CROSSBAR)/bin/crossbar || $(CROSSBAR)/bin/pip install $(PIP_QUIET) crossbar
 
 lint: venv
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts benchmarks
 
 test: deps pgdeps venv peer crossbar
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts benchmarks
 	SUPRSYNC_PEER_PYTHON=$(CURDIR)/$(PEER)/bin/python \
 	SUPRSYNC_CROSSBAR=$(CURDIR)/$(CROSSBAR)/bin/crossbar \
 	  $(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: deps venv
 	$(PY) scripts/demo.py
+
+bench: deps venv
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
+
+bench-quick: deps venv
+	$(PY) -m benchmarks.run --quick --reps 1 --out benchmarks/results-quick.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(PEER) $(CROSSBAR) demo .pytest_cache

@@ -117,6 +117,8 @@ class Agent:
         self._requests: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
         self._next_transfer_stats = 0.0
         self._failures = 0
+        #: Called with the report of every copy step (metrics use this).
+        self.observers: list[Callable[[CopyReport], None]] = []
 
     # ----------------------------------------------------------- the loop
 
@@ -241,6 +243,8 @@ class Agent:
             report = CopyReport(start_time=self.clock(), stop_time=self.clock(),
                                 error="timed out" if exc.timed_out else "nonzero exit",
                                 timed_out=exc.timed_out, failed=True)
+        for observe in self.observers:
+            observe(report)
         self.session.count("copies", len(report.files))
         if report.failed:
             self.session.count("errors_timeout" if report.timed_out else "errors_nonzero")

@@ -78,14 +78,33 @@ def cmd_run(ns: argparse.Namespace) -> int:
         raise CliError(f"cannot open catalog {ns.db_path!r}: {str(exc).splitlines()[0]}") \
             from None
 
+    metrics = _start_metrics(agent, ns) if ns.metrics_port is not None else None
+
     def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s, stopping after the current step", signal.Signals(signum).name)
+        log.info("received %s, stopping", signal.Signals(signum).name)
         agent.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    ok = agent.run(once=ns.once)
+    try:
+        ok = agent.run(once=ns.once)
+    finally:
+        if metrics is not None:
+            metrics.close()
     return 0 if ok or not ns.once else 1
+
+
+def _start_metrics(agent: Any, ns: argparse.Namespace) -> Any:
+    try:
+        from .metrics import MetricsServer
+    except ImportError:
+        raise CliError("--metrics-port needs prometheus-client: pip install "
+                       "'suprsync[metrics]'") from None
+    try:
+        return MetricsServer(agent, ns.metrics_port, ns.metrics_host)
+    except OSError as exc:
+        raise CliError(f"cannot serve metrics on {ns.metrics_host}:{ns.metrics_port}: "
+                       f"{exc.strerror or exc}") from None
 
 
 def cmd_add(ns: argparse.Namespace) -> int:
@@ -190,6 +209,23 @@ def cmd_stats(ns: argparse.Namespace) -> int:
             tcs = dirs[state]
             shown = " ".join(map(str, tcs[-12:])) + (" ..." if len(tcs) > 12 else "")
             print(f"    {state:<19} {len(tcs):>5}  {shown}")
+    return 0
+
+
+def cmd_status(ns: argparse.Namespace) -> int:
+    from .status import catalog_status, format_table
+
+    manager = open_catalog(ns.db)
+    if ns.archive_name:
+        _require_archive(manager, ns.archive_name)
+    status = catalog_status(manager, ns.max_copy_attempts,
+                            [ns.archive_name] if ns.archive_name else None)
+    if ns.json:
+        print(json.dumps(status, indent=2))
+    elif not status:
+        print("the catalog holds no files yet")
+    else:
+        print(format_table(status, now=manager.clock()))
     return 0
 
 
@@ -319,6 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true")
     _db_argument(stats)
     stats.set_defaults(func=cmd_stats)
+
+    status = sub.add_parser("status", help="per archive: is data flowing, how far behind")
+    status.add_argument("archive_name", nargs="?", help="archive (default: all)")
+    status.add_argument("--max-copy-attempts", type=int, default=5,
+                        help="the agents' attempt limit, to tell waiting from failed "
+                             "(default: 5)")
+    status.add_argument("--json", action="store_true")
+    _db_argument(status)
+    status.set_defaults(func=cmd_status)
 
     retry = sub.add_parser("retry-failed",
                            help="copy again files that reached the attempt limit")

@@ -33,6 +33,12 @@ class CopyReport:
     error: str | None = None
     timed_out: bool = False
     failed: bool = False
+    #: Bytes of the files verified on the destination.
+    bytes_verified: int = 0
+    #: Files whose copy did not verify (mismatch or missing).
+    verify_failures: int = 0
+    #: Seconds each rsync call took.
+    transfer_durations: list[float] = field(default_factory=list)
 
     def as_session_data(self) -> dict:
         """The ``last_copy`` entry of the session data."""
@@ -208,6 +214,8 @@ def _run_pipeline(manager: SupRsyncFilesManager, transport: Transport, staging: 
         def send_then_queue_verify(chunk: list[_Staged], force: bool) -> Future | None:
             result = transport.copy(staging, [s.rel for s in chunk], force=force)
             copied_at = clock()
+            with lock:
+                report.transfer_durations.append(result.duration)
             if not _transfer_ok(result, len(chunk), transport, report, lock):
                 return None
             return verifiers.submit(_verify_chunk, manager, transport, chunk, copied_at,
@@ -276,6 +284,8 @@ def _verify_chunk(manager: SupRsyncFilesManager, transport: Transport, chunk: li
     manager.record_results(results, agent_id)
     with lock:
         report.files += verdicts
+        report.bytes_verified += sum(s.size for s, r in zip(chunk, results, strict=True) if r.ok)
+        report.verify_failures += sum(not r.ok for r in results)
 
 
 def _rehash_changed(row: SupRsyncFile) -> str | None:

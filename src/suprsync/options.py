@@ -94,6 +94,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
     s.add_argument("--claim-timeout", type=_positive(float), default=600.0, metavar="S",
                    help="seconds after which files claimed by an agent that died may be "
                         "taken by another agent sharing the catalog (default: 600)")
+    s.add_argument("--metrics-port", type=_positive(int), default=None, metavar="PORT",
+                   help="serve Prometheus metrics on /metrics and the session data on "
+                        "/status at this port (needs suprsync[metrics])")
+    s.add_argument("--metrics-host", default="127.0.0.1",
+                   help="address the metrics server listens on (default: 127.0.0.1)")
     s.add_argument("--ssh-port", type=_positive(int), default=None, help="ssh port of the host")
     s.add_argument("--ssh-known-hosts", default=None,
                    help="known_hosts file to check the host key against (default: ssh's own)")

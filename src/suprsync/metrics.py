@@ -1,0 +1,125 @@
+"""Prometheus metrics and a JSON /status page for a running agent.
+
+Needs the optional ``metrics`` extra (prometheus-client).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .copying import CopyReport
+
+log = logging.getLogger(__name__)
+
+#: Buckets of the transfer-duration histogram (seconds).
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class _SessionCollector:
+    """Turns the agent's session data into metrics at each scrape."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[Metric]:
+        data = self.agent.session.snapshot()
+        for name, value in data["counters"].items():
+            metric = CounterMetricFamily(f"suprsync_{name}",
+                                         f"Session-data counter '{name}' of the run loop.")
+            metric.add_metric([], value)
+            yield metric
+        now = time.time()
+        backlog = GaugeMetricFamily("suprsync_backlog_files",
+                                    "Files not yet verified on the remote (not ignored).",
+                                    labels=["archive"])
+        lag = GaugeMetricFamily("suprsync_finalized_until_lag_seconds",
+                                "Seconds between now and finalized_until.", labels=["archive"])
+        registered = GaugeMetricFamily("suprsync_registered_files",
+                                       "Files registered in the archive.", labels=["archive"])
+        for archive, stats in data["archive_stats"].items():
+            backlog.add_metric([archive], stats["uncopied_files"])
+            lag.add_metric([archive], max(0.0, now - stats["finalized_until"]))
+            registered.add_metric([archive], stats["num_files"])
+        yield backlog
+        yield lag
+        yield registered
+        last = GaugeMetricFamily("suprsync_last_iteration_timestamp_seconds",
+                                 "Unix time of the last iteration of the run loop.")
+        last.add_metric([], data["timestamp"])
+        yield last
+        degraded = GaugeMetricFamily("suprsync_degraded",
+                                     "1 while the catalog cannot be read or written.")
+        degraded.add_metric([], 1.0 if self.agent.session.degraded else 0.0)
+        yield degraded
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
+        log.debug("metrics: " + format, *args)
+
+
+class MetricsServer:
+    """Serves /metrics (Prometheus text format) and /status (session data as JSON)."""
+
+    def __init__(self, agent: Agent, port: int, host: str = "127.0.0.1") -> None:
+        self.agent = agent
+        self.registry = CollectorRegistry()
+        self.registry.register(_SessionCollector(agent))
+        self.files_copied = Counter("suprsync_files_copied", "Files copied and verified.",
+                                    registry=self.registry)
+        self.bytes_copied = Counter("suprsync_bytes_copied", "Bytes copied and verified.",
+                                    registry=self.registry)
+        self.verify_failures = Counter("suprsync_verification_failures",
+                                       "Copies that did not verify (md5 mismatch or missing).",
+                                       registry=self.registry)
+        self.transfer_seconds = Histogram("suprsync_transfer_duration_seconds",
+                                          "Duration of each rsync call.",
+                                          buckets=DURATION_BUCKETS, registry=self.registry)
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ: dict, start_response):  # type: ignore[no-untyped-def]
+            if environ.get("PATH_INFO") == "/status":
+                body = json.dumps({**agent.session.snapshot(),
+                                   "degraded": agent.session.degraded}).encode()
+                start_response("200 OK", [("Content-Type", "application/json"),
+                                          ("Content-Length", str(len(body)))])
+                return [body]
+            return metrics_app(environ, start_response)
+
+        self.httpd = make_server(host, port, app, server_class=_ThreadingWSGIServer,
+                                 handler_class=_QuietHandler)
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics",
+                                        daemon=True)
+        self._thread.start()
+        agent.observers.append(self.observe)
+        log.info("serving metrics on http://%s:%d/metrics and /status", host, self.port)
+
+    def observe(self, report: CopyReport) -> None:
+        """Count what one copy step did."""
+        self.files_copied.inc(sum(ok for _, ok in report.files))
+        self.bytes_copied.inc(report.bytes_verified)
+        self.verify_failures.inc(report.verify_failures)
+        for seconds in report.transfer_durations:
+            self.transfer_seconds.observe(seconds)
+
+    def close(self) -> None:
+        """Stop serving."""
+        self.httpd.shutdown()
+        self.httpd.server_close()

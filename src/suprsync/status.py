@@ -1,0 +1,114 @@
+"""What an operator needs at a glance: per archive, is data flowing and how far behind."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+
+from .catalog.schema import NOT_IGNORED, SYNCED, UNSYNCED, SupRsyncFile
+from .catalog.store import SupRsyncFilesManager
+
+F = SupRsyncFile
+
+
+def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_attempts: int,
+                   now: float | None = None) -> dict[str, Any]:
+    """Counts, backlog and lags of one archive (see docs/usage.md, 'suprsync status')."""
+    now = manager.clock() if now is None else now
+    attempts = func.coalesce(F.failed_copy_attempts, 0)
+    waiting = UNSYNCED & NOT_IGNORED & F.removed.is_(None) & (attempts < max_copy_attempts)
+    failed = UNSYNCED & NOT_IGNORED & (attempts >= max_copy_attempts)
+
+    def one(cond):  # type: ignore[no-untyped-def]
+        return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
+
+    def query(session: Session) -> dict[str, Any]:
+        row = session.execute(
+            select(func.count(), one(SYNCED), one(waiting), one(failed), one(~NOT_IGNORED),
+                   func.min(case((waiting, F.timestamp))),
+                   func.max(case((SYNCED, F.copied))))
+            .where(F.archive_name == archive_name)).one()
+        waiting_bytes = 0
+        for path in session.scalars(select(F.local_path).where(
+                F.archive_name == archive_name, waiting).execution_options(yield_per=2000)):
+            try:
+                waiting_bytes += os.stat(path).st_size
+            except OSError:
+                continue
+        finalized_until = manager.get_finalized_until(archive_name, session=session)
+        return {
+            "registered": int(row[0]),
+            "synced": int(row[1]),
+            "waiting": int(row[2]),
+            "failed_at_limit": int(row[3]),
+            "ignored": int(row[4]),
+            "bytes_waiting": waiting_bytes,
+            "oldest_waiting_age": None if row[5] is None else max(0.0, now - float(row[5])),
+            "finalized_until": finalized_until,
+            "finalized_until_lag": max(0.0, now - finalized_until),
+            "last_copy": None if row[6] is None else float(row[6]),
+        }
+
+    return manager.read(query, what=f"status of {archive_name}")
+
+
+def catalog_status(manager: SupRsyncFilesManager, max_copy_attempts: int,
+                   archives: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """archive_status of every archive (or of the given ones)."""
+    names = archives if archives is not None else manager.archives()
+    now = manager.clock()
+    return {name: archive_status(manager, name, max_copy_attempts, now) for name in names}
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def human_age(seconds: float | None) -> str:
+    """90061 -> '1d 1h'; None -> '-'."""
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+COLUMNS = ("archive", "registered", "synced", "waiting", "failed", "ignored", "bytes waiting",
+           "oldest waiting", "finalized until", "lag", "last copy")
+
+
+def format_table(status: dict[str, dict[str, Any]], now: float | None = None) -> str:
+    """The status as an aligned text table, one archive per line."""
+    now = time.time() if now is None else now
+    rows = [COLUMNS]
+    for name, s in status.items():
+        rows.append((
+            name, str(s["registered"]), str(s["synced"]), str(s["waiting"]),
+            str(s["failed_at_limit"]), str(s["ignored"]), human_bytes(s["bytes_waiting"]),
+            human_age(s["oldest_waiting_age"]),
+            time.strftime("%Y-%m-%d %H:%M", time.gmtime(s["finalized_until"])),
+            human_age(s["finalized_until_lag"]),
+            "-" if s["last_copy"] is None else human_age(now - s["last_copy"]) + " ago",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w)
+                       for i, (cell, w) in enumerate(zip(r, widths, strict=True))).rstrip()
+             for r in rows]
+    return "\n".join(lines)
