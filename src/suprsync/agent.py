@@ -239,10 +239,16 @@ class Agent:
             report = self.handler.copy_report(max_copy_attempts=cfg.max_copy_attempts,
                                               num_files=cfg.files_per_batch)
         except TransportError as exc:
-            log.error("[%s] destination unavailable: %s", cfg.instance_id, exc)
+            if not self.stop_event.is_set():
+                log.error("[%s] destination unavailable: %s", cfg.instance_id, exc)
             report = CopyReport(start_time=self.clock(), stop_time=self.clock(),
                                 error="timed out" if exc.timed_out else "nonzero exit",
                                 timed_out=exc.timed_out, failed=True)
+        if report.failed and self.stop_event.is_set():
+            # Killed by stop(): an interruption, not a failure of the destination.
+            log.info("[%s] transfer interrupted by stop; it will be redone next run",
+                     cfg.instance_id)
+            report.failed, report.timed_out, report.error = False, False, None
         for observe in self.observers:
             observe(report)
         self.session.count("copies", len(report.files))

@@ -20,6 +20,7 @@ from .agent import Agent, AgentConfig
 from .catalog import maintenance
 from .catalog.store import SupRsyncFilesManager
 from .options import ConfigError, add_run_arguments, check_environment, config_from_args
+from .session import SessionData
 
 log = logging.getLogger("suprsync.ocs")
 
@@ -61,6 +62,8 @@ class SupRsyncAgent:
                           errors_sqlite}}
         """
         self._stopping.clear()
+        # Clients may read the keys before the catalog can be opened.
+        session.data = SessionData(time.time()).snapshot()
 
         def on_change(data: dict[str, Any], degraded: bool) -> None:
             session.data = data
@@ -87,10 +90,10 @@ class SupRsyncAgent:
         return True, "Stopped run process"
 
     def _stop(self, session: Any, params: dict | None = None) -> tuple[bool, str]:
+        session.set_status("stopping")
         self._stopping.set()
         if self.core is not None:
             self.core.stop()
-        session.set_status("stopping")
         return True, "Requested the run process to stop"
 
     def _publish(self, feed: str, message: dict[str, Any]) -> None:

@@ -11,6 +11,8 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from sqlalchemy import delete, exists, func, insert, inspect, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..hashing import md5_file
@@ -54,6 +56,8 @@ def create_file(
     if local_md5sum is None:
         check_local_file(local_path)
         local_md5sum = md5_file(local_path)
+    elif os.path.exists(local_path):
+        check_local_file(local_path)  # with a given md5 it may be missing, not irregular
     if timestamp is None:
         timestamp = time.time()
     row = SupRsyncFile(
@@ -153,6 +157,18 @@ class SupRsyncFilesManager:
         self._engine.dispose()
 
     def _create_schema(self) -> None:
+        # Another process may create the same tables at the same moment: the loser's
+        # "already exists" just means the work is done, so look again.
+        for attempt in range(5):
+            try:
+                self._create_missing()
+                return
+            except SQLAlchemyError as exc:
+                if "already exists" not in str(exc).lower() or attempt == 4:
+                    raise
+                log.info("catalog tables were created by another process meanwhile")
+
+    def _create_missing(self) -> None:
         Base.metadata.create_all(self._engine)
         tables = (F.__tablename__, TimecodeDir.__tablename__, FileClaim.__tablename__)
         existing = {ix["name"] for t in tables for ix in inspect(self._engine).get_indexes(t)}
@@ -334,11 +350,19 @@ class SupRsyncFilesManager:
             if self.is_postgresql:
                 query = query.with_for_update(skip_locked=True, of=F)
             rows = list(session.scalars(query))
-            if rows:
-                session.execute(insert(FileClaim), [
-                    {"file_id": r.id, "agent_id": agent_id, "expires": now + lease}
-                    for r in rows])
-            return rows
+            if not rows:
+                return rows
+            leases = [{"file_id": r.id, "agent_id": agent_id, "expires": now + lease}
+                      for r in rows]
+            if not self.is_postgresql:
+                session.execute(insert(FileClaim), leases)
+                return rows
+            # A claim committed after this query's snapshot is invisible to NOT EXISTS
+            # while its files are no longer locked: keep only the leases we could insert.
+            won = set(session.scalars(
+                pg_insert(FileClaim).on_conflict_do_nothing(index_elements=["file_id"])
+                .returning(FileClaim.file_id), leases))
+            return [r for r in rows if r.id in won]
 
         return self.write(claim, what="claim files")
 
