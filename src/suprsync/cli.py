@@ -71,6 +71,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     try:
         config = config_from_args(ns)
         check_environment(config)
+        metrics = _start_metrics(ns) if ns.metrics_port is not None else None
         agent = Agent(config)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
@@ -78,7 +79,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
         raise CliError(f"cannot open catalog {ns.db_path!r}: {str(exc).splitlines()[0]}") \
             from None
 
-    metrics = _start_metrics(agent, ns) if ns.metrics_port is not None else None
+    if metrics is not None:
+        metrics.attach(agent)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
@@ -94,14 +96,14 @@ def cmd_run(ns: argparse.Namespace) -> int:
     return 0 if ok or not ns.once else 1
 
 
-def _start_metrics(agent: Any, ns: argparse.Namespace) -> Any:
+def _start_metrics(ns: argparse.Namespace) -> Any:
     try:
         from .metrics import MetricsServer
     except ImportError:
         raise CliError("--metrics-port needs prometheus-client: pip install "
                        "'suprsync[metrics]'") from None
     try:
-        return MetricsServer(agent, ns.metrics_port, ns.metrics_host)
+        return MetricsServer(ns.metrics_port, ns.metrics_host)
     except OSError as exc:
         raise CliError(f"cannot serve metrics on {ns.metrics_host}:{ns.metrics_port}: "
                        f"{exc.strerror or exc}") from None
@@ -293,7 +295,37 @@ def cmd_migrate(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(ns: argparse.Namespace) -> int:
+    """Exit 0 when the destination matches the catalog, 1 on problems, 2 when it cannot run."""
+    from .audit import AuditError, run_audit
+    from .transport import TransportError
+
+    manager = None
+    try:
+        manager = open_catalog(ns.db, write=ns.requeue)
+        _require_archive(manager, ns.archive_name)
+        return run_audit(ns, manager)
+    except (CliError, AuditError, TransportError, SQLAlchemyError, CatalogBusy) as exc:
+        text = str(exc).strip().splitlines()
+        print(f"suprsync audit: error: {text[0] if text else type(exc).__name__}",
+              file=sys.stderr)
+        return 2
+    finally:
+        if manager is not None:
+            manager.close()
+
+
 # ------------------------------------------------------------------- parser
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -358,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="per archive: is data flowing, how far behind")
     status.add_argument("archive_name", nargs="?", help="archive (default: all)")
-    status.add_argument("--max-copy-attempts", type=int, default=5,
+    status.add_argument("--max-copy-attempts", type=_at_least_one, default=5,
                         help="the agents' attempt limit, to tell waiting from failed "
                              "(default: 5)")
     status.add_argument("--json", action="store_true")
@@ -369,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="copy again files that reached the attempt limit")
     retry.add_argument("archive_name")
     retry.add_argument("--path", action="append", help="only this local path (repeatable)")
-    retry.add_argument("--max-copy-attempts", type=int, default=5,
+    retry.add_argument("--max-copy-attempts", type=_at_least_one, default=5,
                        help="the agent's attempt limit (default: 5)")
     _db_argument(retry)
     retry.set_defaults(func=cmd_retry_failed)
@@ -402,6 +434,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="destination: SQLAlchemy URL (e.g. postgresql://...) or sqlite path; "
                           "its tables must be empty")
     mig.set_defaults(func=cmd_migrate)
+
+    from .audit import add_audit_arguments
+
+    audit = sub.add_parser("audit", help="compare the catalog of an archive with its "
+                                         "destination (exit 1 when they differ)")
+    add_audit_arguments(audit)
+    _db_argument(audit)
+    audit.set_defaults(func=cmd_audit)
     return parser
 
 
@@ -428,6 +468,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: no traceback, and no second error at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -30,10 +31,12 @@ DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 
 class _SessionCollector:
     """Turns the agent's session data into metrics at each scrape."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self) -> None:
+        self.agent: Agent | None = None
 
     def collect(self) -> Iterator[Metric]:
+        if self.agent is None:
+            return
         data = self.agent.session.snapshot()
         for name, value in data["counters"].items():
             metric = CounterMetricFamily(f"suprsync_{name}",
@@ -69,18 +72,27 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+class _ThreadingWSGIServer6(_ThreadingWSGIServer):
+    address_family = socket.AF_INET6
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
         log.debug("metrics: " + format, *args)
 
 
 class MetricsServer:
-    """Serves /metrics (Prometheus text format) and /status (session data as JSON)."""
+    """Serves /metrics (Prometheus text format) and /status (session data as JSON).
 
-    def __init__(self, agent: Agent, port: int, host: str = "127.0.0.1") -> None:
-        self.agent = agent
+    It listens as soon as it is made (so a busy port is found before anything
+    else starts); the agent is attached afterwards with :meth:`attach`.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.agent: Agent | None = None
         self.registry = CollectorRegistry()
-        self.registry.register(_SessionCollector(agent))
+        self._collector = _SessionCollector()
+        self.registry.register(self._collector)
         self.files_copied = Counter("suprsync_files_copied", "Files copied and verified.",
                                     registry=self.registry)
         self.bytes_copied = Counter("suprsync_bytes_copied", "Bytes copied and verified.",
@@ -94,7 +106,8 @@ class MetricsServer:
         metrics_app = make_wsgi_app(self.registry)
 
         def app(environ: dict, start_response):  # type: ignore[no-untyped-def]
-            if environ.get("PATH_INFO") == "/status":
+            agent = self.agent
+            if environ.get("PATH_INFO") == "/status" and agent is not None:
                 body = json.dumps({**agent.session.snapshot(),
                                    "degraded": agent.session.degraded}).encode()
                 start_response("200 OK", [("Content-Type", "application/json"),
@@ -102,14 +115,20 @@ class MetricsServer:
                 return [body]
             return metrics_app(environ, start_response)
 
-        self.httpd = make_server(host, port, app, server_class=_ThreadingWSGIServer,
+        server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
+        self.httpd = make_server(host, port, app, server_class=server_class,
                                  handler_class=_QuietHandler)
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics",
                                         daemon=True)
         self._thread.start()
-        agent.observers.append(self.observe)
         log.info("serving metrics on http://%s:%d/metrics and /status", host, self.port)
+
+    def attach(self, agent: Agent) -> None:
+        """Publish this agent's session data and count its copy steps."""
+        self.agent = agent
+        self._collector.agent = agent
+        agent.observers.append(self.observe)
 
     def observe(self, report: CopyReport) -> None:
         """Count what one copy step did."""

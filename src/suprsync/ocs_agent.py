@@ -33,9 +33,12 @@ TASK_WAIT = 600.0
 class SupRsyncAgent:
     """The OCS agent: one ``run`` process and the operator tasks."""
 
-    def __init__(self, agent: ocs_agent.OCSAgent, config: AgentConfig) -> None:
+    def __init__(self, agent: ocs_agent.OCSAgent, config: AgentConfig,
+                 metrics: Any = None) -> None:
         self.agent = agent
         self.config = config
+        #: A metrics.MetricsServer when --metrics-port was given.
+        self.metrics = metrics
         self.core: Agent | None = None
         self._stopping = threading.Event()
         self._task_manager: SupRsyncFilesManager | None = None
@@ -82,6 +85,8 @@ class SupRsyncAgent:
             return True, "Stopped run process"
         session.data = core.session.snapshot()
         session.degraded = False
+        if self.metrics is not None:
+            self.metrics.attach(core)
         self.core = core
         try:
             core.run()
@@ -176,8 +181,13 @@ def _main(agent_class: str, args: list[str] | None = None) -> None:
         check_environment(config)
     except ConfigError as exc:
         raise SystemExit(f"suprsync ({agent_class}): error: {exc}") from None
+    metrics = None
+    if ns.metrics_port is not None:
+        from .metrics import MetricsServer
+
+        metrics = MetricsServer(ns.metrics_port, ns.metrics_host)
     agent, runner = ocs_agent.init_site_agent(ns)
-    suprsync = SupRsyncAgent(agent, config)
+    suprsync = SupRsyncAgent(agent, config, metrics)
     agent.register_process("run", suprsync.run, suprsync._stop, startup=True)
     agent.register_task("retry_failed", suprsync.retry_failed)
     agent.register_task("set_ignore", suprsync.set_ignore)

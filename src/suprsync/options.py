@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import stat
+import subprocess
 
 from .agent import AgentConfig
 
@@ -22,6 +24,8 @@ def _positive(kind: type):  # type: ignore[no-untyped-def]
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
         if value < 0:
             raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
         return value
@@ -163,6 +167,9 @@ def check_environment(config: AgentConfig) -> None:
     """Fail fast, with a one-line reason, on what would break the agent later."""
     if shutil.which("rsync") is None:
         raise ConfigError("rsync is not installed (no 'rsync' on PATH)")
+    _check_rsync_values(config)
+    if config.ssh_port is not None and not 1 <= config.ssh_port <= 65535:
+        raise ConfigError(f"--ssh-port must be between 1 and 65535, not {config.ssh_port}")
     if config.ssh_host:
         if shutil.which("ssh") is None:
             raise ConfigError("ssh is not installed (no 'ssh' on PATH) but --ssh-host is set")
@@ -189,6 +196,22 @@ def check_environment(config: AgentConfig) -> None:
                 and not os.access(folder, os.W_OK):
             raise ConfigError(f"cannot create catalog {config.db_path!r}: "
                               f"{folder!r} is not writable")
+
+
+def _check_rsync_values(config: AgentConfig) -> None:
+    """Let rsync itself judge --bwlimit and --chmod (it refuses bad ones at once)."""
+    argv = ["rsync"]
+    if config.bwlimit:
+        argv.append(f"--bwlimit={config.bwlimit}")
+    if config.chmod:
+        argv.append(f"--chmod={config.chmod}")
+    if len(argv) == 1:
+        return
+    result = subprocess.run([*argv, "--version"], capture_output=True, text=True, timeout=30,
+                            stdin=subprocess.DEVNULL, check=False)
+    if result.returncode != 0:
+        first = (result.stderr.strip().splitlines() or ["rejected"])[0]
+        raise ConfigError(f"rsync refuses the options: {first}")
 
 
 def _check_key(path: str) -> None:

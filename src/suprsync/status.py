@@ -17,7 +17,7 @@ F = SupRsyncFile
 
 def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_attempts: int,
                    now: float | None = None) -> dict[str, Any]:
-    """Counts, backlog and lags of one archive (see docs/usage.md, 'suprsync status')."""
+    """Counts, backlog and lags of one archive (see docs/monitoring.md)."""
     now = manager.clock() if now is None else now
     attempts = func.coalesce(F.failed_copy_attempts, 0)
     waiting = UNSYNCED & NOT_IGNORED & F.removed.is_(None) & (attempts < max_copy_attempts)

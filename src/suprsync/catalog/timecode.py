@@ -51,11 +51,25 @@ def in_dir(timecode: int):  # type: ignore[no-untyped-def]
     return F.remote_path.like(f"{int(timecode)}/%")
 
 
+def lock_dir_rows(session: Session, archive_name: str) -> None:
+    """On PostgreSQL, keep other transactions from creating this archive's dir rows now.
+
+    The table has no unique key on (archive, timecode); without this lock, two agents
+    detecting the same new dir at once would both insert it. sqlite serializes writers.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(
+            func.hashtext(f"suprsync timecode dirs {archive_name}"))))
+
+
 def ensure_tcdir(session: Session, archive_name: str, timecode: int) -> None:
     """Create the row of a timecode dir unless it exists."""
-    exists = session.scalar(
-        select(TD.id).where(TD.archive_name == archive_name, TD.timecode == timecode).limit(1))
-    if exists is None:
+    query = select(TD.id).where(TD.archive_name == archive_name,
+                                TD.timecode == timecode).limit(1)
+    if session.scalar(query) is not None:
+        return
+    lock_dir_rows(session, archive_name)
+    if session.scalar(query) is None:
         session.add(TD(timecode=timecode, archive_name=archive_name, completed=False,
                        synced=False, finalized=False))
         session.flush()
@@ -80,6 +94,7 @@ def scan_timecodes(
     found = {tc for prefix in session.scalars(query) if (tc := timecode_of(prefix)) is not None}
     if not found:
         return 0, max_id
+    lock_dir_rows(session, archive_name)
     known = set(session.scalars(
         select(TD.timecode).where(TD.archive_name == archive_name, TD.timecode.in_(found))))
     for timecode in sorted(found - known):

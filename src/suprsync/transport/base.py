@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from ..procs import ProcGroup, ProcResult
+from ..procs import ProcGroup, ProcResult, Stream
 
 
 class TransportError(RuntimeError):
@@ -47,6 +48,53 @@ def scaled_timeout(cmd_timeout: float | None, total_bytes: int) -> float | None:
     return cmd_timeout + total_bytes / MIN_HASH_RATE
 
 
+#: Slowest rate (files/s) at which a destination is expected to list and sort its files.
+MIN_LIST_RATE = 2000
+
+#: The listing pipeline run in the base dir: every regular file, NUL-separated, bytewise order.
+FIND_FILES = ("find", ".", "-type", "f", "-print0")
+SORT_BYTEWISE = ("env", "LC_ALL=C", "sort", "-z")
+
+Warn = Callable[[str], None]
+
+
+def list_timeout(cmd_timeout: float | None, expected_files: int) -> float | None:
+    """--cmd-timeout for listing a tree: the limit plus time to list expected_files."""
+    if cmd_timeout is None:
+        return None
+    return cmd_timeout + expected_files / MIN_LIST_RATE
+
+
+def read_listing(stream: Stream, where: str, on_warning: Warn | None) -> Iterator[str]:
+    """Relative paths from a running ``find . -print0 | sort -z``; TransportError if it failed.
+
+    Messages of a listing that still succeeded (an unreadable subdirectory, say)
+    go to ``on_warning``.
+    """
+    with stream:
+        for record in stream.records(b"\0"):
+            yield record.removeprefix(b"./").decode("utf-8", "surrogateescape")
+    result = stream.result
+    assert result is not None
+    message = last_line(result.stderr)
+    if result.timed_out:
+        raise TransportError(f"listing the files of {where} timed out after "
+                             f"{result.duration:.1f} s", timed_out=True)
+    if result.returncode != 0:
+        raise TransportError(f"listing the files of {where} failed (exit "
+                             f"{result.returncode}): {message}")
+    if message and on_warning is not None:
+        for line in result.stderr.decode("utf-8", "replace").splitlines()[-20:]:
+            if line.strip():
+                on_warning(f"listing {where}: {line.strip()}")
+
+
+def last_line(output: bytes) -> str:
+    """The last non-blank line of a program's output, as text."""
+    lines = [ln.strip() for ln in output.decode("utf-8", "replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
 #: rsync exit codes that mean some files failed but the transfer as a whole ran.
 PARTIAL_EXIT_CODES = (23, 24)
 
@@ -86,6 +134,17 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def stat(self, rel_paths: list[str]) -> dict[str, RemoteStat]:
         """Size and mtime of each path that exists under the base dir (missing ones left out)."""
+
+    @abc.abstractmethod
+    def list_files(self, expected_files: int = 0,
+                   on_warning: Warn | None = None) -> Iterator[str]:
+        """Every regular file under the base dir, relative to it, in bytewise order.
+
+        The names arrive as a stream, so memory stays small however many files
+        there are. ``expected_files`` extends the time limit (--cmd-timeout) of
+        the listing. An incomplete but finished listing (an unreadable subdirectory)
+        is reported to ``on_warning``; a listing that fails raises TransportError.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections."""

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import os
+import shlex
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from ..hashing import md5_file
-from ..procs import ProcResult, run
-from .base import RemoteStat, TransferOptions, Transport, TransportError
-from .rsync import files_from, rsync_argv
+from ..procs import ProcResult, Stream, run
+from .base import (
+    FIND_FILES,
+    SORT_BYTEWISE,
+    RemoteStat,
+    TransferOptions,
+    Transport,
+    TransportError,
+    Warn,
+    list_timeout,
+    read_listing,
+)
+from .rsync import rsync_argv, rsync_files_from
 
 
 class LocalTransport(Transport):
@@ -28,7 +40,7 @@ class LocalTransport(Transport):
 
     def copy(self, staging_dir: str, rel_paths: list[str], force: bool = False) -> ProcResult:
         argv = rsync_argv(self.options, staging_dir, self.remote_basedir + "/", force=force)
-        return run(argv, input=files_from(rel_paths), timeout=self.options.copy_timeout,
+        return run(argv, input=rsync_files_from(rel_paths), timeout=self.options.copy_timeout,
                    group=self.children)
 
     def stat(self, rel_paths: list[str]) -> dict[str, RemoteStat]:
@@ -51,3 +63,17 @@ class LocalTransport(Transport):
         workers = min(4, max(1, len(rel_paths)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return {rel: md5 for rel, md5 in pool.map(one, rel_paths) if md5 is not None}
+
+    def list_files(self, expected_files: int = 0,
+                   on_warning: Warn | None = None) -> Iterator[str]:
+        # A fixed pipeline, run in the base dir: no name ever appears in the script.
+        script = " ".join(map(shlex.quote, FIND_FILES)) + " | " + \
+            " ".join(map(shlex.quote, SORT_BYTEWISE))
+        try:
+            stream = Stream(["sh", "-c", script], cwd=self.remote_basedir,
+                            timeout=list_timeout(self.options.cmd_timeout, expected_files),
+                            group=self.children)
+        except OSError as exc:
+            raise TransportError(f"cannot list {self.remote_basedir!r}: "
+                                 f"{exc.strerror or exc}") from exc
+        return read_listing(stream, self.remote_basedir, on_warning)

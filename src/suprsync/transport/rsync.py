@@ -40,5 +40,10 @@ def rsync_argv(options: TransferOptions, source_dir: str, destination: str,
 
 
 def files_from(rel_paths: list[str]) -> bytes:
-    """The --files-from list: NUL-separated paths."""
+    """NUL-separated paths, as xargs -0 reads them."""
     return b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in rel_paths)
+
+
+def rsync_files_from(rel_paths: list[str]) -> bytes:
+    """The --files-from list: paths prefixed with ./ (rsync skips lines starting # or ;)."""
+    return files_from(["./" + p for p in rel_paths])

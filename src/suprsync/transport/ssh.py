@@ -6,11 +6,23 @@ import shlex
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..procs import ProcResult, run
-from .base import RemoteStat, TransferOptions, Transport, TransportError, scaled_timeout
-from .rsync import files_from, rsync_argv
+from ..procs import ProcResult, Stream, run
+from .base import (
+    FIND_FILES,
+    SORT_BYTEWISE,
+    RemoteStat,
+    TransferOptions,
+    Transport,
+    TransportError,
+    Warn,
+    list_timeout,
+    read_listing,
+    scaled_timeout,
+)
+from .rsync import files_from, rsync_argv, rsync_files_from
 
 #: Exit status of ssh itself when the connection failed.
 SSH_FAILED = 255
@@ -199,7 +211,7 @@ class SshTransport(Transport):
         destination = f"{self.ssh.host}:{self.remote_basedir.rstrip('/')}/"
         argv = rsync_argv(self.options, staging_dir, destination, force=force,
                           remote_shell=shell)
-        return run(argv, input=files_from(rel_paths), timeout=self.options.copy_timeout,
+        return run(argv, input=rsync_files_from(rel_paths), timeout=self.options.copy_timeout,
                    group=self.children)
 
     def _xargs(self, what: str, rel_paths: list[str], *command: str,
@@ -227,3 +239,12 @@ class SshTransport(Transport):
             return {}
         out = self._xargs("remote stat", rel_paths, "stat", "--printf", "%s %Y %n\\000")
         return parse_stat(out)
+
+    def list_files(self, expected_files: int = 0,
+                   on_warning: Warn | None = None) -> Iterator[str]:
+        line = (remote_command("cd", "--", self.remote_basedir) + " && "
+                + remote_command(*FIND_FILES) + " | " + remote_command(*SORT_BYTEWISE))
+        stream = Stream([*self.ssh_argv(), "--", self.ssh.host, line],
+                        timeout=list_timeout(self.options.cmd_timeout, expected_files),
+                        group=self.children)
+        return read_listing(stream, self.describe(), on_warning)

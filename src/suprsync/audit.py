@@ -1,0 +1,553 @@
+"""``suprsync audit``: compare an archive's catalog with what its destination holds.
+
+Two passes, each with bounded memory however large the archive:
+
+1. *Unknown files.* The destination lists its files in bytewise order (a
+   stream), the catalog streams the archive's remote paths in the same order,
+   and the two sorted streams are merged: a remote file with no row is unknown.
+2. *Synced files.* The rows the catalog calls synced (and not ignored) are read
+   in pages (keyset pagination on the (archive, timestamp) index, so no read
+   transaction stays open during remote calls). Each page costs one remote stat,
+   and with ``md5`` one remote md5sum. A copy that is missing, has another size
+   than the local file, or has the wrong md5 is a problem. When the local copy is
+   gone it cannot be re-sent: the file is *lost on the remote*.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from sqlalchemy import and_, func, or_, select
+
+from .catalog.schema import NOT_IGNORED, SYNCED, SupRsyncFile
+from .catalog.store import SupRsyncFilesManager
+from .paths import normalize_remote_path
+from .transport import SshOptions, TransferOptions, Transport, make_transport
+
+F = SupRsyncFile
+
+#: Rows per catalog page and per remote call.
+DEFAULT_BATCH = 1000
+#: Entries kept per category for --json; counts stay exact beyond it.
+DEFAULT_LIST_LIMIT = 100_000
+#: Entries shown per category in the human summary.
+SHOW = 10
+
+#: Problems with a catalogued file, then files the catalog does not know.
+FILE_PROBLEMS = ("lost_on_remote", "missing", "size_mismatch", "md5_mismatch", "invalid_path")
+CATEGORIES = (*FILE_PROBLEMS, "unknown", "temporary")
+#: Categories that make the exit status 1 (temporary files are expected while an agent copies).
+FAILING = (*FILE_PROBLEMS, "unknown")
+TITLES = {
+    "lost_on_remote": "LOST-ON-REMOTE",
+    "missing": "missing on remote",
+    "size_mismatch": "size differs",
+    "md5_mismatch": "md5 differs",
+    "invalid_path": "invalid remote path",
+    "unknown": "unknown on remote",
+    "temporary": "temporary (rsync)",
+}
+
+#: rsync's temporary names: ``.<name>.XXXXXX`` beside the file being written.
+_TEMP_NAME = re.compile(r"\.(.+)\.[A-Za-z0-9]{6}", re.DOTALL)
+
+
+class AuditError(ValueError):
+    """Bad flags, or the audit cannot run; one line for the user."""
+
+
+@dataclass
+class Category:
+    """The entries of one kind of problem: exact count, first ``limit`` items."""
+
+    limit: int
+    count: int = 0
+    items: list[Any] = field(default_factory=list)
+
+    def add(self, item: Any) -> None:
+        self.count += 1
+        if len(self.items) < self.limit:
+            self.items.append(item)
+
+    @property
+    def truncated(self) -> bool:
+        return self.count > len(self.items)
+
+
+@dataclass
+class AuditReport:
+    """What an audit found."""
+
+    archive: str
+    destination: str
+    md5: bool
+    requeue: bool
+    list_limit: int
+    catalog_rows: int = 0
+    remote_files: int = 0
+    checked: int = 0
+    requeued: int = 0
+    categories: dict[str, Category] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.categories = {name: Category(self.list_limit) for name in CATEGORIES}
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing that needs attention was found."""
+        return not any(self.categories[name].count for name in FAILING)
+
+    def as_json(self) -> dict[str, Any]:
+        """Everything, with each list capped at list_limit entries."""
+        return {
+            "archive": self.archive,
+            "destination": self.destination,
+            "md5": self.md5,
+            "requeue": self.requeue,
+            "ok": self.ok,
+            "catalog_rows": self.catalog_rows,
+            "remote_files": self.remote_files,
+            "synced_checked": self.checked,
+            "requeued": self.requeued,
+            "counts": {name: c.count for name, c in self.categories.items()},
+            "list_limit": self.list_limit,
+            "truncated": {name: c.truncated for name, c in self.categories.items()},
+            "files": {name: c.items for name, c in self.categories.items()},
+            "warnings": self.warnings,
+        }
+
+
+class Progress:
+    """A one-line progress display on a terminal; silent otherwise."""
+
+    def __init__(self, out: TextIO | None = None, every: float = 0.2) -> None:
+        self.out = out if out is not None and out.isatty() else None
+        self.every = every
+        self._last = 0.0
+        self._shown = False
+
+    def update(self, text: str, force: bool = False) -> None:
+        if self.out is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last >= self.every:
+            self._last = now
+            self.out.write(f"\r\x1b[K{text}")
+            self.out.flush()
+            self._shown = True
+
+    def done(self) -> None:
+        if self.out is not None and self._shown:
+            self.out.write("\n")
+            self.out.flush()
+            self._shown = False
+
+
+# ------------------------------------------------------------- the catalog
+
+
+def _key(path: str) -> bytes:
+    """The bytewise sort key of a path (names may hold undecodable bytes)."""
+    return path.encode("utf-8", "surrogateescape")
+
+
+#: Remote paths written like these are changed or refused by normalize_remote_path.
+_ODD_WHOLE = ("", ".", "..")
+_ODD_START = ("/", "./", "../")
+_ODD_END = ("/", "/.", "/..")
+_ODD_INSIDE = ("//", "/./", "/../")
+
+
+def _is_canonical(path: str) -> bool:
+    """True when normalize_remote_path returns the path unchanged (a fast test)."""
+    return not (path in _ODD_WHOLE or path.startswith(_ODD_START) or path.endswith(_ODD_END)
+                or any(part in path for part in _ODD_INSIDE) or "\0" in path)
+
+
+def _not_canonical_sql():  # type: ignore[no-untyped-def]
+    """SQL condition for the remote paths _is_canonical refuses (NUL aside: never valid)."""
+    p = F.remote_path
+    return or_(p.in_(_ODD_WHOLE), *(p.startswith(x) for x in _ODD_START),
+               *(p.endswith(x) for x in _ODD_END), *(p.contains(x) for x in _ODD_INSIDE))
+
+
+def _normalized(path: str) -> str:
+    """normalize_remote_path, skipped for paths already canonical."""
+    return path if isinstance(path, str) and _is_canonical(path) else normalize_remote_path(path)
+
+
+def _stream(manager: SupRsyncFilesManager, query, batch: int) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+    """Rows of one query, fetched batch rows at a time (a server-side cursor on PostgreSQL)."""
+    with manager.engine.connect() as conn:
+        yield from conn.execution_options(yield_per=batch).execute(query)
+
+
+def known_paths_sorted(manager: SupRsyncFilesManager, archive: str,
+                       batch: int) -> Iterator[str]:
+    """The archive's remote paths in bytewise order (duplicates possible)."""
+    path = F.remote_path.collate("C") if manager.is_postgresql else F.remote_path
+    query = (select(F.remote_path).where(F.archive_name == archive)
+             .order_by(path))
+    for (remote_path,) in _stream(manager, query, batch):
+        if remote_path is not None:
+            yield remote_path
+
+
+def oddly_written_paths(manager: SupRsyncFilesManager, archive: str, batch: int) -> set[str]:
+    """Normalized remote paths of the rows whose remote path is not written canonically.
+
+    Their order in the catalog is not the order of the files they name, so the
+    merge looks them up here. Catalogs normally have none.
+    """
+    query = select(F.remote_path).where(F.archive_name == archive, _not_canonical_sql())
+    found = set()
+    for (remote_path,) in _stream(manager, query, batch):
+        try:
+            found.add(normalize_remote_path(remote_path))
+        except (ValueError, TypeError):
+            continue
+    return found
+
+
+def synced_pages(manager: SupRsyncFilesManager, archive: str,
+                 batch: int) -> Iterator[list[Any]]:
+    """Synced, not ignored rows of the archive, oldest first, batch rows per short read."""
+    columns = (F.id, F.local_path, F.remote_path, F.local_md5sum, F.removed, F.timestamp)
+    last: tuple[float, int] | None = None
+    while True:
+        query = select(*columns).where(F.archive_name == archive, SYNCED, NOT_IGNORED)
+        if last is not None:
+            query = query.where(F.timestamp >= last[0],
+                                or_(F.timestamp > last[0], and_(F.timestamp == last[0],
+                                                                F.id > last[1])))
+        query = query.order_by(F.timestamp, F.id).limit(batch)
+        rows = manager.read(lambda s, q=query: s.execute(q).all(), what="audit read")
+        if not rows:
+            return
+        yield rows
+        last = (rows[-1].timestamp, rows[-1].id)
+
+
+def count_rows(manager: SupRsyncFilesManager, archive: str, synced_only: bool = False) -> int:
+    """Rows of the archive (or only its synced, not ignored ones)."""
+    query = select(func.count()).select_from(F).where(F.archive_name == archive)
+    if synced_only:
+        query = query.where(SYNCED, NOT_IGNORED)
+    return int(manager.read(lambda s: s.scalar(query), what="audit count") or 0)
+
+
+# ------------------------------------------------------------ the passes
+
+
+def is_temporary(path: str) -> bool:
+    """True for names rsync gives files it is still writing: ``.<name>.XXXXXX``."""
+    return _TEMP_NAME.fullmatch(path.rsplit("/", 1)[-1]) is not None
+
+
+def unknown_files(remote: Iterable[str], known: Iterable[str],
+                  also_known: set[str] | frozenset[str] = frozenset()) -> Iterator[str]:
+    """Remote paths that are not in ``known``; both must come in bytewise order.
+
+    Only the current item of each stream is held. ``also_known`` is consulted for
+    remote paths the merge did not find. Raises AuditError when an input is out
+    of order, since the result would then be wrong.
+    """
+    known_iter = iter(known)
+    current: bytes | None = None
+    exhausted = False
+
+    def advance() -> None:
+        nonlocal current, exhausted
+        for path in known_iter:
+            if not _is_canonical(path):
+                continue
+            key = _key(path)
+            if current is not None and key < current:
+                raise AuditError("the catalog did not return remote paths in bytewise order")
+            current = key
+            return
+        exhausted = True
+
+    advance()
+    previous: bytes | None = None
+    for path in remote:
+        key = _key(path)
+        if previous is not None and key <= previous:
+            raise AuditError("the remote listing is not in bytewise order")
+        previous = key
+        while not exhausted and current is not None and current < key:
+            advance()
+        if current != key and path not in also_known:
+            yield path
+
+
+def _list_remote(transport: Transport, manager: SupRsyncFilesManager, report: AuditReport,
+                 batch: int, progress: Progress) -> None:
+    """Pass 1: remote files the archive's catalog rows do not name."""
+    remote = transport.list_files(expected_files=report.catalog_rows,
+                                  on_warning=report.warnings.append)
+
+    def counted() -> Iterator[str]:
+        for path in remote:
+            report.remote_files += 1
+            progress.update(f"listing the remote: {report.remote_files} files")
+            yield path
+
+    with closing(remote), closing(counted()) as listed:
+        # The catalog is read only once the remote has listed itself (sort waits
+        # for find), so every file found was registered before the catalog is read.
+        first = next(listed, None)
+        if first is None:
+            return
+        also_known = oddly_written_paths(manager, report.archive, batch)
+        with closing(known_paths_sorted(manager, report.archive, batch)) as known:
+            for path in unknown_files(_chain(first, listed), known, also_known):
+                report.categories["temporary" if is_temporary(path) else "unknown"].add(path)
+    progress.update(f"listing the remote: {report.remote_files} files", force=True)
+    progress.done()
+
+
+def _chain(first: str, rest: Iterable[str]) -> Iterator[str]:
+    yield first
+    yield from rest
+
+
+def _local_state(row: Any) -> os.stat_result | None:
+    """The local file's stat when it is a regular file the agent could send again."""
+    if row.removed is not None:
+        return None
+    try:
+        st = os.stat(row.local_path)
+    except OSError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
+def _check_page(rows: list[Any], transport: Transport, manager: SupRsyncFilesManager,
+                report: AuditReport) -> None:
+    """Pass 2 for one page: judge each row's remote copy, re-queue when asked."""
+    rels: dict[int, str] = {}
+    for row in rows:
+        try:
+            rels[row.id] = _normalized(row.remote_path)
+        except (ValueError, TypeError) as exc:
+            report.categories["invalid_path"].add(_entry(row, None, str(exc)))
+    paths = sorted(set(rels.values()))
+    there = transport.stat(paths)
+    sums: dict[str, str] = {}
+    if report.md5:
+        present = [p for p in paths if p in there]
+        sums = transport.checksums(present, total_bytes=sum(there[p].size for p in present))
+    for row in rows:
+        rel = rels.get(row.id)
+        if rel is None:
+            continue
+        report.checked += 1
+        local = _local_state(row)
+        remote = there.get(rel)
+        observed = sums.get(rel)
+        kind = detail = None
+        if remote is None:
+            kind, detail = "missing", "no such file on the remote"
+        elif (local is not None and local.st_mtime <= row.timestamp
+              and remote.size != local.st_size):
+            # A local file modified after registration says nothing about the copy.
+            kind = "size_mismatch"
+            detail = f"remote copy has {remote.size} bytes, the local file {local.st_size}"
+        elif report.md5 and observed is None:
+            kind, detail = "md5_mismatch", "the remote md5 could not be computed"
+        elif report.md5 and observed != row.local_md5sum:
+            kind = "md5_mismatch"
+            detail = f"remote md5 {observed}, catalog {row.local_md5sum}"
+        if kind is None:
+            continue
+        if local is None:
+            gone = "removed" if row.removed is not None else "gone"
+            report.categories["lost_on_remote"].add(
+                _entry(row, rel, f"{detail}; local copy {gone}, cannot be re-sent",
+                       reason=kind))
+            continue
+        requeued = False
+        if report.requeue:
+            manager.requeue(row.id, observed if observed != row.local_md5sum else None)
+            report.requeued += 1
+            requeued = True
+        report.categories[kind].add(_entry(row, rel, detail, requeued=requeued))
+
+
+def _entry(row: Any, rel: str | None, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"id": row.id, "remote_path": rel if rel is not None else row.remote_path,
+            "local_path": row.local_path, "detail": detail, **extra}
+
+
+def audit_archive(manager: SupRsyncFilesManager, transport: Transport, archive: str,
+                  md5: bool = False, requeue: bool = False, batch: int = DEFAULT_BATCH,
+                  list_limit: int = DEFAULT_LIST_LIMIT,
+                  progress: Progress | None = None) -> AuditReport:
+    """Compare the archive's catalog with its destination (see the module doc).
+
+    With ``requeue``, every problem file whose local copy still exists is queued
+    to be copied again; the remote md5, when known, makes that copy a re-send.
+    Raises TransportError when the destination cannot be listed or checked.
+    """
+    progress = progress or Progress()
+    report = AuditReport(archive, transport.describe(), md5, requeue, list_limit)
+    report.catalog_rows = count_rows(manager, archive)
+    _list_remote(transport, manager, report, batch, progress)
+    total = count_rows(manager, archive, synced_only=True) if progress.out else 0
+    for rows in synced_pages(manager, archive, batch):
+        _check_page(rows, transport, manager, report)
+        progress.update(f"checking synced files: {report.checked}/{total}")
+    progress.update(f"checking synced files: {report.checked}/{total}", force=True)
+    progress.done()
+    return report
+
+
+# ------------------------------------------------------------- the command
+
+
+def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``suprsync audit`` (the catalog flag --db is added by the caller)."""
+    parser.add_argument("archive_name")
+    parser.add_argument("--remote-basedir", required=True,
+                        help="base directory of the archive on the destination")
+    parser.add_argument("--ssh-host", default=None,
+                        help="destination host ('<user>@<host>'); without it, a local dir")
+    parser.add_argument("--ssh-key", default=None, help="private key for ssh")
+    parser.add_argument("--ssh-port", type=_count, default=None, help="ssh port of the host")
+    parser.add_argument("--ssh-known-hosts", default=None,
+                        help="known_hosts file to check the host key against")
+    parser.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra ssh -o option; may be repeated")
+    parser.add_argument("--cmd-timeout", type=float, default=None, metavar="SEC",
+                        help="time limit of each remote command; the listing gets this plus "
+                             "1 s per 2000 catalogued files (default: none)")
+    parser.add_argument("--md5", action="store_true",
+                        help="also compare the md5 of every synced file on the destination "
+                             "(reads all their bytes)")
+    parser.add_argument("--requeue", action="store_true",
+                        help="queue files whose remote copy is missing or wrong to be copied "
+                             "again (not those whose local copy is gone)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the full result as JSON")
+    parser.add_argument("--batch", type=_count, default=DEFAULT_BATCH, metavar="N",
+                        help=f"catalog rows per remote call (default: {DEFAULT_BATCH})")
+    parser.add_argument("--list-limit", type=_count, default=DEFAULT_LIST_LIMIT, metavar="N",
+                        help="with --json, list at most N files per category; counts stay "
+                             f"exact (default: {DEFAULT_LIST_LIMIT})")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def transport_from_args(ns: argparse.Namespace) -> Transport:
+    """The destination named by the flags; AuditError for flags that cannot work."""
+    if ns.cmd_timeout is not None and ns.cmd_timeout < 0:
+        raise AuditError("--cmd-timeout must not be negative")
+    options = TransferOptions(cmd_timeout=ns.cmd_timeout or None)
+    if not ns.ssh_host:
+        return make_transport(ns.remote_basedir, options)
+    host = ns.ssh_host
+    if host.startswith("-") or any(c.isspace() for c in host):
+        raise AuditError(f"--ssh-host is not a host name: {host!r}")
+    if shutil.which("ssh") is None:
+        raise AuditError("ssh is not installed (no 'ssh' on PATH) but --ssh-host is set")
+    for opt in ns.ssh_option:
+        if "=" not in opt:
+            raise AuditError(f"--ssh-option must look like KEY=VALUE, not {opt!r}")
+    for flag, path in (("--ssh-key", ns.ssh_key), ("--ssh-known-hosts", ns.ssh_known_hosts)):
+        if path is not None and not os.access(path, os.R_OK):
+            raise AuditError(f"{flag} {path!r} does not exist or is not readable")
+        if path is not None and "${" in path:
+            raise AuditError(f"{flag}: ssh cannot take a path containing '${{'")
+    ssh = SshOptions(host=host, key=ns.ssh_key, port=ns.ssh_port,
+                     known_hosts=ns.ssh_known_hosts,
+                     connect_timeout=ns.cmd_timeout or 20.0,
+                     extra_options=tuple(ns.ssh_option))
+    return make_transport(ns.remote_basedir, options, ssh)
+
+
+def _shown(path: str) -> str:
+    """A path on one line: control characters and backslashes escaped."""
+    return "".join(ch if ch.isprintable() and ch != "\\" else ch.encode(
+        "unicode_escape", "backslashreplace").decode("ascii") for ch in path)
+
+
+def summary(report: AuditReport, show: int = SHOW) -> str:
+    """The human-readable result: counts per category, then the first files of each."""
+    lines = [f"audit of archive {report.archive!r} on {report.destination}",
+             f"  catalog rows {report.catalog_rows}, synced files checked {report.checked}"
+             f"{' (with md5)' if report.md5 else ' (size only; --md5 also compares md5)'}, "
+             f"remote files {report.remote_files}"]
+    for name in CATEGORIES:
+        c = report.categories[name]
+        lines.append(f"  {TITLES[name]:<20} {c.count:>8}")
+    if report.categories["lost_on_remote"].count:
+        lines.append(f"  !!! {report.categories['lost_on_remote'].count} file(s) LOST-ON-REMOTE:"
+                     " the remote copy is missing or wrong and the local copy is gone")
+    if report.requeue:
+        lines.append(f"  requeued {report.requeued} file(s) to be copied again")
+    for warning in report.warnings:
+        lines.append(f"  warning: {_shown(warning)}")
+    for name in CATEGORIES:
+        c = report.categories[name]
+        if not c.count:
+            continue
+        lines.append(f"{TITLES[name]} ({c.count}):")
+        for item in c.items[:show]:
+            if isinstance(item, str):
+                lines.append(f"  {_shown(item)}")
+            else:
+                lines.append(f"  {_shown(item['remote_path'])}  <- {_shown(item['local_path'])}"
+                             f"  ({item['detail']})")
+        if c.count > show:
+            lines.append(f"  ... and {c.count - show} more (--json lists them)")
+    lines.append("OK: the destination matches the catalog" if report.ok
+                 else "PROBLEMS FOUND")
+    return "\n".join(lines)
+
+
+def run_audit(ns: argparse.Namespace, manager: SupRsyncFilesManager,
+              out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Audit, print the result; 0 when everything matches, 1 when problems were found."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    transport = transport_from_args(ns)
+    try:
+        report = audit_archive(manager, transport, ns.archive_name, md5=ns.md5,
+                               requeue=ns.requeue, batch=ns.batch,
+                               list_limit=ns.list_limit if ns.json else SHOW,
+                               progress=Progress(err))
+    finally:
+        transport.close()
+    if ns.json:
+        json.dump(report.as_json(), out, indent=1)
+        out.write("\n")
+    else:
+        out.write(summary(report) + "\n")
+    lost = report.categories["lost_on_remote"].count
+    if lost:
+        err.write(f"suprsync audit: LOST-ON-REMOTE: {lost} file(s) of archive "
+                  f"{report.archive!r} are missing or wrong on the remote and their local "
+                  f"copy is gone\n")
+    return 0 if report.ok else 1
+
