@@ -19,7 +19,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .catalog.engine import CatalogBusy
 from .catalog.store import SupRsyncFilesManager
-from .copying import CopyReport, Pipeline, default_agent_id
+from .copying import (
+    CopyReport,
+    Pipeline,
+    dead_local_agents,
+    default_agent_id,
+    remove_stale_staging,
+)
 from .deletion import delete_due
 from .handler import SupRsyncFileHandler
 from .session import SessionData
@@ -130,6 +136,8 @@ class Agent:
             self.running = True
         ok = True
         try:
+            self._release_dead_claims()
+            remove_stale_staging()
             while not self.stop_event.is_set():
                 self._serve_requests()
                 ok = self.iterate()
@@ -144,6 +152,18 @@ class Agent:
             self.handler.close()
             log.info("[%s] stopped", self.config.instance_id)
         return ok
+
+    def _release_dead_claims(self) -> None:
+        """Drop the leases of earlier runs of this agent on this host that died."""
+        try:
+            holders = self.manager.claim_holders()
+            for agent_id in dead_local_agents(holders, self.config.instance_id):
+                log.info("[%s] releasing the files leased by %s, which is no longer running",
+                         self.config.instance_id, agent_id)
+                self.manager.release_claims(agent_id)
+        except (SQLAlchemyError, CatalogBusy) as exc:
+            log.error("[%s] cannot release the leases of dead runs: %s",
+                      self.config.instance_id, str(exc).splitlines()[0])
 
     def stop(self) -> None:
         """End the loop: a sleep ends at once, a running transfer is killed.

@@ -9,7 +9,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -115,9 +115,55 @@ class Pipeline:
     lease: float = 600.0
 
 
+#: Staging dirs are named <prefix><pid>-<random> so that a dead run's can be found.
+STAGING_PREFIX = "suprsync-stage-"
+
+
+def remove_stale_staging(staging_root: str | None = None) -> int:
+    """Delete staging dirs (trees of symlinks) left by runs that were killed."""
+    root = staging_root or tempfile.gettempdir()
+    removed = 0
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        pid, sep, _ = name.removeprefix(STAGING_PREFIX).partition("-")
+        if not name.startswith(STAGING_PREFIX) or not sep or not pid.isdigit():
+            continue
+        if int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def default_agent_id(name: str) -> str:
     """An id unique to this process: name, host and pid."""
     return f"{name}@{socket.gethostname()}:{os.getpid()}"
+
+
+def dead_local_agents(agent_ids: Iterable[str], name: str) -> list[str]:
+    """Ids made by default_agent_id(name) on this host whose process no longer exists."""
+    prefix = f"{name}@{socket.gethostname()}:"
+    dead = []
+    for agent_id in agent_ids:
+        pid = agent_id.removeprefix(prefix)
+        if pid == agent_id or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        if not _alive(int(pid)):
+            dead.append(agent_id)
+    return dead
 
 
 class _LeaseRenewer:
@@ -183,7 +229,7 @@ def copy_batch(
     if not batch:
         report.stop_time = clock()
         return report
-    staging = tempfile.mkdtemp(prefix="suprsync-stage-", dir=staging_root)
+    staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=staging_root)
     renewing = _LeaseRenewer(manager, agent_id, pipeline.lease)
     try:
         staged = _stage(batch, staging, manager, max_copy_attempts)

@@ -57,8 +57,8 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
                 report.error = str(exc)
                 log.error("not deleting anything now: cannot check the remote copies: %s", exc)
                 return report
-        for row in due:
-            _delete_one(manager, row, report)
+        removed = [r for r in (_delete_one(manager, row, report) for row in due) if r]
+        manager.mark_removed_many(removed)
 
 
 def _confirmed_on_remote(manager: SupRsyncFilesManager, transport: Transport,
@@ -106,7 +106,12 @@ def _confirmed_on_remote(manager: SupRsyncFilesManager, transport: Transport,
 
 
 def _delete_one(manager: SupRsyncFilesManager, row: SupRsyncFile,
-                report: DeleteReport) -> None:
+                report: DeleteReport) -> tuple[int, float] | None:
+    """Delete one local copy; (file id, removed time) to record, or None if kept.
+
+    The times of a chunk are recorded together; if the agent dies before that, the
+    next pass finds these files gone and records them with removed = 0.
+    """
     path = row.local_path
     try:
         if os.path.isdir(path) and not os.path.islink(path):
@@ -114,13 +119,12 @@ def _delete_one(manager: SupRsyncFilesManager, row: SupRsyncFile,
         os.remove(path)
     except FileNotFoundError:
         log.info("%s was already gone; recording it as removed", path)
-        manager.mark_removed(row.id, 0)
         report.already_gone.append(path)
-        return
+        return row.id, 0.0
     except OSError as exc:
         log.error("cannot delete %s (file id %s), keeping it: %s", path, row.id, exc)
         report.kept.append((path, str(exc)))
-        return
-    manager.mark_removed(row.id, manager.clock())
+        return None
     log.info("deleted local copy %s: verified on the remote", path)
     report.deleted.append(path)
+    return row.id, manager.clock()

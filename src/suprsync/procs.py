@@ -185,6 +185,7 @@ class Stream:
         proc = self._proc
         assert proc.stdout is not None and proc.stderr is not None
         pending = b""
+        last_read = time.monotonic()
         with selectors.DefaultSelector() as selector:
             selector.register(proc.stdout, selectors.EVENT_READ)
             selector.register(proc.stderr, selectors.EVENT_READ)
@@ -193,7 +194,14 @@ class Stream:
                 if remaining is not None and remaining <= 0:
                     self._finish(timed_out=True)
                     return
-                for key, _ in selector.select(remaining):
+                events = selector.select(_slice(remaining))
+                if not events and proc.poll() is not None \
+                        and time.monotonic() - last_read >= DRAIN_AFTER_KILL:
+                    # Ended (killed by abort, say) while an ssh connection master
+                    # still holds its pipes: nothing more will come.
+                    break
+                for key, _ in events:
+                    last_read = time.monotonic()
                     data = os.read(key.fd, 1 << 16)
                     if not data:
                         selector.unregister(key.fileobj)

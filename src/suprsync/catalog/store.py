@@ -331,6 +331,11 @@ class SupRsyncFilesManager:
         """True when the catalog is a PostgreSQL database."""
         return self._engine.dialect.name == "postgresql"
 
+    def claim_holders(self) -> list[str]:
+        """Ids of the agents holding at least one lease."""
+        return self.read(lambda s: list(s.scalars(select(FileClaim.agent_id).distinct())),
+                         what="claim holders")
+
     def claim_copyable(self, archive_name: str, agent_id: str, lease: float,
                        max_copy_attempts: int | None = None,
                        num_files: int | None = None) -> list[SupRsyncFile]:
@@ -448,6 +453,18 @@ class SupRsyncFilesManager:
                                 .values(remote_md5sum=observed_md5)),
             what="requeue",
         )
+
+    def mark_removed_many(self, removed: Sequence[tuple[int, float]]) -> None:
+        """Record deletion times of many local files in one transaction."""
+        if not removed:
+            return
+
+        def apply(session: Session) -> None:
+            for file_id, when in removed:
+                session.execute(update(F).where(F.id == file_id, F.removed.is_(None))
+                                .values(removed=when))
+
+        self.write(apply, what="mark removed")
 
     def mark_removed(self, file_id: int, removed: float) -> None:
         """Record the deletion time of a local file (0: it was already gone)."""

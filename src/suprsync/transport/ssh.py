@@ -31,6 +31,8 @@ SSH_FAILED = 255
 #: Ciphers offered first: fast AEAD ciphers, then OpenSSH's other defaults as fallback.
 FAST_CIPHERS = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
                 "aes128-ctr,aes192-ctr,aes256-ctr")
+#: Longest base directory for the control socket (ssh adds a temporary suffix to the path).
+SOCKET_DIR_MAX = 60
 #: Seconds an idle shared connection outlives its last use (bounds a crashed agent's leftover).
 CONTROL_PERSIST = 120
 
@@ -68,7 +70,7 @@ class SshOptions:
             argv += ["-o", f"Ciphers={FAST_CIPHERS}"]
         if control_dir is not None:
             argv += ["-o", "ControlMaster=auto",
-                     "-o", f'ControlPath="{_escape_config(control_dir)}/%C"',
+                     "-o", f'ControlPath="{_escape_config(control_dir)}/c"',
                      "-o", f"ControlPersist={CONTROL_PERSIST}"]
         if self.key:
             argv += ["-o", f"IdentityFile={config_value(self.key)}", "-o", "IdentitiesOnly=yes"]
@@ -166,8 +168,12 @@ class SshTransport(Transport):
             return None
         with self._lock:
             if self._control_dir is None:
-                # A private (0700) directory: nobody else can use our connection.
-                self._control_dir = tempfile.mkdtemp(prefix="suprsync-ssh-")
+                # A private (0700) directory: nobody else can use our connection. Socket
+                # paths are limited to ~100 bytes, so fall back to /tmp for a long $TMPDIR.
+                base = tempfile.gettempdir()
+                if len(base) > SOCKET_DIR_MAX:
+                    base = "/tmp"
+                self._control_dir = tempfile.mkdtemp(prefix="suprsync-ssh-", dir=base)
             return self._control_dir
 
     def ssh_argv(self) -> list[str]:
