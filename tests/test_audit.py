@@ -11,6 +11,7 @@ import json
 import os
 import pty
 import select
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from sqlalchemy import insert, update
 
 from suprsync import SupRsyncFile, SupRsyncFilesManager
 from suprsync.copying import copy_batch
-from suprsync.procs import Stream
+from suprsync.procs import ProcGroup, Stream
 from suprsync.transport import SshOptions, TransferOptions, TransportError, make_transport
 from suprsync.transport.base import read_listing
 
@@ -439,6 +440,25 @@ def test_listing_stream_is_killed_with_what_it_started_at_its_time_limit() -> No
             break
         time.sleep(0.05)
     assert _gone_or_zombie(sleeper)
+
+
+def test_aborted_listing_ends_even_if_another_process_holds_its_output() -> None:
+    """As with an ssh connection master, which keeps a killed client's pipes open."""
+    group = ProcGroup()
+    holder = None
+    try:
+        # The holder prints its pid once it is in a session of its own.
+        script = "setsid sh -c 'printf \"%s\\\\0\" \"$$\"; exec sleep 600' & wait"
+        with Stream(["sh", "-c", script], group=group) as stream:
+            records = stream.records()
+            holder = int(next(records))
+            group.kill_all()
+            assert list(records) == []
+        assert stream.result is not None and stream.result.returncode == -signal.SIGKILL
+        assert not stream.result.timed_out
+    finally:
+        if holder is not None:
+            os.kill(holder, signal.SIGKILL)
 
 
 # ------------------------------------------------------------------ errors
