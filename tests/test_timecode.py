@@ -359,3 +359,26 @@ def test_write_atomic_leaves_nothing_on_failure(tmp_path: Path) -> None:
     write_atomic(str(target), b"x: 1\n")
     assert target.read_bytes() == b"x: 1\n"
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["f.yaml"]
+
+
+def test_duplicate_dir_rows_are_finalized_once(tmp_path: Path) -> None:
+    clock = Clock(NOW)
+    now_tc = timecode_at(NOW)
+    db = tmp_path / "catalog.db"
+    agent = agent_for(tmp_path, "smurf", clock, db=db)
+    files = make_files(tmp_path / "data", {f"{now_tc - 3}/s/a.dat": b"a"})
+    agent.manager.add_file(str(files[f"{now_tc - 3}/s/a.dat"]), f"{now_tc - 3}/s/a.dat",
+                           "smurf", timestamp=NOW)
+    with sqlite3.connect(db) as conn:  # another program wrote the dir row twice
+        conn.execute("INSERT INTO timecode_dirs_v0 (timecode, archive_name) VALUES (?, ?)",
+                     (now_tc - 3, "smurf"))
+    iterate(agent, 3)
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT finalized, finalize_file_id FROM timecode_dirs_v0 "
+                            "WHERE timecode = ?", (now_tc - 3,)).fetchall()
+        registered = conn.execute("SELECT count(*) FROM supersync_v0 WHERE remote_path "
+                                  "LIKE '%finalized.yaml'").fetchone()[0]
+    assert len(rows) == 2 and {r[0] for r in rows} == {1}
+    assert len({r[1] for r in rows}) == 1 and rows[0][1] is not None
+    assert registered == 1
+    assert len(finalization_files(tmp_path / "remote" / "smurf")) == 1

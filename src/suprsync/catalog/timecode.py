@@ -182,6 +182,10 @@ def _remove_orphans(manager: SupRsyncFilesManager, file_root: str, now: float,
                 pass
 
 
+class _NotFinalized(Exception):
+    """Raised inside the finalization transaction to roll it back."""
+
+
 def finalize_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: int,
                  file_root: str, instance_id: str) -> TimecodeDir | None:
     """Write, register and record the finalization file of one synced dir.
@@ -203,26 +207,35 @@ def finalize_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: int
     write_atomic(local_path, yaml.safe_dump(summary, default_flow_style=False).encode())
     md5 = md5_file(local_path)
 
+    this_dir = (TD.archive_name == archive_name) & (TD.timecode == timecode)
+
     def claim(session: Session) -> TimecodeDir | None:
-        tcdir = session.scalars(
-            select(TD).where(TD.archive_name == archive_name, TD.timecode == timecode,
-                             TD.completed.is_(True), NOT_FINALIZED).order_by(TD.id).limit(1)
-        ).first()
-        if tcdir is None or unsynced_count(session, archive_name, timecode) > 0:
-            return None
+        # The claiming UPDATE comes first: on sqlite it takes the write lock, so the
+        # checks below cannot be overtaken by another writer. Every row of the dir is
+        # claimed at once (catalogs written by other programs may hold duplicates).
         claimed = session.execute(
-            update(TD).where(TD.id == tcdir.id, NOT_FINALIZED).values(finalized=True, synced=True))
-        if claimed.rowcount != 1:
+            update(TD).where(this_dir, TD.completed.is_(True), NOT_FINALIZED)
+            .values(finalized=True, synced=True))
+        if not claimed.rowcount:
             return None
+        earlier = session.scalar(select(func.count()).select_from(TD).where(
+            this_dir, TD.finalize_file_id.is_not(None)))
+        if earlier or unsynced_count(session, archive_name, timecode) > 0:
+            raise _NotFinalized
         row = manager.add_file(local_path, remote_path, archive_name, local_md5sum=md5,
                                timestamp=now, session=session)
-        session.execute(update(TD).where(TD.id == tcdir.id).values(finalize_file_id=row.id))
-        session.refresh(tcdir)
-        return tcdir
+        session.execute(update(TD).where(this_dir).values(finalize_file_id=row.id))
+        return session.scalars(select(TD).where(this_dir).order_by(TD.id).limit(1)).first()
 
-    tcdir = manager.write(claim, what=f"finalize {archive_name} {timecode}")
+    try:
+        tcdir = manager.write(claim, what=f"finalize {archive_name} {timecode}")
+    except _NotFinalized:
+        tcdir = None
     if tcdir is None:
-        os.remove(local_path)
+        registered = manager.read(lambda s: s.scalar(
+            select(func.count()).select_from(F).where(F.local_path == local_path)))
+        if not registered:
+            os.remove(local_path)
         log.info("timecode dir %s of %s was not finalized: it changed or another agent did it",
                  timecode, archive_name)
         return None
@@ -242,7 +255,7 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
         return list(session.scalars(
             select(TD.timecode).where(TD.archive_name == archive_name, TD.synced.is_(True),
                                       TD.completed.is_(True), NOT_FINALIZED)
-            .order_by(TD.timecode)))
+            .distinct().order_by(TD.timecode)))
 
     ready = manager.write(advance, what=f"update timecode dirs of {archive_name}")
     finalized = []
