@@ -144,12 +144,16 @@ class RunningAgent:
 
 
 def rsync_wrapper(folder: Path, log: Path) -> Path:
-    """A directory holding `rsync`: appends a line to log, then runs the real rsync."""
+    """A directory holding `rsync`: logs each transfer call, then runs the real rsync.
+
+    The agent's start-up check (`rsync --chmod=... --version`) is not a transfer.
+    """
     real = shutil.which("rsync")
     assert real is not None, "rsync is not installed"
     folder.mkdir(parents=True, exist_ok=True)
     script = folder / "rsync"
-    script.write_text(f'#!/bin/sh\necho call >> "{log}"\nexec "{real}" "$@"\n')
+    script.write_text(f'#!/bin/sh\ncase " $* " in *" --version "*) ;; '
+                      f'*) echo call >> "{log}" ;; esac\nexec "{real}" "$@"\n')
     script.chmod(0o755)
     return folder
 
