@@ -27,6 +27,7 @@ from faults_helpers import (
     get_row,
     is_synced,
     iterate_within,
+    kill_hung,
     kill_sshd_hard,
     logged_commands,
     make_sshd,
@@ -269,6 +270,33 @@ def test_hanging_remote_checksum_times_out_backs_off_and_recovers(
         assert is_synced(manager, file_id)
         assert (remote / get_row(manager, file_id).remote_path).read_bytes() == data
         assert not path.exists()
+
+
+def test_stop_ends_an_iteration_stuck_on_a_hung_remote_command(
+        wrapped: SshServer, tmp_path: Path, manager: SupRsyncFilesManager, make_agent) -> None:
+    """Without --cmd-timeout a hung check never ends by itself; stop() must still end it."""
+    remote = tmp_path / "remote"
+    hang = wrapper_dir(wrapped) / "hang"
+    files = register(manager, tmp_path / "local", {"a.dat": 1000})
+    agent = make_agent(remote, cmd_timeout=None, **ssh_config(wrapped))
+    hang.touch()
+    result: dict[str, bool] = {}
+    worker = threading.Thread(target=lambda: result.update(ok=agent.iterate()), daemon=True)
+    try:
+        worker.start()
+        wait_until(lambda: (wrapper_dir(wrapped) / "hung.pids").exists(), 30,
+                   "the remote check to hang")
+        agent.stop()
+        worker.join(15)
+        assert not worker.is_alive(), "iterate() still stuck 15 s after stop()"
+    finally:
+        hang.unlink()
+        kill_hung(wrapper_dir(wrapped))
+    # Interrupted by the stop: not counted as a failure of the destination, no attempt lost.
+    assert agent.session.counters["errors_timeout"] == 0
+    assert agent.session.counters["errors_nonzero"] == 0
+    assert all(get_row(manager, i).failed_copy_attempts == 0 for i in files)
+    assert all(path.exists() for path, _ in files.values())
 
 
 # --------------------------------------------------------------- (d) remote file system full

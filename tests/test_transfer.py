@@ -316,6 +316,23 @@ def test_parent_directories_created_for_deep_remote_paths(
         assert (base / row.remote_path).read_bytes() == data
 
 
+def test_names_starting_with_comment_characters_are_copied(
+        dest: Dest, tmp_path: Path, manager: SupRsyncFilesManager, make_agent) -> None:
+    """rsync's --files-from skips lines starting with # or ;: they must still be sent."""
+    remotes = ["#hash.dat", ";semi.dat", "d/#inner.dat", "#dir/;both.dat"]
+    ids = {}
+    for i, remote in enumerate(remotes):
+        data = f"comment-like {i}".encode()
+        path = write_file(tmp_path / "local" / f"c{i}", data)
+        ids[manager.add_file(str(path), remote, ARCHIVE).id] = data
+    agent = make_agent(dest)
+    assert agent.iterate() is True
+    for file_id, data in ids.items():
+        row = get_row(manager, file_id)
+        assert row.remote_md5sum == row.local_md5sum
+        assert (dest.base / row.remote_path).read_bytes() == data
+
+
 class _Watcher:
     """Polls a path in a thread and remembers whether it ever existed."""
 

@@ -24,7 +24,7 @@ from .copying import (
     Pipeline,
     dead_local_agents,
     default_agent_id,
-    remove_stale_staging,
+    remove_stale_temp_dirs,
 )
 from .deletion import delete_due
 from .handler import SupRsyncFileHandler
@@ -137,7 +137,7 @@ class Agent:
         ok = True
         try:
             self._release_dead_claims()
-            remove_stale_staging()
+            remove_stale_temp_dirs()
             while not self.stop_event.is_set():
                 self._serve_requests()
                 ok = self.iterate()
@@ -231,13 +231,17 @@ class Agent:
             if self.stop_event.is_set():
                 return ok
             self._stats_step()
-            if self.config.delete_local_after is not None:
+            # After a failed copy step the destination is in doubt: delete nothing now.
+            if self.config.delete_local_after is not None and ok:
                 self.session.set("activity", "deleting")
                 deleted = delete_due(self.manager, self.config.archive_name,
                                      self.config.delete_local_after,
                                      transport=self.handler.transport,
                                      verify_md5=self.config.verify_before_delete)
-                ok = ok and deleted.error is None
+                if deleted.error is not None and not self.stop_event.is_set():
+                    self.session.count("errors_timeout" if deleted.timed_out
+                                       else "errors_nonzero")
+                    ok = False
             self.manager.update_all_timecode_dirs(
                 self.config.archive_name, self.config.suprsync_file_root,
                 self.config.instance_id)

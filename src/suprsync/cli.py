@@ -76,7 +76,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     except (SQLAlchemyError, CatalogBusy) as exc:
-        raise CliError(f"cannot open catalog {ns.db_path!r}: {str(exc).splitlines()[0]}") \
+        where = getattr(ns, "db_url", None) or ns.db_path
+        raise CliError(f"cannot open catalog {where!r}: {str(exc).splitlines()[0]}") \
             from None
 
     if metrics is not None:

@@ -19,6 +19,7 @@ from .hashing import md5_file
 from .paths import check_local_file, normalize_remote_path
 from .procs import ProcResult
 from .transport.base import PARTIAL_EXIT_CODES, Transport, TransportError
+from .transport.ssh import CONTROL_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -119,23 +120,33 @@ class Pipeline:
 STAGING_PREFIX = "suprsync-stage-"
 
 
-def remove_stale_staging(staging_root: str | None = None) -> int:
-    """Delete staging dirs (trees of symlinks) left by runs that were killed."""
-    root = staging_root or tempfile.gettempdir()
+def remove_stale_temp_dirs(staging_root: str | None = None,
+                         prefixes: tuple[str, ...] = (STAGING_PREFIX, CONTROL_PREFIX)) -> int:
+    """Delete staging and ssh control dirs left by runs that were killed."""
+    roots = {staging_root or tempfile.gettempdir(), "/tmp"}
     removed = 0
-    try:
-        names = os.listdir(root)
-    except OSError:
-        return 0
-    for name in names:
-        pid, sep, _ = name.removeprefix(STAGING_PREFIX).partition("-")
-        if not name.startswith(STAGING_PREFIX) or not sep or not pid.isdigit():
+    for root in roots:
+        try:
+            names = os.listdir(root)
+        except OSError:
+            continue
+        for name in names:
+            removed += _remove_if_stale(root, name, prefixes)
+    return removed
+
+
+def _remove_if_stale(root: str, name: str, prefixes: tuple[str, ...]) -> int:
+    for prefix in prefixes:
+        if not name.startswith(prefix):
+            continue
+        pid, sep, _ = name.removeprefix(prefix).partition("-")
+        if not sep or not pid.isdigit():
             continue
         if int(pid) == os.getpid() or _alive(int(pid)):
             continue
         shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-        removed += 1
-    return removed
+        return 1
+    return 0
 
 
 def _alive(pid: int) -> bool:
@@ -286,8 +297,11 @@ def _transfer_ok(result: ProcResult, count: int, transport: Transport, report: C
     if result.returncode not in (0, *PARTIAL_EXIT_CODES):
         with lock:
             report.error, report.failed = "nonzero exit", True
-        log.error("rsync of %d files to %s failed with exit %s: %s", count,
-                  transport.describe(), result.returncode, result.stderr_tail())
+        if transport.children.aborted:
+            log.info("rsync of %d files to %s stopped by request", count, transport.describe())
+        else:
+            log.error("rsync of %d files to %s failed with exit %s: %s", count,
+                      transport.describe(), result.returncode, result.stderr_tail())
         return False
     if result.returncode != 0:
         log.warning("rsync to %s could not send some files (exit %s): %s",
@@ -306,8 +320,11 @@ def _verify_chunk(manager: SupRsyncFilesManager, transport: Transport, chunk: li
         with lock:
             report.error = "timed out" if exc.timed_out else "nonzero exit"
             report.timed_out, report.failed = exc.timed_out, True
-        log.error("verification of %d files failed: %s; retrying next iteration",
-                  len(chunk), exc)
+        if transport.children.aborted:
+            log.info("verification of %d files stopped by request", len(chunk))
+        else:
+            log.error("verification of %d files failed: %s; retrying next iteration",
+                      len(chunk), exc)
         return
     results = []
     verdicts = []

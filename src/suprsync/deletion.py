@@ -32,6 +32,7 @@ class DeleteReport:
     kept: list[tuple[str, str]] = field(default_factory=list)
     requeued: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
+    timed_out: bool = False
 
 
 def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: float,
@@ -55,6 +56,7 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
                 due = _confirmed_on_remote(manager, transport, due, verify_md5, report)
             except TransportError as exc:
                 report.error = str(exc)
+                report.timed_out = exc.timed_out
                 log.error("not deleting anything now: cannot check the remote copies: %s", exc)
                 return report
         removed = [r for r in (_delete_one(manager, row, report) for row in due) if r]
@@ -71,20 +73,24 @@ def _confirmed_on_remote(manager: SupRsyncFilesManager, transport: Transport,
             rels[row.id] = normalize_remote_path(row.remote_path)
         except ValueError:
             continue
-    paths = sorted(set(rels.values()))
-    remote = transport.stat(paths)
-    sums = transport.checksums(paths) if verify_md5 else {}
+    local: dict[int, os.stat_result] = {}
     confirmed = []
     for row in rows:
-        rel = rels.get(row.id)
         try:
-            st = os.stat(row.local_path)
+            local[row.id] = os.stat(row.local_path)
         except FileNotFoundError:
             confirmed.append(row)  # recorded as already gone
-            continue
         except OSError as exc:
             report.kept.append((row.local_path, str(exc)))
+    paths = sorted({rels[i] for i in local if i in rels})
+    remote = transport.stat(paths)
+    total = sum(st.st_size for st in local.values())
+    sums = transport.checksums(paths, total_bytes=total) if verify_md5 else {}
+    for row in rows:
+        st = local.get(row.id)
+        if st is None:
             continue
+        rel = rels.get(row.id)
         reason = None
         there = remote.get(rel) if rel is not None else None
         if there is None:

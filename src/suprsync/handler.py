@@ -81,8 +81,11 @@ class SupRsyncFileHandler:
         return report.files
 
     def delete_files(self, delete_after: float) -> DeleteReport:
-        """Delete local copies verified on the remote and older than delete_after s."""
-        return delete_due(self.srfm, self.archive_name, delete_after)
+        """Delete local copies verified on the remote and older than delete_after s.
+
+        Each remote copy is checked again (exists, same size and mtime) first.
+        """
+        return delete_due(self.srfm, self.archive_name, delete_after, transport=self.transport)
 
     def close(self) -> None:
         """Release the transport's connections."""

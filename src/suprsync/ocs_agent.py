@@ -185,7 +185,12 @@ def _main(agent_class: str, args: list[str] | None = None) -> None:
     if ns.metrics_port is not None:
         from .metrics import MetricsServer
 
-        metrics = MetricsServer(ns.metrics_port, ns.metrics_host)
+        try:
+            metrics = MetricsServer(ns.metrics_port, ns.metrics_host)
+        except OSError as exc:
+            raise SystemExit(f"suprsync ({agent_class}): error: cannot serve metrics on "
+                             f"{ns.metrics_host}:{ns.metrics_port}: {exc.strerror or exc}") \
+                from None
     agent, runner = ocs_agent.init_site_agent(ns)
     suprsync = SupRsyncAgent(agent, config, metrics)
     agent.register_process("run", suprsync.run, suprsync._stop, startup=True)

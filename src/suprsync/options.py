@@ -121,6 +121,9 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
                           "SUPRSYNC_DB")
     if ns.max_copy_attempts < 1:
         raise ConfigError("--max-copy-attempts must be at least 1")
+    metrics_port = getattr(ns, "metrics_port", None)
+    if metrics_port is not None and not 1 <= metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port must be between 1 and 65535, not {metrics_port}")
     if ns.claim_timeout < 1:
         raise ConfigError("--claim-timeout must be at least 1 second")
     if ns.parallel < 1:

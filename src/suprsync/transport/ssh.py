@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import tempfile
@@ -31,6 +32,8 @@ SSH_FAILED = 255
 #: Ciphers offered first: fast AEAD ciphers, then OpenSSH's other defaults as fallback.
 FAST_CIPHERS = ("aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,"
                 "aes128-ctr,aes192-ctr,aes256-ctr")
+#: Control dirs are named <prefix><pid>-<random> so that a dead run's can be found.
+CONTROL_PREFIX = "suprsync-ssh-"
 #: Longest base directory for the control socket (ssh adds a temporary suffix to the path).
 SOCKET_DIR_MAX = 60
 #: Seconds an idle shared connection outlives its last use (bounds a crashed agent's leftover).
@@ -173,7 +176,8 @@ class SshTransport(Transport):
                 base = tempfile.gettempdir()
                 if len(base) > SOCKET_DIR_MAX:
                     base = "/tmp"
-                self._control_dir = tempfile.mkdtemp(prefix="suprsync-ssh-", dir=base)
+                self._control_dir = tempfile.mkdtemp(prefix=f"{CONTROL_PREFIX}{os.getpid()}-",
+                                                     dir=base)
             return self._control_dir
 
     def ssh_argv(self) -> list[str]:
