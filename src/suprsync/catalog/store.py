@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, exists, func, insert, inspect, select, update
+from sqlalchemy import bindparam, delete, exists, func, insert, inspect, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -115,6 +115,12 @@ def _copyable_query(archive_name: str, max_copy_attempts: int | None,
     return query
 
 
+#: Seconds between full counts of an archive's rows (in between, new rows are added).
+FULL_COUNT_INTERVAL = 600.0
+#: File ids of older rows scanned for timecode dirs per detect_timecode_dirs call.
+TC_SCAN_CHUNK = 100_000
+
+
 class SupRsyncFilesManager:
     """The catalog: registers files and answers the agent's questions about them.
 
@@ -137,8 +143,10 @@ class SupRsyncFilesManager:
         self.Session = sessionmaker(bind=self._engine, expire_on_commit=False)
         if create_all:
             retry_busy(self._create_schema, what="create catalog tables")
-        # Highest file id already scanned for timecode dirs, per archive.
-        self._tc_scanned_id: dict[str, int] = {}
+        # Per archive: (highest id counted, rows, monotonic time of the full count).
+        self._file_counts: dict[str, tuple[int, int, float]] = {}
+        # Per archive, the file ids already scanned for timecode dirs: (low, high].
+        self._tc_scanned: dict[str, tuple[int, int]] = {}
 
     @property
     def engine(self):  # type: ignore[no-untyped-def]
@@ -276,7 +284,7 @@ class SupRsyncFilesManager:
         """finalized_until, num_files, uncopied_files, last_file_added, last_file_copied."""
         assert session is not None
         in_archive = F.archive_name == archive_name
-        num_files = session.scalar(select(func.count()).select_from(F).where(in_archive))
+        num_files = self._count_files(session, archive_name)
         uncopied = session.scalar(
             select(func.count()).select_from(F).where(in_archive, UNSYNCED, NOT_IGNORED))
         last_added = session.scalar(
@@ -292,6 +300,28 @@ class SupRsyncFilesManager:
             "last_file_added": last_added or "",
             "last_file_copied": last_copied or "",
         }
+
+    def _count_files(self, session: Session, archive_name: str) -> int:
+        """Rows of the archive: a full count now and then, else only the rows added since.
+
+        Counting a million rows on every iteration is what made the original slow;
+        rows are only ever added by the programs sharing the catalog, and a full count
+        every FULL_COUNT_INTERVAL seconds picks up anything else.
+        """
+        top = tc_rules.max_file_id(session)
+        now = time.monotonic()
+        cached = self._file_counts.get(archive_name)
+        in_archive = F.archive_name == archive_name
+        if cached is None or now - cached[2] > FULL_COUNT_INTERVAL or top < cached[0]:
+            count = int(session.scalar(
+                select(func.count()).select_from(F).where(in_archive, F.id <= top)) or 0)
+            self._file_counts[archive_name] = (top, count, now)
+            return count
+        seen, count, counted_at = cached
+        count += int(session.scalar(select(func.count()).select_from(F).where(
+            in_archive, F.id > seen, F.id <= top)) or 0)
+        self._file_counts[archive_name] = (top, count, counted_at)
+        return count
 
     def create_all_timecode_dirs(self, archive_name: str, min_ctime: float | None = None) -> int:
         """Create the timecode-dir rows of every file of the archive (a full rebuild).
@@ -313,13 +343,24 @@ class SupRsyncFilesManager:
     # ------------------------------------------------------- agent helpers
 
     def detect_timecode_dirs(self, archive_name: str) -> int:
-        """Create timecode-dir rows for files registered since the last scan."""
-        last = self._tc_scanned_id.get(archive_name, 0)
-        created, max_id = self.write(
-            lambda s: tc_rules.scan_timecodes(s, archive_name, after_id=last),
-            what="detect timecode dirs",
-        )
-        self._tc_scanned_id[archive_name] = max(last, max_id)
+        """Create timecode-dir rows for files registered since the last call.
+
+        New rows are scanned at once; rows older than this manager's first call are
+        scanned backwards, TC_SCAN_CHUNK ids per call, so that no call reads the
+        whole archive. Returns the number of dir rows created.
+        """
+        scanned = self._tc_scanned.get(archive_name)
+
+        def scan(session: Session) -> tuple[int, tuple[int, int]]:
+            top = tc_rules.max_file_id(session)
+            low, high = scanned if scanned is not None else (top, top)
+            created, _ = tc_rules.scan_timecodes(session, archive_name, high, top)
+            new_low = max(0, low - TC_SCAN_CHUNK)
+            if low > 0:
+                created += tc_rules.scan_timecodes(session, archive_name, new_low, low)[0]
+            return created, (new_low, max(high, top))
+
+        created, self._tc_scanned[archive_name] = self.write(scan, what="detect timecode dirs")
         return created
 
     def _ensure_tcdir(self, session: Session, archive_name: str, timecode: int | None) -> None:
@@ -403,6 +444,7 @@ class SupRsyncFilesManager:
                 session.execute(delete(FileClaim).where(
                     FileClaim.agent_id == agent_id,
                     FileClaim.file_id.in_([r.file_id for r in results])))
+            groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for r in results:
                 values: dict[str, Any] = {}
                 if r.copied is not None:
@@ -411,11 +453,19 @@ class SupRsyncFilesManager:
                     values["remote_md5sum"] = r.remote_md5sum
                 if r.local_md5sum is not None:
                     values["local_md5sum"] = r.local_md5sum
-                if not r.ok:
-                    values["failed_copy_attempts"] = (
-                        func.coalesce(F.failed_copy_attempts, 0) + 1)
-                if values:
-                    session.execute(update(F).where(F.id == r.file_id).values(**values))
+                key = (*sorted(values), "" if r.ok else "failed")
+                groups.setdefault(key, []).append({"fid": r.file_id, **values})
+            # One executemany per kind of change, not one statement per file.
+            table = F.__table__
+            for key, params in groups.items():
+                columns = [k for k in key if k and k != "failed"]
+                changes: dict[str, Any] = {c: bindparam(c) for c in columns}
+                if "failed" in key:
+                    changes["failed_copy_attempts"] = (
+                        func.coalesce(table.c.failed_copy_attempts, 0) + 1)
+                if changes:
+                    session.execute(table.update().where(table.c.id == bindparam("fid"))
+                                    .values(**changes), params)
 
         self.write(apply, what="record copy results")
 
@@ -459,12 +509,11 @@ class SupRsyncFilesManager:
         if not removed:
             return
 
-        def apply(session: Session) -> None:
-            for file_id, when in removed:
-                session.execute(update(F).where(F.id == file_id, F.removed.is_(None))
-                                .values(removed=when))
-
-        self.write(apply, what="mark removed")
+        table = F.__table__
+        stmt = (table.update().where(table.c.id == bindparam("fid"), table.c.removed.is_(None))
+                .values(removed=bindparam("when")))
+        params = [{"fid": file_id, "when": when} for file_id, when in removed]
+        self.write(lambda s: s.execute(stmt, params), what="mark removed")
 
     def mark_removed(self, file_id: int, removed: float) -> None:
         """Record the deletion time of a local file (0: it was already gone)."""

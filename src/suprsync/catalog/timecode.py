@@ -75,25 +75,31 @@ def ensure_tcdir(session: Session, archive_name: str, timecode: int) -> None:
         session.flush()
 
 
-def scan_timecodes(
-    session: Session, archive_name: str, after_id: int = 0, min_ctime: float | None = None
-) -> tuple[int, int]:
-    """Create missing timecode-dir rows for files with id > after_id.
+def max_file_id(session: Session) -> int:
+    """Highest file id of the catalog (a primary-key lookup)."""
+    return int(session.scalar(select(func.max(F.id))) or 0)
 
-    Returns (rows created, highest file id scanned). The scan reads only the
-    distinct 6-character prefixes of the new rows, never the rows themselves.
+
+def scan_timecodes(
+    session: Session, archive_name: str, after_id: int = 0, up_to_id: int | None = None,
+    min_ctime: float | None = None,
+) -> tuple[int, int]:
+    """Create missing timecode-dir rows for the files with after_id < id <= up_to_id.
+
+    Returns (rows created, up_to_id). The scan is a primary-key range and reads
+    only the distinct 6-character prefixes of the rows' remote paths.
     """
-    in_archive = F.archive_name == archive_name
-    max_id = session.scalar(select(func.max(F.id)).where(in_archive)) or 0
-    if max_id <= after_id:
-        return 0, after_id
+    if up_to_id is None:
+        up_to_id = max_file_id(session)
+    if up_to_id <= after_id:
+        return 0, up_to_id
     query = select(func.substr(F.remote_path, 1, 6)).where(
-        in_archive, F.id > after_id, F.id <= max_id).distinct()
+        F.id > after_id, F.id <= up_to_id, F.archive_name == archive_name).distinct()
     if min_ctime is not None:
         query = query.where(F.timestamp > min_ctime)
     found = {tc for prefix in session.scalars(query) if (tc := timecode_of(prefix)) is not None}
     if not found:
-        return 0, max_id
+        return 0, up_to_id
     lock_dir_rows(session, archive_name)
     known = set(session.scalars(
         select(TD.timecode).where(TD.archive_name == archive_name, TD.timecode.in_(found))))
@@ -101,7 +107,7 @@ def scan_timecodes(
         session.add(TD(timecode=timecode, archive_name=archive_name, completed=False,
                        synced=False, finalized=False))
     session.flush()
-    return len(found - known), max_id
+    return len(found - known), up_to_id
 
 
 def mark_completed(session: Session, archive_name: str, now: float) -> int:
