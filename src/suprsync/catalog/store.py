@@ -115,6 +115,11 @@ def _copyable_query(archive_name: str, max_copy_attempts: int | None,
     return query
 
 
+_INSERT_FILE = F.__table__.insert()
+_INSERT_COLUMNS = [c.name for c in F.__table__.columns if c.name != "id"]
+_SQLITE_INSERT = (f"INSERT INTO {F.__tablename__} ({', '.join(_INSERT_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)})")
+
 #: Seconds between full counts of an archive's rows (in between, new rows are added).
 FULL_COUNT_INTERVAL = 600.0
 #: File ids of older rows scanned for timecode dirs per detect_timecode_dirs call.
@@ -143,6 +148,8 @@ class SupRsyncFilesManager:
         self.Session = sessionmaker(bind=self._engine, expire_on_commit=False)
         if create_all:
             retry_busy(self._create_schema, what="create catalog tables")
+        # Timecode dirs known to have a row (so add_file need not look again).
+        self._known_tcdirs: set[tuple[str, int]] = set()
         # Per archive: (highest id counted, rows, monotonic time of the full count).
         self._file_counts: dict[str, tuple[int, int, float]] = {}
         # Per archive, the file ids already scanned for timecode dirs: (low, high].
@@ -204,7 +211,6 @@ class SupRsyncFilesManager:
 
     # ------------------------------------------------------------------ API
 
-    @with_session
     def add_file(
         self,
         local_path: Any,
@@ -215,15 +221,40 @@ class SupRsyncFilesManager:
         session: Session | None = None,
         deletable: bool = True,
     ) -> SupRsyncFile:
-        """Register a local file to be copied to ``<remote_basedir>/<remote_path>``."""
-        assert session is not None
+        """Register a local file to be copied to ``<remote_basedir>/<remote_path>``.
+
+        The file is hashed (when no md5 is given) before any transaction starts.
+        With ``session``, the row is added to it and the caller commits.
+        """
         if timestamp is None:
             timestamp = self.clock()
         row = create_file(local_path, remote_path, archive_name, local_md5sum=local_md5sum,
                           timestamp=timestamp, deletable=deletable)
-        session.add(row)
-        self._ensure_tcdir(session, archive_name, timecode_of(row.remote_path))
-        session.flush()
+        timecode = timecode_of(row.remote_path)
+        if session is not None:
+            session.add(row)
+            self._ensure_tcdir(session, archive_name, timecode)
+            session.flush()
+            return row
+        values = {c.name: getattr(row, c.name) for c in F.__table__.columns if c.name != "id"}
+
+        def insert_row() -> int:
+            with self._engine.begin() as conn:
+                if conn.dialect.name == "sqlite":
+                    # The hot path of producers registering files one by one: plain SQL.
+                    file_id = conn.exec_driver_sql(
+                        _SQLITE_INSERT, tuple(values[c] for c in _INSERT_COLUMNS)).lastrowid
+                else:
+                    file_id = conn.execute(_INSERT_FILE, values).inserted_primary_key[0]
+                if timecode is not None and (archive_name, timecode) not in self._known_tcdirs:
+                    with Session(bind=conn) as tc_session:
+                        tc_rules.ensure_tcdir(tc_session, archive_name, timecode)
+                        tc_session.flush()
+            return int(file_id)
+
+        row.id = retry_busy(insert_row, what="add_file")
+        if timecode is not None:
+            self._known_tcdirs.add((archive_name, timecode))
         return row
 
     @with_session
