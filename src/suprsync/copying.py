@@ -69,6 +69,7 @@ def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManage
     """
     staged: list[_Staged] = []
     seen: set[str] = set()
+    made: set[str] = set()
     bad_path: list[int] = []
     unreadable: list[int] = []
     for row in batch:
@@ -87,7 +88,10 @@ def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManage
             if not os.access(row.local_path, os.R_OK):
                 raise PermissionError(f"{row.local_path!r} is not readable")
             link = os.path.join(staging, rel)
-            os.makedirs(os.path.dirname(link), exist_ok=True)
+            folder = os.path.dirname(link)
+            if folder not in made:
+                os.makedirs(folder, exist_ok=True)
+                made.add(folder)
             os.symlink(row.local_path, link)
         except OSError as exc:
             log.error("cannot copy %s (file id %s): %s", row.local_path, row.id, exc)
@@ -254,7 +258,9 @@ def copy_batch(
         _run_pipeline(manager, transport, staging, work, pipeline, report, clock, agent_id)
     finally:
         renewing.stop()
-        shutil.rmtree(staging, ignore_errors=True)
+        # A tree of symlinks only: removing it need not delay the iteration.
+        threading.Thread(target=shutil.rmtree, args=(staging, True), daemon=True,
+                         name="unstage").start()
         manager.release_claims(agent_id)
     report.stop_time = clock()
     return report
@@ -265,8 +271,10 @@ def _run_pipeline(manager: SupRsyncFilesManager, transport: Transport, staging: 
                   report: CopyReport, clock: Callable[[], float], agent_id: str) -> None:
     lock = threading.Lock()
     streams = max(1, pipeline.parallel)
+    # Hashing is CPU-bound where the destination is local: use every core for it.
+    checkers = max(streams, min(4, os.cpu_count() or 1))
     with ThreadPoolExecutor(streams, thread_name_prefix="rsync") as senders, \
-            ThreadPoolExecutor(streams, thread_name_prefix="verify") as verifiers:
+            ThreadPoolExecutor(checkers, thread_name_prefix="verify") as verifiers:
 
         def send_then_queue_verify(chunk: list[_Staged], force: bool) -> Future | None:
             result = transport.copy(staging, [s.rel for s in chunk], force=force)

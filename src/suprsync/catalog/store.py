@@ -349,8 +349,9 @@ class SupRsyncFilesManager:
             self._file_counts[archive_name] = (top, count, now)
             return count
         seen, count, counted_at = cached
+        # archive_name || '': scan the new ids by primary key, not the archive's index.
         count += int(session.scalar(select(func.count()).select_from(F).where(
-            in_archive, F.id > seen, F.id <= top)) or 0)
+            F.archive_name.concat("") == archive_name, F.id > seen, F.id <= top)) or 0)
         self._file_counts[archive_name] = (top, count, counted_at)
         return count
 

@@ -93,8 +93,10 @@ def scan_timecodes(
         up_to_id = max_file_id(session)
     if up_to_id <= after_id:
         return 0, up_to_id
+    # archive_name || '' keeps the planner on the primary-key range (an index on the
+    # archive would make it walk every row of the archive).
     query = select(func.substr(F.remote_path, 1, 6)).where(
-        F.id > after_id, F.id <= up_to_id, F.archive_name == archive_name).distinct()
+        F.id > after_id, F.id <= up_to_id, F.archive_name.concat("") == archive_name).distinct()
     if min_ctime is not None:
         query = query.where(F.timestamp > min_ctime)
     found = {tc for prefix in session.scalars(query) if (tc := timecode_of(prefix)) is not None}
