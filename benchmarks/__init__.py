@@ -1,0 +1,1 @@
+"""Benchmarks of suprsync against bare-tool baselines; run with ``make bench``."""

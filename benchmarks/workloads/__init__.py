@@ -1,0 +1,1 @@
+"""The benchmark workloads; each module has ``run(ctx) -> list of result records``."""

@@ -1,0 +1,154 @@
+"""Smoke test of the benchmark runner: the quick variant of every workload runs, copies
+every file with the right content, and writes results with the expected structure.
+
+Timings are not checked (``--quick`` sizes are far too small for the targets).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+RATIO_IDS = {
+    "history_1m_first", "history_1m_steady", "history_100k_first", "history_100k_steady",
+    "small_files_ssh", "large_files_ssh", "large_files_local", "register_add_file",
+    "register_add_local_files", "latency_parallel",
+}
+VALUE_IDS = {"history_1m_peak_rss", "history_100k_peak_rss", "history_empty_peak_rss"}
+
+
+def _md5s(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str]:
+    base = tmp_path_factory.mktemp("bench")
+    out, work = base / "results.json", base / "work"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--reps", "1", "--out", str(out),
+         "--workdir", str(work)],
+        cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(out.read_text()), work, result.stdout
+
+
+def test_results_structure(quick_run: tuple[dict, Path, str]) -> None:
+    doc, _, stdout = quick_run
+    assert doc["errors"] == []
+    meta = doc["meta"]
+    assert meta["quick"] is True and meta["reps"] == 1
+    for key in ("nproc", "cpu_model", "mem_total_gib", "rsync", "ssh", "disk"):
+        assert key in meta["machine"]
+    results = {r["id"]: r for r in doc["results"]}
+    assert set(results) == RATIO_IDS | VALUE_IDS
+    for rid in RATIO_IDS:
+        r = results[rid]
+        assert r["kind"] == "ratio" and r["verified"] is True and r["reps"] == 1
+        for side in ("a", "b"):
+            stats = r[side]
+            assert stats["label"] and len(stats["samples"]) == 1
+            assert 0 < stats["min"] <= stats["median"] <= stats["max"]
+        assert r["ratio"]["median"] == pytest.approx(r["a"]["median"] / r["b"]["median"])
+        assert set(r["ratio"]) == {"median", "min", "max"}
+        assert r["target"]["op"] in ("<=", "<", ">=") and r["target"]["value"] > 0
+        assert r["pass"] is None and r["status"] == "n/a (quick)"
+        assert r["a"]["checked_files"] > 0, rid  # the suprsync side was verified file by file
+    for rid in VALUE_IDS:
+        assert results[rid]["kind"] == "value" and 10 < results[rid]["max"] < 10_000
+    assert results["history_1m_peak_rss"]["target"] == {"op": "<", "value": 200.0}
+    # The printed table has one row per result.
+    assert doc["table"] in stdout
+    assert len(doc["table"].splitlines()) == 2 + len(results)
+
+
+@pytest.mark.parametrize("workload,source,copies", [
+    ("small", "src", ["run-agent/remote", "run-rsync/remote"]),
+    ("large", "src", ["run-ssh-agent/remote", "run-ssh-rsync/remote",
+                      "run-local-agent/remote", "run-local-rsync/remote"]),
+    ("latency", "src", ["run-parallel4-shared/remote", "run-parallel1-separate/remote"]),
+])
+def test_copies_arrived_intact(quick_run: tuple[dict, Path, str], workload: str, source: str,
+                               copies: list[str]) -> None:
+    _, work, _ = quick_run
+    expected = _md5s(work / workload / source)
+    assert len(expected) >= 4
+    for copy in copies:
+        got = {rel: md5 for rel, md5 in _md5s(work / workload / copy).items()
+               if "/suprsync/" not in f"/{rel}"}  # finalization files the agent sent
+        assert got == expected, f"{workload}/{copy}"
+
+
+def test_history_iterations_copied_and_deleted(quick_run: tuple[dict, Path, str]) -> None:
+    _, work, _ = quick_run
+    for label in ("empty", "100k", "1M"):
+        run = work / "history" / f"run-{label}"
+        copies = list((run / "remote").rglob("*.g3"))
+        assert len(copies) == 200, label
+        assert not list((run / "data").rglob("*.g3")), f"{label}: local copies not deleted"
+        conn = sqlite3.connect(run / "catalog.db")
+        try:
+            done = conn.execute(
+                "SELECT count(*) FROM supersync_v0 WHERE local_path LIKE ? AND "
+                "remote_md5sum = local_md5sum AND removed IS NOT NULL",
+                (f"{run / 'data'}%",)).fetchone()[0]
+        finally:
+            conn.close()
+        assert done == 200, label
+
+
+def test_bulk_registration_catalog(quick_run: tuple[dict, Path, str]) -> None:
+    _, work, _ = quick_run
+    tree = work / "registration" / "tree"
+    expected = _md5s(tree)
+    conn = sqlite3.connect(work / "registration" / "run-cli" / "catalog.db")
+    try:
+        rows = dict(conn.execute("SELECT remote_path, local_md5sum FROM supersync_v0"))
+    finally:
+        conn.close()
+    assert rows == expected
+
+
+def test_delay_proxy_delays_and_keeps_order() -> None:
+    from benchmarks.delay_proxy import start_proxy, stop_proxy
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def echo() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    proc, proxy_port = start_proxy(port, 0.05)
+    try:
+        with socket.create_connection(("127.0.0.1", proxy_port), timeout=10) as sock:
+            start = time.monotonic()
+            sock.sendall(b"ping")
+            assert sock.recv(16) == b"ping"
+            assert time.monotonic() - start >= 0.1  # 50 ms each way
+            payload = bytes(range(256)) * 8192  # 2 MiB, order-sensitive
+            sender = threading.Thread(target=sock.sendall, args=(payload,))
+            sender.start()
+            got = bytearray()
+            while len(got) < len(payload):
+                got += sock.recv(1 << 20)
+            sender.join()
+            assert bytes(got) == payload
+    finally:
+        stop_proxy(proc)
+        listener.close()
