@@ -32,6 +32,7 @@ from sqlalchemy import and_, func, or_, select
 
 from .catalog.schema import NOT_IGNORED, SYNCED, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
+from .options import at_least_one
 from .paths import normalize_remote_path
 from .transport import SshOptions, TransferOptions, Transport, make_transport
 
@@ -426,7 +427,7 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ssh-host", default=None,
                         help="destination host ('<user>@<host>'); without it, a local dir")
     parser.add_argument("--ssh-key", default=None, help="private key for ssh")
-    parser.add_argument("--ssh-port", type=_count, default=None, help="ssh port of the host")
+    parser.add_argument("--ssh-port", type=at_least_one, default=None, help="ssh port of the host")
     parser.add_argument("--ssh-known-hosts", default=None,
                         help="known_hosts file to check the host key against")
     parser.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
@@ -442,21 +443,11 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
                              "again (not those whose local copy is gone)")
     parser.add_argument("--json", action="store_true",
                         help="print the full result as JSON")
-    parser.add_argument("--batch", type=_count, default=DEFAULT_BATCH, metavar="N",
+    parser.add_argument("--batch", type=at_least_one, default=DEFAULT_BATCH, metavar="N",
                         help=f"catalog rows per remote call (default: {DEFAULT_BATCH})")
-    parser.add_argument("--list-limit", type=_count, default=DEFAULT_LIST_LIMIT, metavar="N",
+    parser.add_argument("--list-limit", type=at_least_one, default=DEFAULT_LIST_LIMIT, metavar="N",
                         help="with --json, list at most N files per category; counts stay "
                              f"exact (default: {DEFAULT_LIST_LIMIT})")
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
 
 
 def transport_from_args(ns: argparse.Namespace) -> Transport:

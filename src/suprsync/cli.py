@@ -19,7 +19,13 @@ from .catalog.engine import CatalogBusy
 from .catalog.schema import SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .catalog.timecode import dir_states
-from .options import ConfigError, add_run_arguments, check_environment, config_from_args
+from .options import (
+    ConfigError,
+    add_run_arguments,
+    at_least_one,
+    check_environment,
+    config_from_args,
+)
 from .registration import add_local_files
 
 log = logging.getLogger("suprsync")
@@ -319,16 +325,6 @@ def cmd_audit(ns: argparse.Namespace) -> int:
 # ------------------------------------------------------------------- parser
 
 
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="suprsync",
@@ -391,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="per archive: is data flowing, how far behind")
     status.add_argument("archive_name", nargs="?", help="archive (default: all)")
-    status.add_argument("--max-copy-attempts", type=_at_least_one, default=5,
+    status.add_argument("--max-copy-attempts", type=at_least_one, default=5,
                         help="the agents' attempt limit, to tell waiting from failed "
                              "(default: 5)")
     status.add_argument("--json", action="store_true")
@@ -402,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="copy again files that reached the attempt limit")
     retry.add_argument("archive_name")
     retry.add_argument("--path", action="append", help="only this local path (repeatable)")
-    retry.add_argument("--max-copy-attempts", type=_at_least_one, default=5,
+    retry.add_argument("--max-copy-attempts", type=at_least_one, default=5,
                        help="the agent's attempt limit (default: 5)")
     _db_argument(retry)
     retry.set_defaults(func=cmd_retry_failed)

@@ -34,6 +34,17 @@ def _positive(kind: type):  # type: ignore[no-untyped-def]
     return parse
 
 
+def at_least_one(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True) -> None:
     """Add every flag of the original agent, plus suprsync's own.
 
