@@ -58,11 +58,23 @@ class _Staged:
     row: SupRsyncFile
     rel: str
     size: int
+    #: Directory rsync reads the file from, as <source>/<rel>.
+    source: str
+
+
+def _source_root(local_path: str, rel: str) -> str | None:
+    """The directory D with local_path == D/rel, when there is one."""
+    if local_path.endswith("/" + rel):
+        return local_path[:-len(rel) - 1] or "/"
+    return None
 
 
 def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManager,
            max_copy_attempts: int | None) -> list[_Staged]:
-    """Link each sendable file into the staging tree under its remote name.
+    """Give each sendable file a source dir in which it has its remote name.
+
+    A file whose local path already ends with its remote path is read in place;
+    any other is linked into the staging tree under its remote name.
 
     Files that cannot be sent cost themselves an attempt (or, for a remote path
     that would leave the base dir, go straight to the limit) and are left out.
@@ -87,18 +99,21 @@ def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManage
             size = check_local_file(row.local_path).st_size
             if not os.access(row.local_path, os.R_OK):
                 raise PermissionError(f"{row.local_path!r} is not readable")
-            link = os.path.join(staging, rel)
-            folder = os.path.dirname(link)
-            if folder not in made:
-                os.makedirs(folder, exist_ok=True)
-                made.add(folder)
-            os.symlink(row.local_path, link)
+            source = _source_root(row.local_path, rel)
+            if source is None:
+                source = staging
+                link = os.path.join(staging, rel)
+                folder = os.path.dirname(link)
+                if folder not in made:
+                    os.makedirs(folder, exist_ok=True)
+                    made.add(folder)
+                os.symlink(row.local_path, link)
         except OSError as exc:
             log.error("cannot copy %s (file id %s): %s", row.local_path, row.id, exc)
             unreadable.append(row.id)
             continue
         seen.add(rel)
-        staged.append(_Staged(row, rel, size))
+        staged.append(_Staged(row, rel, size, source))
     manager.mark_unsendable(bad_path, max_copy_attempts if max_copy_attempts else 1 << 30)
     manager.count_failed_attempt(unreadable)
     return staged
@@ -251,11 +266,12 @@ def copy_batch(
         staged_ids = {s.row.id for s in staged}
         report.files += [(row.local_path, False) for row in batch if row.id not in staged_ids]
         # Files whose earlier copy did not verify are re-sent even if they look current.
-        work = []
-        for force in (False, True):
-            group = [s for s in staged if (s.row.remote_md5sum is not None) == force]
-            work += [(chunk, force) for chunk in _chunks(group, pipeline)]
-        _run_pipeline(manager, transport, staging, work, pipeline, report, clock, agent_id)
+        groups: dict[tuple[str, bool], list[_Staged]] = {}
+        for s in staged:
+            groups.setdefault((s.source, s.row.remote_md5sum is not None), []).append(s)
+        work = [(chunk, force) for (_, force), group in groups.items()
+                for chunk in _chunks(group, pipeline)]
+        _run_pipeline(manager, transport, work, pipeline, report, clock, agent_id)
     finally:
         renewing.stop()
         # A tree of symlinks only: removing it need not delay the iteration.
@@ -266,7 +282,7 @@ def copy_batch(
     return report
 
 
-def _run_pipeline(manager: SupRsyncFilesManager, transport: Transport, staging: str,
+def _run_pipeline(manager: SupRsyncFilesManager, transport: Transport,
                   work: list[tuple[list[_Staged], bool]], pipeline: Pipeline,
                   report: CopyReport, clock: Callable[[], float], agent_id: str) -> None:
     lock = threading.Lock()
@@ -277,7 +293,7 @@ def _run_pipeline(manager: SupRsyncFilesManager, transport: Transport, staging: 
             ThreadPoolExecutor(checkers, thread_name_prefix="verify") as verifiers:
 
         def send_then_queue_verify(chunk: list[_Staged], force: bool) -> Future | None:
-            result = transport.copy(staging, [s.rel for s in chunk], force=force)
+            result = transport.copy(chunk[0].source, [s.rel for s in chunk], force=force)
             copied_at = clock()
             with lock:
                 report.transfer_durations.append(result.duration)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, delete, exists, func, insert, inspect, select, update
+from sqlalchemy import bindparam, delete, exists, func, inspect, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -433,7 +433,7 @@ class SupRsyncFilesManager:
             leases = [{"file_id": r.id, "agent_id": agent_id, "expires": now + lease}
                       for r in rows]
             if not self.is_postgresql:
-                session.execute(insert(FileClaim), leases)
+                session.execute(FileClaim.__table__.insert(), leases)
                 return rows
             # A claim committed after this query's snapshot is invisible to NOT EXISTS
             # while its files are no longer locked: keep only the leases we could insert.
