@@ -32,8 +32,6 @@ log = logging.getLogger(__name__)
 
 #: Files hashed and inserted per round (one transaction each).
 BATCH = 10_000
-#: Names given to one md5sum process.
-NAMES_PER_MD5SUM = 500
 
 
 def _walk(root: str) -> Iterator[os.DirEntry]:
@@ -93,8 +91,9 @@ def hash_files(paths: list[str], workers: int) -> dict[str, str]:
             return {p: m for p, m in zip(paths, pool.map(_md5_or_none, paths), strict=True)
                     if m is not None}
     names = b"".join(os.fsencode(p) + b"\0" for p in paths)
+    per_process = max(1, -(-len(paths) // workers))  # one md5sum per worker
     result = subprocess.run(
-        ["xargs", "-0", "-r", "-P", str(workers), "-n", str(NAMES_PER_MD5SUM), md5sum, "--"],
+        ["xargs", "-0", "-r", "-P", str(workers), "-n", str(per_process), md5sum, "--"],
         input=names, capture_output=True, check=False)
     sums = parse_md5sum(result.stdout)
     for line in result.stderr.decode("utf-8", "replace").splitlines():
