@@ -2,57 +2,35 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import SUPRSYNC, SshServer, run_cli
+from helpers import (
+    ARCHIVE,
+    Clock,
+    clock_fixture,  # noqa: F401 - the clock fixture
+    closing_agents,
+    get_row,
+    manager_fixture,  # noqa: F401 - the manager fixture
+    md5,
+    new_agent,
+    write_file,
+)
 
-from suprsync import SupRsyncFile, SupRsyncFilesManager
-from suprsync.agent import Agent, AgentConfig
+from suprsync import SupRsyncFilesManager
+from suprsync.agent import Agent
 
-ARCHIVE = "timestreams"
-T0 = 1_700_000_000.0
 SESSION_KEYS = {"activity", "timestamp", "last_copy", "archive_stats", "counters"}
 COUNTER_KEYS = {"iterations", "copies", "errors_timeout", "errors_nonzero", "errors_sqlite"}
 STATS_KEYS = {"finalized_until", "num_files", "uncopied_files", "last_file_added",
               "last_file_copied"}
-
-
-class Clock:
-    """A settable clock for the catalog manager and the agent."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
-def write_file(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    os.utime(path, (T0 - 3600, T0 - 3600))
-    return path
-
-
-def get_row(manager: SupRsyncFilesManager, file_id: int) -> SupRsyncFile:
-    return manager.read(lambda s: s.get(SupRsyncFile, file_id))
 
 
 def register(manager: SupRsyncFilesManager, folder: Path, count: int) -> dict[int, bytes]:
@@ -72,34 +50,11 @@ def synced_count(db: Path) -> int:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def manager(tmp_catalog: Path, clock: Clock) -> Iterator[SupRsyncFilesManager]:
-    m = SupRsyncFilesManager(str(tmp_catalog), clock=clock)
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def make_agent(tmp_path: Path, tmp_catalog: Path, remote_dir: Path,
-               manager: SupRsyncFilesManager, clock: Clock):
-    agents: list[Agent] = []
-
+def make_agent(tmp_path: Path, remote_dir: Path, manager: SupRsyncFilesManager, clock: Clock):
     def make(publish=None, **overrides) -> Agent:
-        kwargs = dict(archive_name=ARCHIVE, remote_basedir=str(remote_dir),
-                      db_path=str(tmp_catalog), suprsync_file_root=str(tmp_path / "srfroot"),
-                      sleep_time=0, cmd_timeout=30, copy_timeout=60)
-        kwargs.update(overrides)
-        agent = Agent(AgentConfig(**kwargs), manager=manager, clock=clock, publish=publish)
-        agents.append(agent)
-        return agent
+        return new_agent(manager, clock, tmp_path, remote_dir, publish=publish, **overrides)
 
-    yield make
-    for agent in agents:
-        agent.handler.close()
+    yield from closing_agents(make)
 
 
 def run_args(tmp_path: Path, db: Path, remote: Path, *extra: str) -> list[str]:

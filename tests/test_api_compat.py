@@ -5,19 +5,24 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from textwrap import dedent
 from typing import Any
 
+import helpers
 import pytest
 from conftest import run_peer
+from helpers import (
+    ARCHIVE,
+    Clock,
+    manager_fixture,  # noqa: F401 - the manager fixture
+    sql,
+)
 
 import suprsync
 from suprsync import SupRsyncFileHandler, SupRsyncFilesManager, create_file
 
-ARCHIVE = "timestreams"
 STATS_KEYS = {"finalized_until", "num_files", "uncopied_files", "last_file_added",
               "last_file_copied"}
 
@@ -76,33 +81,9 @@ PEER_RUN_SNIPPET = dedent("""
 """)
 
 
-class Clock:
-    """A settable clock for the manager."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def make_file(folder: Path, name: str, content: bytes | None = None) -> Path:
     """Write a real local file."""
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content if content is not None else f"content of {name}\n".encode() * 20)
-    return path
-
-
-def sql(db: Path, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Run one statement with plain sqlite3 and commit."""
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute(query, params).fetchall()
-        conn.commit()
-        return rows
-    finally:
-        conn.close()
+    return helpers.make_file(folder, name, content, filler="content of")
 
 
 @pytest.fixture(scope="module")
@@ -115,13 +96,6 @@ def socs_api(peer_python: Path) -> dict[str, Any]:
 @pytest.fixture
 def clock() -> Clock:
     return Clock(2_000_000.0)
-
-
-@pytest.fixture
-def manager(tmp_catalog: Path, clock: Clock) -> Iterator[SupRsyncFilesManager]:
-    m = SupRsyncFilesManager(str(tmp_catalog), clock=clock)
-    yield m
-    m.close()
 
 
 # ------------------------------------------------------------------- names

@@ -6,19 +6,27 @@ import hashlib
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from textwrap import dedent
 from typing import Any
 
 import pytest
 from conftest import run_cli, run_peer
+from helpers import (
+    ARCHIVE,
+    AddFn,
+    Clock,
+    file_adder,
+    ids,
+    make_file,
+    manager_fixture,  # noqa: F401 - the manager fixture
+    sql,
+)
 from sqlalchemy import event
 
 from suprsync import SupRsyncFilesManager
 
 TABLES = ("supersync_v0", "timecode_dirs_v0")
-ARCHIVE = "timestreams"
 OTHER = "smurf"
 
 # Scripts run by socs 0.6.4 in the peer interpreter (see conftest.run_peer); argv[1] is the
@@ -61,14 +69,6 @@ PEER_READ = dedent("""
 # ----------------------------------------------------------------- helpers
 
 
-def make_file(folder: Path, name: str, content: bytes | None = None) -> Path:
-    """Write a real local file (with content unique to its name by default)."""
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content if content is not None else f"data of {name}\n".encode() * 50)
-    return path
-
-
 def table_info(db: Path, table: str) -> list[tuple[Any, ...]]:
     """PRAGMA table_info rows: (cid, name, type, notnull, dflt_value, pk)."""
     with sqlite3.connect(db) as conn:
@@ -89,17 +89,6 @@ def index_names(db: Path) -> set[str]:
     return {r[0] for r in rows}
 
 
-def sql(db: Path, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Run one statement with plain sqlite3 and commit."""
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute(query, params).fetchall()
-        conn.commit()
-        return rows
-    finally:
-        conn.close()
-
-
 def set_row(db: Path, file_id: int, **values: Any) -> None:
     """Set columns of one supersync_v0 row with plain SQL."""
     assignments = ", ".join(f'"{k}" = ?' for k in values)
@@ -116,16 +105,6 @@ def row_count(db: Path) -> int:
     return sql(db, "SELECT count(*) FROM supersync_v0")[0][0]
 
 
-class Clock:
-    """A settable clock for the manager."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> Clock:
     """A clock standing at t = 1 000 000 (timecode 10)."""
@@ -133,34 +112,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def manager(tmp_catalog: Path, clock: Clock) -> Iterator[SupRsyncFilesManager]:
-    """A suprsync manager on a fresh catalog, driven by the test clock."""
-    m = SupRsyncFilesManager(str(tmp_catalog), clock=clock)
-    yield m
-    m.close()
-
-
-AddFn = Callable[..., int]
-
-
-@pytest.fixture
 def add(manager: SupRsyncFilesManager, tmp_path: Path) -> AddFn:
     """Register a real file at a given timestamp; return its row id."""
-    counter = iter(range(1_000_000))
-
-    def _add(timestamp: float, archive: str = ARCHIVE, remote: str | None = None,
-             **kwargs: Any) -> int:
-        n = next(counter)
-        local = make_file(tmp_path / "local", f"f{n}.g3")
-        row = manager.add_file(str(local), remote or f"16750/sub/f{n}.g3", archive,
-                               timestamp=timestamp, **kwargs)
-        return row.id
-
-    return _add
-
-
-def ids(rows: list[Any]) -> list[int]:
-    return [r.id for r in rows]
+    return file_adder(manager, tmp_path / "local", repeat=50)
 
 
 def run_once(db: Path, remote: Path, file_root: Path, archive: str = ARCHIVE) -> None:
@@ -446,7 +400,7 @@ def test_add_file_rejects_bad_remote_path(
     manager: SupRsyncFilesManager, tmp_path: Path, tmp_catalog: Path, remote: str
 ) -> None:
     """A remote path that is empty, absolute, climbs with '..' or holds NUL: ValueError."""
-    local = make_file(tmp_path, "f.g3")
+    local = make_file(tmp_path, "f.g3", repeat=50)
     with pytest.raises(ValueError):
         manager.add_file(str(local), remote, ARCHIVE)
     assert row_count(tmp_catalog) == 0

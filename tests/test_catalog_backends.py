@@ -6,52 +6,38 @@ another program writing to the catalog would.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from conftest import run_cli
+from helpers import (
+    ARCHIVE,
+    AddFn,
+    Clock,
+    catalog_agent,
+    file_adder,
+    ids,
+    make_file,
+    managed,
+    md5,
+)
 from sqlalchemy import text
 
 from suprsync import SupRsyncFilesManager
-from suprsync.agent import Agent, AgentConfig
 from suprsync.catalog import maintenance
 from suprsync.catalog.store import CopyResult
 from suprsync.catalog.timecode import dir_states, timecode_at
 
-ARCHIVE = "timestreams"
 OTHER = "smurf"
 #: A fixed "now" in the middle of timecode 17000.
 NOW = 17000 * 1e5 + 40_000.0
 NOW_TC = timecode_at(NOW)
-
-
-class Clock:
-    """A clock the test sets."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make_file(folder: Path, name: str, content: bytes | None = None) -> Path:
-    """Write a real local file (with content unique to its name by default)."""
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(content if content is not None else f"data of {name}\n".encode() * 20)
-    return path
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
 
 
 def sql(manager: SupRsyncFilesManager, query: str, **params: Any) -> list[tuple[Any, ...]]:
@@ -82,10 +68,6 @@ def insert_plain(manager: SupRsyncFilesManager, local: Path, remote: str, archiv
     return sql(manager, "SELECT max(id) FROM supersync_v0")[0][0]
 
 
-def ids(rows: list[Any]) -> list[int]:
-    return [r.id for r in rows]
-
-
 def db_flags(catalog: str) -> list[str]:
     """How `suprsync run` is told the catalog: --db-url for a URL, --db-path for a file."""
     return ["--db-url", catalog] if "://" in catalog else ["--db-path", catalog]
@@ -99,28 +81,13 @@ def clock() -> Clock:
 @pytest.fixture
 def manager(catalog_url: str, clock: Clock) -> Iterator[SupRsyncFilesManager]:
     """A manager on a fresh catalog of the backend under test, driven by the test clock."""
-    m = SupRsyncFilesManager(catalog_url, clock=clock)
-    yield m
-    m.close()
-
-
-AddFn = Callable[..., int]
+    yield from managed(catalog_url, clock)
 
 
 @pytest.fixture
 def add(manager: SupRsyncFilesManager, tmp_path: Path) -> AddFn:
     """Register a real file at a given timestamp; return its row id."""
-    counter = iter(range(1_000_000))
-
-    def _add(timestamp: float, archive: str = ARCHIVE, remote: str | None = None,
-             **kwargs: Any) -> int:
-        n = next(counter)
-        local = make_file(tmp_path / "local", f"f{n}.g3")
-        row = manager.add_file(str(local), remote or f"16750/sub/f{n}.g3", archive,
-                               timestamp=timestamp, **kwargs)
-        return row.id
-
-    return _add
+    return file_adder(manager, tmp_path / "local")
 
 
 # ------------------------------------------------------------------ add_file
@@ -393,25 +360,11 @@ def test_timecode_completion_and_sync_are_per_archive(
     assert rows == [(f"{NOW_TC}/suprsync/sync-a/{name}", ARCHIVE)]
 
 
-def agent_for(tmp_path: Path, catalog: str, archive: str, clock: Clock,
-              instance: str = "sync-test") -> Agent:
-    """A real agent copying to a local destination, on the catalog under test."""
-    config = AgentConfig(
-        archive_name=archive,
-        remote_basedir=str(tmp_path / "remote" / archive),
-        db_path=catalog,
-        suprsync_file_root=str(tmp_path / "suprsync-files"),
-        sleep_time=0,
-        instance_id=instance,
-    )
-    return Agent(config, manager=SupRsyncFilesManager(catalog, clock=clock), clock=clock)
-
-
 def test_six_dirs_give_five_finalization_files(
     catalog_url: str, tmp_path: Path, clock: Clock
 ) -> None:
     """Agent iterations sync six dirs and finalize the five completed ones, once each."""
-    agent = agent_for(tmp_path, catalog_url, "smurf", clock)
+    agent = catalog_agent(tmp_path, catalog_url, "smurf", clock)
     try:
         tree: dict[str, bytes] = {}
         for i, tc in enumerate(range(NOW_TC - 5, NOW_TC + 1)):

@@ -6,124 +6,42 @@ manager's clock, so "older than" never needs a sleep.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import signal
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from conftest import SshServer
+from helpers import (
+    ARCHIVE,
+    Clock,
+    clock_fixture,  # noqa: F401 - the clock fixture
+    closing_agents,
+    get_row,
+    host_down,
+    manager_fixture,  # noqa: F401 - the manager fixture
+    md5,
+    new_agent,
+    write_file,
+)
 from sqlalchemy import update
 
 from suprsync import SupRsyncFile, SupRsyncFilesManager
-from suprsync.agent import Agent, AgentConfig
+from suprsync.agent import Agent
 
-ARCHIVE = "timestreams"
-T0 = 1_700_000_000.0
 AFTER = 1000.0
 
 
-class Clock:
-    """A settable clock for the catalog manager and the agent."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
-def write_file(path: Path, data: bytes, mtime: float = T0 - 3600) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    os.utime(path, (mtime, mtime))
-    return path
-
-
-def get_row(manager: SupRsyncFilesManager, file_id: int) -> SupRsyncFile:
-    return manager.read(lambda s: s.get(SupRsyncFile, file_id))
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below pid, read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-@contextmanager
-def host_down(sshd: SshServer) -> Iterator[None]:
-    """The ssh host goes away: sshd stops and the connections it serves are cut.
-
-    Stopping the listening sshd alone leaves established connections (such as a
-    shared ControlMaster connection) alive, as on a real host.
-    """
-    listener = int((sshd.dir / "sshd.pid").read_text().split()[0])
-    sessions = _descendants(listener)
-    sshd.stop()
-    for pid in sessions:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        yield
-    finally:
-        sshd.start()
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def manager(tmp_catalog: Path, clock: Clock) -> Iterator[SupRsyncFilesManager]:
-    m = SupRsyncFilesManager(str(tmp_catalog), clock=clock)
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def make_agent(tmp_path: Path, tmp_catalog: Path, remote_dir: Path,
-               manager: SupRsyncFilesManager, clock: Clock):
-    agents: list[Agent] = []
-
+def make_agent(tmp_path: Path, remote_dir: Path, manager: SupRsyncFilesManager,
+               clock: Clock):
     def make(**overrides) -> Agent:
-        kwargs = dict(archive_name=ARCHIVE, remote_basedir=str(remote_dir),
-                      db_path=str(tmp_catalog), suprsync_file_root=str(tmp_path / "srfroot"),
-                      sleep_time=0, cmd_timeout=30, copy_timeout=60,
-                      delete_local_after=AFTER)
-        kwargs.update(overrides)
-        agent = Agent(AgentConfig(**kwargs), manager=manager, clock=clock)
-        agents.append(agent)
-        return agent
+        return new_agent(manager, clock, tmp_path, remote_dir,
+                         **{"delete_local_after": AFTER, **overrides})
 
-    yield make
-    for agent in agents:
-        agent.handler.close()
+    yield from closing_agents(make)
 
 
 @pytest.fixture

@@ -12,17 +12,19 @@ import os
 import sqlite3
 import stat
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from faults_helpers import (
+from helpers import (
     ARCHIVE,
     T0,
     Clock,
+    clock_fixture,  # noqa: F401 - the clock fixture
+    closing_agents,
     get_row,
     is_synced,
+    manager_fixture,  # noqa: F401 - the manager fixture
     md5,
     new_agent,
     ssh_config,
@@ -36,30 +38,11 @@ LIMIT = 3
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def manager(tmp_catalog: Path, clock: Clock) -> Iterator[SupRsyncFilesManager]:
-    m = SupRsyncFilesManager(str(tmp_catalog), clock=clock)
-    yield m
-    m.close()
-
-
-@pytest.fixture
 def make_agent(tmp_path: Path, manager: SupRsyncFilesManager, clock: Clock):
-    agents: list[Agent] = []
-
     def make(remote: Path, **overrides) -> Agent:
-        agent = new_agent(manager, clock, tmp_path, remote, max_copy_attempts=LIMIT,
-                          **overrides)
-        agents.append(agent)
-        return agent
+        return new_agent(manager, clock, tmp_path, remote, max_copy_attempts=LIMIT, **overrides)
 
-    yield make
-    for agent in agents:
-        agent.handler.close()
+    yield from closing_agents(make)
 
 
 def row_count(db: Path) -> int:

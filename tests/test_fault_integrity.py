@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faults_helpers import (
+from helpers import (
     ARCHIVE,
     Clock,
+    clock_fixture,  # noqa: F401 - the clock fixture
+    closing_agents,
     get_row,
     is_synced,
+    manager_fixture,  # noqa: F401 - the manager fixture
     md5,
     new_agent,
     ssh_config,
@@ -31,34 +33,17 @@ from suprsync.agent import Agent
 AFTER = 1000.0
 
 
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def manager(tmp_catalog: Path, clock: Clock) -> Iterator[SupRsyncFilesManager]:
-    m = SupRsyncFilesManager(str(tmp_catalog), clock=clock)
-    yield m
-    m.close()
-
-
 @pytest.fixture(params=["local", "ssh"])
 def make_agent(request: pytest.FixtureRequest, tmp_path: Path, remote_dir: Path,
                manager: SupRsyncFilesManager, clock: Clock):
     """Agents deleting after AFTER seconds, to remote_dir directly or over the real sshd."""
     ssh = ssh_config(request.getfixturevalue("sshd")) if request.param == "ssh" else {}
-    agents: list[Agent] = []
 
     def make(**overrides) -> Agent:
-        agent = new_agent(manager, clock, tmp_path, remote_dir,
-                          **{"delete_local_after": AFTER, **ssh, **overrides})
-        agents.append(agent)
-        return agent
+        return new_agent(manager, clock, tmp_path, remote_dir,
+                         **{"delete_local_after": AFTER, **ssh, **overrides})
 
-    yield make
-    for agent in agents:
-        agent.handler.close()
+    yield from closing_agents(make)
 
 
 def copied(manager: SupRsyncFilesManager, agent: Agent, tmp_path: Path, name: str,

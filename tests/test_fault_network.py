@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pytest
 from conftest import SUPRSYNC, run_cli
-from faults_helpers import (
+from helpers import (
     ARCHIVE,
     Clock,
+    clock_fixture,  # noqa: F401 - the clock fixture
+    closing_agents,
     get_row,
     is_synced,
     iterate_within,
@@ -31,6 +33,7 @@ from faults_helpers import (
     kill_sshd_hard,
     logged_commands,
     make_sshd,
+    manager_fixture,  # noqa: F401 - the manager fixture
     md5,
     mount_tmpfs,
     new_agent,
@@ -50,29 +53,11 @@ from suprsync.agent import Agent
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def manager(tmp_catalog: Path, clock: Clock) -> Iterator[SupRsyncFilesManager]:
-    m = SupRsyncFilesManager(str(tmp_catalog), clock=clock)
-    yield m
-    m.close()
-
-
-@pytest.fixture
 def make_agent(tmp_path: Path, manager: SupRsyncFilesManager, clock: Clock):
-    agents: list[Agent] = []
-
     def make(remote: Path, **overrides) -> Agent:
-        agent = new_agent(manager, clock, tmp_path, remote, **overrides)
-        agents.append(agent)
-        return agent
+        return new_agent(manager, clock, tmp_path, remote, **overrides)
 
-    yield make
-    for agent in agents:
-        agent.handler.close()
+    yield from closing_agents(make)
 
 
 @pytest.fixture(scope="module")

@@ -12,49 +12,24 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import run_cli
+from helpers import Clock, catalog_agent, make_file
 
 from suprsync import SupRsyncFilesManager, TimecodeDir
-from suprsync.agent import Agent, AgentConfig
+from suprsync.agent import Agent
 from suprsync.catalog.timecode import timecode_at
 
 #: A fixed "now" in the middle of timecode 17000.
 NOW = 17000 * 1e5 + 40_000.0
 
 
-class Clock:
-    """A clock the test sets."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def make_files(root: Path, tree: dict[str, bytes]) -> dict[str, Path]:
     """Write files below root; keys are remote paths."""
-    out = {}
-    for rel, data in tree.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        out[rel] = path
-    return out
+    return {rel: make_file(root, rel, data) for rel, data in tree.items()}
 
 
 def agent_for(tmp_path: Path, archive: str, clock: Clock, instance: str = "sync-test",
               db: Path | None = None) -> Agent:
-    db = db or tmp_path / "catalog.db"
-    config = AgentConfig(
-        archive_name=archive,
-        remote_basedir=str(tmp_path / "remote" / archive),
-        db_path=str(db),
-        suprsync_file_root=str(tmp_path / "suprsync-files"),
-        sleep_time=0,
-        instance_id=instance,
-    )
-    manager = SupRsyncFilesManager(str(db), clock=clock)
-    return Agent(config, manager=manager, clock=clock)
+    return catalog_agent(tmp_path, db or tmp_path / "catalog.db", archive, clock, instance)
 
 
 def finalization_files(remote: Path) -> list[Path]:

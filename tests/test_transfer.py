@@ -12,39 +12,34 @@ import logging
 import os
 import pwd
 import shutil
-import signal
 import stat
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import SshServer, run_cli
+from helpers import (
+    ARCHIVE,
+    Clock,
+    clock_fixture,  # noqa: F401 - the clock fixture
+    closing_agents,
+    get_row,
+    host_down,
+    manager_fixture,  # noqa: F401 - the manager fixture
+    md5,
+    new_agent,
+    ssh_config,
+    write_file,
+)
 from sqlalchemy import update
 
 from suprsync import SupRsyncFile, SupRsyncFilesManager
-from suprsync.agent import Agent, AgentConfig
+from suprsync.agent import Agent
 
-ARCHIVE = "timestreams"
-T0 = 1_700_000_000.0
 BIG = 16 * 1024 * 1024
-
-
-class Clock:
-    """A settable clock for the catalog manager and the agent."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
@@ -56,19 +51,12 @@ class Dest:
     sshd: SshServer | None = None
 
     def ssh_config(self) -> dict:
-        if self.sshd is None:
-            return {}
-        return {"ssh_host": self.sshd.destination, "ssh_key": str(self.sshd.key),
-                "ssh_port": self.sshd.port, "ssh_known_hosts": str(self.sshd.known_hosts)}
+        return {} if self.sshd is None else ssh_config(self.sshd)
 
     def flags(self) -> list[str]:
         """`suprsync run` flags for this destination."""
         flags = ["--remote-basedir", str(self.base)]
         return flags + (self.sshd.agent_flags() if self.sshd else [])
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
 
 
 def md5_path(path: Path) -> str:
@@ -79,74 +67,11 @@ def md5_path(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_file(path: Path, data: bytes, mtime: float = T0 - 3600) -> Path:
-    """A real local file, last modified before it is registered."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    os.utime(path, (mtime, mtime))
-    return path
-
-
-def get_row(manager: SupRsyncFilesManager, file_id: int) -> SupRsyncFile:
-    return manager.read(lambda s: s.get(SupRsyncFile, file_id))
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below pid, read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-@contextmanager
-def host_down(sshd: SshServer) -> Iterator[None]:
-    """The ssh host goes away: sshd stops and the connections it serves are cut.
-
-    Stopping the listening sshd alone leaves established connections (such as a
-    shared ControlMaster connection) alive, as on a real host.
-    """
-    listener = int((sshd.dir / "sshd.pid").read_text().split()[0])
-    sessions = _descendants(listener)
-    sshd.stop()
-    for pid in sessions:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    try:
-        yield
-    finally:
-        sshd.start()
-
-
 def assert_synced(manager: SupRsyncFilesManager, dest: Dest, file_id: int, data: bytes) -> None:
     row = get_row(manager, file_id)
     assert row.remote_md5sum == row.local_md5sum == md5(data), row
     assert (row.failed_copy_attempts or 0) == 0, row
     assert (dest.base / row.remote_path).read_bytes() == data
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def manager(tmp_catalog: Path, clock: Clock) -> Iterator[SupRsyncFilesManager]:
-    m = SupRsyncFilesManager(str(tmp_catalog), clock=clock)
-    yield m
-    m.close()
 
 
 @pytest.fixture(params=["local", "ssh"])
@@ -157,21 +82,12 @@ def dest(request: pytest.FixtureRequest, remote_dir: Path) -> Dest:
 
 
 @pytest.fixture
-def make_agent(tmp_path: Path, tmp_catalog: Path, manager: SupRsyncFilesManager, clock: Clock):
-    agents: list[Agent] = []
-
+def make_agent(tmp_path: Path, manager: SupRsyncFilesManager, clock: Clock):
     def make(dest: Dest, base: Path | None = None, **overrides) -> Agent:
-        kwargs = dict(archive_name=ARCHIVE, remote_basedir=str(base or dest.base),
-                      db_path=str(tmp_catalog), suprsync_file_root=str(tmp_path / "srfroot"),
-                      sleep_time=0, cmd_timeout=30, copy_timeout=60, **dest.ssh_config())
-        kwargs.update(overrides)
-        agent = Agent(AgentConfig(**kwargs), manager=manager, clock=clock)
-        agents.append(agent)
-        return agent
+        return new_agent(manager, clock, tmp_path, base or dest.base,
+                         **{**dest.ssh_config(), **overrides})
 
-    yield make
-    for agent in agents:
-        agent.handler.close()
+    yield from closing_agents(make)
 
 
 def cli_run(dest: Dest, tmp_path: Path, db: Path, *extra: str, timeout: float = 60):

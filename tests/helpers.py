@@ -1,4 +1,9 @@
-"""Helpers shared by the fault-injection tests: files, catalog rows, extra real sshd servers."""
+"""Helpers shared by the test modules: a settable clock, files, catalog rows, agents, the
+``clock``/``manager`` fixtures, and real sshd servers that tests stop, kill or start.
+
+A module uses the shared fixtures by importing them (``from helpers import clock_fixture``);
+they are registered under their ``name`` (``clock``, ``manager``).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,20 @@ import getpass
 import hashlib
 import os
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sshd_server import SshServer, free_port, keygen, write_sshd_config
 
 from suprsync import SupRsyncFile, SupRsyncFilesManager
-from suprsync.agent import Agent, AgentConfig
+from suprsync.agent import Agent, AgentConfig, Publisher
 
 ARCHIVE = "timestreams"
 T0 = 1_700_000_000.0
@@ -49,6 +57,51 @@ def write_file(path: Path, data: bytes, mtime: float = T0 - 3600) -> Path:
     return path
 
 
+def make_file(folder: Path, name: str, content: bytes | None = None, repeat: int = 20,
+              filler: str = "data of") -> Path:
+    """Write a real local file; by default its content is unique to its name
+    (``f"{filler} {name}\\n"`` repeated ``repeat`` times)."""
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if content is not None else f"{filler} {name}\n".encode() * repeat)
+    return path
+
+
+AddFn = Callable[..., int]
+
+
+def file_adder(manager: SupRsyncFilesManager, folder: Path, **make_kwargs: Any) -> AddFn:
+    """add(timestamp, archive=ARCHIVE, remote=None, **kwargs): register a new real file
+    (``make_file(folder, ..., **make_kwargs)``) at a given timestamp; return its row id."""
+    counter = iter(range(1_000_000))
+
+    def _add(timestamp: float, archive: str = ARCHIVE, remote: str | None = None,
+             **kwargs: Any) -> int:
+        n = next(counter)
+        local = make_file(folder, f"f{n}.g3", **make_kwargs)
+        row = manager.add_file(str(local), remote or f"16750/sub/f{n}.g3", archive,
+                               timestamp=timestamp, **kwargs)
+        return row.id
+
+    return _add
+
+
+def ids(rows: list[Any]) -> list[int]:
+    """The ids of catalog rows, in order."""
+    return [r.id for r in rows]
+
+
+def sql(db: Path, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement on an sqlite catalog file with plain sqlite3 and commit."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(query, params).fetchall()
+        conn.commit()
+        return rows
+    finally:
+        conn.close()
+
+
 def get_row(manager: SupRsyncFilesManager, file_id: int) -> SupRsyncFile:
     """The catalog row of a file id, read fresh."""
     return manager.read(lambda s: s.get(SupRsyncFile, file_id))
@@ -61,13 +114,66 @@ def is_synced(manager: SupRsyncFilesManager, file_id: int) -> bool:
 
 
 def new_agent(manager: SupRsyncFilesManager, clock: Clock, root: Path, remote_basedir: Path | str,
-              **overrides: object) -> Agent:
-    """An in-process agent on manager's catalog; no sleep, generous time limits by default."""
+              /, publish: Publisher | None = None, **overrides: object) -> Agent:
+    """An in-process agent on manager's catalog; no sleep, generous time limits by default.
+
+    Any AgentConfig field (remote_basedir too) can be overridden by keyword.
+    """
     kwargs: dict = dict(archive_name=ARCHIVE, remote_basedir=str(remote_basedir),
                         db_path=manager.db_path, suprsync_file_root=str(root / "srfroot"),
                         sleep_time=0, cmd_timeout=30, copy_timeout=60)
     kwargs.update(overrides)
-    return Agent(AgentConfig(**kwargs), manager=manager, clock=clock)
+    return Agent(AgentConfig(**kwargs), manager=manager, clock=clock, publish=publish)
+
+
+def catalog_agent(tmp_path: Path, catalog: str | Path, archive: str, clock: Clock,
+                  instance: str = "sync-test") -> Agent:
+    """A real agent copying archive to tmp_path/remote/<archive>, on catalog (a path or
+    URL) with its own manager; no sleep, no time limits."""
+    config = AgentConfig(
+        archive_name=archive,
+        remote_basedir=str(tmp_path / "remote" / archive),
+        db_path=str(catalog),
+        suprsync_file_root=str(tmp_path / "suprsync-files"),
+        sleep_time=0,
+        instance_id=instance,
+    )
+    return Agent(config, manager=SupRsyncFilesManager(str(catalog), clock=clock), clock=clock)
+
+
+def closing_agents(build: Callable[..., Agent]) -> Iterator[Callable[..., Agent]]:
+    """Body of a ``make_agent`` fixture (``yield from closing_agents(build)``): hands out
+    build, keeps every agent it makes and closes their handlers at teardown."""
+    agents: list[Agent] = []
+
+    def make(*args: Any, **kwargs: Any) -> Agent:
+        agent = build(*args, **kwargs)
+        agents.append(agent)
+        return agent
+
+    yield make
+    for agent in agents:
+        agent.handler.close()
+
+
+def managed(catalog: str | Path, clock: Clock) -> Iterator[SupRsyncFilesManager]:
+    """Body of a ``manager`` fixture (``yield from managed(catalog, clock)``): a manager on
+    catalog driven by clock, closed at teardown."""
+    m = SupRsyncFilesManager(str(catalog), clock=clock)
+    yield m
+    m.close()
+
+
+@pytest.fixture(name="clock")
+def clock_fixture() -> Clock:
+    """A settable clock standing at T0."""
+    return Clock()
+
+
+@pytest.fixture(name="manager")
+def manager_fixture(tmp_catalog: Path, clock: Clock) -> Iterator[SupRsyncFilesManager]:
+    """A manager on a fresh sqlite catalog, driven by the test's ``clock``."""
+    yield from managed(tmp_catalog, clock)
 
 
 def iterate_within(agent: Agent, seconds: float) -> bool:
@@ -152,19 +258,41 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def sigkill(pids: Iterable[int]) -> None:
+    """SIGKILL every pid; one that is already gone is passed over."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def kill_sshd_hard(server: SshServer) -> None:
     """SIGKILL the listener and every session process of this server: connections drop."""
     proc = server._proc
     if proc is None or proc.poll() is not None:
         return
-    victims = [proc.pid, *descendants(proc.pid)]
-    for pid in victims:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    sigkill([proc.pid, *descendants(proc.pid)])
     proc.wait(timeout=10)
     server.stop()
+
+
+@contextmanager
+def host_down(sshd: SshServer) -> Iterator[None]:
+    """The ssh host goes away: sshd stops and the connections it serves are cut.
+
+    Stopping the listening sshd alone leaves established connections (such as a
+    shared ControlMaster connection) alive, as on a real host. sshd is started
+    again on the way out.
+    """
+    listener = int((sshd.dir / "sshd.pid").read_text().split()[0])
+    sessions = descendants(listener)
+    sshd.stop()
+    sigkill(sessions)
+    try:
+        yield
+    finally:
+        sshd.start()
 
 
 def kill_hung(folder: Path) -> None:
