@@ -312,3 +312,47 @@ def test_docs_snippet_runs_unchanged_with_only_the_import_changed(
     assert theirs["result"] == expected
     assert ours["result"] == expected
     assert ours["copyable"] == theirs["copyable"] == [str(local)]
+
+
+PEER_DESCRIBE_FLAGS = dedent("""
+    import json
+    from socs.agents.suprsync.agent import make_parser
+    flags = {}
+    for action in make_parser()._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and option != "--help":
+                flags[option] = {"default": repr(action.default), "required": action.required}
+    print(json.dumps(flags))
+""")
+
+
+def test_run_takes_every_flag_of_the_original_with_its_default(peer_python: Path) -> None:
+    """A site config written for socs 0.6.4 starts `suprsync run` unchanged."""
+    import argparse
+
+    from suprsync.options import add_run_arguments
+
+    theirs = json.loads(run_peer(peer_python, PEER_DESCRIBE_FLAGS).stdout)
+    assert "--archive-name" in theirs and "--chmod" in theirs
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    ours = {opt: action for action in parser._actions for opt in action.option_strings}
+    for flag, spec in theirs.items():
+        assert flag in ours, f"{flag} of the original is missing"
+        if flag != "--db-path":  # ours also reads $SUPRSYNC_DB
+            assert repr(ours[flag].default) == spec["default"], flag
+
+
+def test_core_imports_and_cli_run_without_ocs_or_twisted(tmp_path: Path) -> None:
+    """The catalog, transfers and CLI load nothing of OCS or Twisted."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, suprsync, suprsync.cli, suprsync.agent\n"
+             "sys.argv = ['suprsync', 'stats', '--help']\n"
+             "try:\n    suprsync.cli.main()\nexcept SystemExit:\n    pass\n"
+             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ocs', 'twisted'))\n"
+             "print(bad)\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
