@@ -123,7 +123,7 @@ _SQLITE_INSERT = (f"INSERT INTO {F.__tablename__} ({', '.join(_INSERT_COLUMNS)})
 #: Seconds between full counts of an archive's rows (in between, new rows are added).
 FULL_COUNT_INTERVAL = 600.0
 #: File ids of older rows scanned for timecode dirs per detect_timecode_dirs call.
-TC_SCAN_CHUNK = 100_000
+TC_SCAN_CHUNK = 20_000
 
 
 class SupRsyncFilesManager:
