@@ -130,7 +130,7 @@ class Pipeline:
 
     parallel: int = 1
     chunk_bytes: int = 128 << 20
-    chunk_files: int = 1000
+    chunk_files: int = 4000
     #: Seconds a claim on a batch lasts unless renewed (renewed while the batch runs).
     lease: float = 600.0
 
@@ -254,17 +254,32 @@ def copy_batch(
     pipeline = pipeline or Pipeline()
     agent_id = agent_id or default_agent_id("copy")
     report = CopyReport(start_time=clock())
-    batch = manager.claim_copyable(archive_name, agent_id, pipeline.lease,
-                                   max_copy_attempts=max_copy_attempts, num_files=num_files)
-    if not batch:
-        report.stop_time = clock()
-        return report
+    # Reaching the destination (an ssh handshake) overlaps claiming and staging.
+    with ThreadPoolExecutor(1, thread_name_prefix="connect") as connecting:
+        ready = connecting.submit(transport.ensure_ready)
+        batch = manager.claim_copyable(archive_name, agent_id, pipeline.lease,
+                                       max_copy_attempts=max_copy_attempts,
+                                       num_files=num_files)
+        if batch:
+            return _copy_claimed(manager, transport, batch, ready, report, clock,
+                                 staging_root, pipeline, agent_id, max_copy_attempts)
+        ready.result()
+    report.stop_time = clock()
+    return report
+
+
+def _copy_claimed(manager: SupRsyncFilesManager, transport: Transport,
+                  batch: list[SupRsyncFile], ready: Future, report: CopyReport,
+                  clock: Callable[[], float], staging_root: str | None, pipeline: Pipeline,
+                  agent_id: str, max_copy_attempts: int | None) -> CopyReport:
+    """Stage, send and verify a claimed batch once the destination is ready."""
     staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=staging_root)
     renewing = _LeaseRenewer(manager, agent_id, pipeline.lease)
     try:
         staged = _stage(batch, staging, manager, max_copy_attempts)
         staged_ids = {s.row.id for s in staged}
         report.files += [(row.local_path, False) for row in batch if row.id not in staged_ids]
+        ready.result()
         # Files whose earlier copy did not verify are re-sent even if they look current.
         groups: dict[tuple[str, bool], list[_Staged]] = {}
         for s in staged:

@@ -49,15 +49,11 @@ class SupRsyncFileHandler:
         self.transport = transport
         self.pipeline = pipeline or Pipeline()
         self.agent_id = agent_id or default_agent_id(archive_name)
-        self._prepared = False
         self.last_report: CopyReport | None = None
 
     def copy_report(self, max_copy_attempts: int | None = None,
                     num_files: int | None = None) -> CopyReport:
         """Copy and verify one batch; the full report of what happened."""
-        if not self._prepared:
-            self.transport.prepare()
-            self._prepared = True
         report = copy_batch(self.srfm, self.transport, self.archive_name,
                             max_copy_attempts=max_copy_attempts, num_files=num_files,
                             clock=self.srfm.clock, pipeline=self.pipeline,

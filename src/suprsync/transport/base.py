@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -107,6 +108,15 @@ class Transport(abc.ABC):
         self.options = options
         #: Every rsync/ssh child of this transport, so abort() can stop them.
         self.children = ProcGroup()
+        self._ready = False
+        self._ready_lock = threading.Lock()
+
+    def ensure_ready(self) -> None:
+        """prepare() once (again after a failure); raise TransportError if it fails."""
+        with self._ready_lock:
+            if not self._ready:
+                self.prepare()
+                self._ready = True
 
     def abort(self) -> None:
         """Kill running transfers and checks now (copies are atomic, so this is safe)."""
