@@ -36,11 +36,6 @@ def catalog_url(db: str) -> str:
     return db
 
 
-def is_url(db: str) -> bool:
-    """True when the catalog is given as a URL rather than an sqlite file path."""
-    return "://" in db
-
-
 def make_engine(
     db: str, echo: bool = False, pool_size: int = 5, max_overflow: int = 10
 ) -> Engine:

@@ -549,11 +549,7 @@ class SupRsyncFilesManager:
 
     def mark_removed(self, file_id: int, removed: float) -> None:
         """Record the deletion time of a local file (0: it was already gone)."""
-        self.write(
-            lambda s: s.execute(update(F).where(F.id == file_id, F.removed.is_(None))
-                                .values(removed=removed)),
-            what="mark removed",
-        )
+        self.mark_removed_many([(file_id, removed)])
 
     def archives(self) -> list[str]:
         """Names of every archive in the catalog."""
