@@ -32,16 +32,12 @@ from sqlalchemy import and_, func, or_, select
 
 from .catalog.schema import NOT_IGNORED, SYNCED, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
-from .options import at_least_one
+from .options import DEFAULT_BATCH, DEFAULT_LIST_LIMIT
 from .paths import normalize_remote_path
 from .transport import SshOptions, TransferOptions, Transport, make_transport
 
 F = SupRsyncFile
 
-#: Rows per catalog page and per remote call.
-DEFAULT_BATCH = 1000
-#: Entries kept per category for --json; counts stay exact beyond it.
-DEFAULT_LIST_LIMIT = 100_000
 #: Entries shown per category in the human summary.
 SHOW = 10
 
@@ -417,37 +413,6 @@ def audit_archive(manager: SupRsyncFilesManager, transport: Transport, archive: 
 
 
 # ------------------------------------------------------------- the command
-
-
-def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of ``suprsync audit`` (the catalog flag --db is added by the caller)."""
-    parser.add_argument("archive_name")
-    parser.add_argument("--remote-basedir", required=True,
-                        help="base directory of the archive on the destination")
-    parser.add_argument("--ssh-host", default=None,
-                        help="destination host ('<user>@<host>'); without it, a local dir")
-    parser.add_argument("--ssh-key", default=None, help="private key for ssh")
-    parser.add_argument("--ssh-port", type=at_least_one, default=None, help="ssh port of the host")
-    parser.add_argument("--ssh-known-hosts", default=None,
-                        help="known_hosts file to check the host key against")
-    parser.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra ssh -o option; may be repeated")
-    parser.add_argument("--cmd-timeout", type=float, default=None, metavar="SEC",
-                        help="time limit of each remote command; the listing gets this plus "
-                             "1 s per 2000 catalogued files (default: none)")
-    parser.add_argument("--md5", action="store_true",
-                        help="also compare the md5 of every synced file on the destination "
-                             "(reads all their bytes)")
-    parser.add_argument("--requeue", action="store_true",
-                        help="queue files whose remote copy is missing or wrong to be copied "
-                             "again (not those whose local copy is gone)")
-    parser.add_argument("--json", action="store_true",
-                        help="print the full result as JSON")
-    parser.add_argument("--batch", type=at_least_one, default=DEFAULT_BATCH, metavar="N",
-                        help=f"catalog rows per remote call (default: {DEFAULT_BATCH})")
-    parser.add_argument("--list-limit", type=at_least_one, default=DEFAULT_LIST_LIMIT, metavar="N",
-                        help="with --json, list at most N files per category; counts stay "
-                             f"exact (default: {DEFAULT_LIST_LIMIT})")
 
 
 def transport_from_args(ns: argparse.Namespace) -> Transport:

@@ -1,325 +1,24 @@
-"""The ``suprsync`` command: run the agent, and inspect or fill the catalog."""
+"""The ``suprsync`` command line: its parser, and the start of each subcommand.
+
+Only the parser is loaded up front; the commands, and with them SQLAlchemy,
+are imported once the arguments are parsed.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from .catalog import maintenance
-from .catalog.engine import CatalogBusy
-from .catalog.schema import SupRsyncFile
-from .catalog.store import SupRsyncFilesManager
-from .catalog.timecode import dir_states
-from .options import (
-    ConfigError,
-    add_run_arguments,
-    at_least_one,
-    check_environment,
-    config_from_args,
-)
-from .registration import add_local_files
-
-log = logging.getLogger("suprsync")
-
-
-class CliError(Exception):
-    """A user-facing error: printed as one line, exit status 1."""
+from .options import add_audit_arguments, add_run_arguments, at_least_one
 
 
 def _db_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default=os.environ.get("SUPRSYNC_DB"),
                         help="catalog: sqlite file or SQLAlchemy URL (default: $SUPRSYNC_DB)")
-
-
-def open_catalog(db: str | None, create: bool = False,
-                 write: bool = False) -> SupRsyncFilesManager:
-    """Open an existing catalog (or create it when asked); CliError otherwise.
-
-    ``write``: the command changes the catalog, so missing indexes may be added.
-    """
-    if not db:
-        raise CliError("no catalog given: use --db PATH or set SUPRSYNC_DB")
-    if "://" not in db and not create:
-        if not os.path.exists(db):
-            raise CliError(f"catalog {db!r} does not exist")
-        if not os.access(db, os.R_OK):
-            raise CliError(f"catalog {db!r} is not readable")
-    # Read-only commands leave an existing catalog as it is (no new tables or indexes).
-    return SupRsyncFilesManager(db, create_all=create or write)
-
-
-def _require_archive(manager: SupRsyncFilesManager, archive: str) -> None:
-    archives = manager.archives()
-    if archive not in archives:
-        known = ", ".join(archives) if archives else "none"
-        raise CliError(f"unknown archive {archive!r} (archives in this catalog: {known})")
-
-
-def _row_dict(row: SupRsyncFile) -> dict[str, Any]:
-    return {c.name: getattr(row, c.name) for c in SupRsyncFile.__table__.columns}
-
-
-# ----------------------------------------------------------------- commands
-
-
-def cmd_run(ns: argparse.Namespace) -> int:
-    from .agent import Agent
-
-    try:
-        config = config_from_args(ns)
-        check_environment(config)
-        metrics = _start_metrics(ns) if ns.metrics_port is not None else None
-        agent = Agent(config)
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
-    except (SQLAlchemyError, CatalogBusy) as exc:
-        where = getattr(ns, "db_url", None) or ns.db_path
-        raise CliError(f"cannot open catalog {where!r}: {str(exc).splitlines()[0]}") \
-            from None
-
-    if metrics is not None:
-        metrics.attach(agent)
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        agent.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        ok = agent.run(once=ns.once)
-    finally:
-        if metrics is not None:
-            metrics.close()
-    return 0 if ok or not ns.once else 1
-
-
-def _start_metrics(ns: argparse.Namespace) -> Any:
-    try:
-        from .metrics import MetricsServer
-    except ImportError:
-        raise CliError("--metrics-port needs prometheus-client: pip install "
-                       "'suprsync[metrics]'") from None
-    try:
-        return MetricsServer(ns.metrics_port, ns.metrics_host)
-    except OSError as exc:
-        raise CliError(f"cannot serve metrics on {ns.metrics_host}:{ns.metrics_port}: "
-                       f"{exc.strerror or exc}") from None
-
-
-def cmd_add(ns: argparse.Namespace) -> int:
-    manager = open_catalog(ns.db, create=ns.create_db, write=True)
-    local = os.path.abspath(ns.local_path)
-    try:
-        row = manager.add_file(local, ns.remote_path, ns.archive,
-                               deletable=not ns.keep_local)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-    except OSError as exc:
-        raise CliError(f"cannot add {local!r}: {exc.strerror or exc}") from None
-    print(f"added {row.local_path} -> {row.remote_path} (archive {row.archive_name}, "
-          f"id {row.id})")
-    return 0
-
-
-def cmd_add_local_files(ns: argparse.Namespace) -> int:
-    root = os.path.abspath(ns.local_root)
-    if not os.path.isdir(root):
-        raise CliError(f"{root!r} is not a directory")
-    manager = open_catalog(ns.db, create=ns.create_db, write=True)
-    added = add_local_files(manager, root, ns.archive_name, last_edit=ns.last_edit,
-                            dry=ns.dry, out=sys.stdout)
-    if ns.dry:
-        print(f"dry run: would add {len(added)} files")
-    else:
-        print(f"added {len(added)} files to archive {ns.archive_name}")
-    return 0
-
-
-def cmd_check(ns: argparse.Namespace) -> int:
-    manager = open_catalog(ns.db)
-    rows = manager.file_by_local_path(ns.local_path)
-    if not rows:
-        raise CliError(f"{os.path.abspath(ns.local_path)!r} is not in the catalog")
-    if ns.json:
-        print(json.dumps([_row_dict(r) for r in rows], indent=2))
-        return 0
-    for row in rows:
-        print("-" * 72)
-        for key, value in _row_dict(row).items():
-            print(f"{key:>22}: {value}")
-        print(f"{'synced':>22}: {row.is_synced}")
-    print("-" * 72)
-    return 0
-
-
-def cmd_next(ns: argparse.Namespace) -> int:
-    manager = open_catalog(ns.db)
-    _require_archive(manager, ns.archive_name)
-    files = manager.get_copyable_files(ns.archive_name, num_files=1,
-                                       max_copy_attempts=ns.max_copy_attempts)
-    if ns.json:
-        print(json.dumps(_row_dict(files[0]) if files else None, indent=2))
-    elif not files:
-        print("No more files left to be copied")
-    else:
-        print(files[0])
-    return 0
-
-
-def cmd_list(ns: argparse.Namespace) -> int:
-    manager = open_catalog(ns.db)
-    _require_archive(manager, ns.archive_name)
-    files = manager.get_copyable_files(ns.archive_name, max_copy_attempts=ns.max_copy_attempts,
-                                       num_files=ns.limit)
-    if ns.json:
-        print(json.dumps([_row_dict(f) for f in files], indent=2))
-    elif not files:
-        print("No files left to be copied")
-    else:
-        for i, f in enumerate(files):
-            print(f"{i}: {f.local_path} -> {f.remote_path} "
-                  f"(attempts {f.failed_copy_attempts or 0})")
-    return 0
-
-
-def cmd_stats(ns: argparse.Namespace) -> int:
-    manager = open_catalog(ns.db)
-    archives = [ns.archive_name] if ns.archive_name else manager.archives()
-    if ns.archive_name:
-        _require_archive(manager, ns.archive_name)
-    out: dict[str, Any] = {}
-    for archive in archives:
-        stats = manager.get_archive_stats(archive)
-        stats["timecode_dirs"] = manager.read(lambda s, a=archive: dir_states(s, a))
-        out[archive] = stats
-    if ns.json:
-        print(json.dumps(out, indent=2))
-        return 0
-    for archive, stats in out.items():
-        print(f"archive {archive}")
-        for key in ("num_files", "uncopied_files", "last_file_added", "last_file_copied"):
-            print(f"  {key:<18} {stats[key]}")
-        fu = stats["finalized_until"]
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(fu))
-        print(f"  {'finalized_until':<18} {fu:.0f} ({when})")
-        dirs = stats["timecode_dirs"]
-        print("  timecode dirs:")
-        for state in ("open", "completed_unsynced", "synced", "finalized"):
-            tcs = dirs[state]
-            shown = " ".join(map(str, tcs[-12:])) + (" ..." if len(tcs) > 12 else "")
-            print(f"    {state:<19} {len(tcs):>5}  {shown}")
-    return 0
-
-
-def cmd_status(ns: argparse.Namespace) -> int:
-    from .status import catalog_status, format_table
-
-    manager = open_catalog(ns.db)
-    if ns.archive_name:
-        _require_archive(manager, ns.archive_name)
-    status = catalog_status(manager, ns.max_copy_attempts,
-                            [ns.archive_name] if ns.archive_name else None)
-    if ns.json:
-        print(json.dumps(status, indent=2))
-    elif not status:
-        print("the catalog holds no files yet")
-    else:
-        print(format_table(status, now=manager.clock()))
-    return 0
-
-
-def cmd_retry_failed(ns: argparse.Namespace) -> int:
-    manager = open_catalog(ns.db, write=True)
-    _require_archive(manager, ns.archive_name)
-    count = maintenance.retry_failed(manager, ns.archive_name, ns.max_copy_attempts,
-                                     ns.path or None)
-    print(f"reset the failed attempts of {count} file(s)")
-    return 0
-
-
-def cmd_set_ignore(ns: argparse.Namespace) -> int:
-    manager = open_catalog(ns.db, write=True)
-    count = maintenance.set_ignore(manager, ns.paths, not ns.unignore, ns.archive)
-    if count == 0:
-        raise CliError("none of these paths is in the catalog")
-    print(f"marked {count} file(s) {'not ignored' if ns.unignore else 'ignored'}")
-    return 0
-
-
-def cmd_recheck(ns: argparse.Namespace) -> int:
-    manager = open_catalog(ns.db, write=True)
-    report = maintenance.recheck(manager, ns.paths, ns.archive)
-    for path in report.changed:
-        print(f"changed since registration: {path}")
-    for path in report.gone:
-        print(f"local copy gone, cannot re-send: {path}")
-    for path in report.not_found:
-        print(f"not in the catalog: {path}")
-    print(f"queued {len(report.queued)} file(s) to be copied and verified again")
-    return 0 if not report.not_found else 1
-
-
-def cmd_rebuild_timecode_dirs(ns: argparse.Namespace) -> int:
-    manager = open_catalog(ns.db, write=True)
-    _require_archive(manager, ns.archive_name)
-    created = manager.create_all_timecode_dirs(ns.archive_name, min_ctime=ns.min_ctime)
-    print(f"created {created} timecode dir(s)")
-    return 0
-
-
-def cmd_migrate(ns: argparse.Namespace) -> int:
-    from .catalog.migrate import MigrationError, migrate
-
-    source = ns.source.removeprefix("sqlite:///") if ns.source.startswith("sqlite:///") \
-        else ns.source
-    if "://" not in source and not os.path.exists(source):
-        raise CliError(f"source catalog {source!r} does not exist")
-    tty = sys.stderr.isatty()
-
-    def progress(table: str, done: int, total: int) -> None:
-        if tty:
-            sys.stderr.write(f"\r{table}: {done}/{total} rows")
-            sys.stderr.flush()
-            if done >= total:
-                sys.stderr.write("\n")
-
-    try:
-        copied = migrate(source, ns.destination, progress=progress)
-    except MigrationError as exc:
-        raise CliError(str(exc)) from None
-    for table, count in copied.items():
-        print(f"{table}: {count} rows copied")
-    return 0
-
-
-def cmd_audit(ns: argparse.Namespace) -> int:
-    """Exit 0 when the destination matches the catalog, 1 on problems, 2 when it cannot run."""
-    from .audit import AuditError, run_audit
-    from .transport import TransportError
-
-    manager = None
-    try:
-        manager = open_catalog(ns.db, write=ns.requeue)
-        _require_archive(manager, ns.archive_name)
-        return run_audit(ns, manager)
-    except (CliError, AuditError, TransportError, SQLAlchemyError, CatalogBusy) as exc:
-        text = str(exc).strip().splitlines()
-        print(f"suprsync audit: error: {text[0] if text else type(exc).__name__}",
-              file=sys.stderr)
-        return 2
-    finally:
-        if manager is not None:
-            manager.close()
 
 
 # ------------------------------------------------------------------- parser
@@ -337,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(run)
     run.add_argument("--once", action="store_true",
                      help="run one iteration, then exit (status 1 if it failed)")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func="cmd_run")
 
     add = sub.add_parser("add", help="register one local file")
     add.add_argument("local_path")
@@ -347,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="never delete the local copy (deletable=false)")
     add.add_argument("--create-db", action="store_true", help="create the catalog if missing")
     _db_argument(add)
-    add.set_defaults(func=cmd_add)
+    add.set_defaults(func="cmd_add")
 
     alf = sub.add_parser("add-local-files",
                          help="register every file under a directory not yet in the catalog")
@@ -359,16 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     alf.add_argument("--dry", action="store_true", help="print what would be added")
     alf.add_argument("--create-db", action="store_true", help="create the catalog if missing")
     _db_argument(alf)
-    alf.set_defaults(func=cmd_add_local_files)
+    alf.set_defaults(func="cmd_add_local_files")
 
     check = sub.add_parser("check", help="show the catalog rows of a local file")
     check.add_argument("local_path")
     check.add_argument("--json", action="store_true")
     _db_argument(check)
-    check.set_defaults(func=cmd_check)
+    check.set_defaults(func="cmd_check")
 
-    for name, func, text in (("next", cmd_next, "show the next file to be copied"),
-                             ("list", cmd_list, "list the files waiting to be copied")):
+    for name, func, text in (("next", "cmd_next", "show the next file to be copied"),
+                             ("list", "cmd_list", "list the files waiting to be copied")):
         p = sub.add_parser(name, help=text)
         p.add_argument("archive_name")
         p.add_argument("--max-copy-attempts", type=int, default=None,
@@ -383,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("archive_name", nargs="?", help="archive (default: all)")
     stats.add_argument("--json", action="store_true")
     _db_argument(stats)
-    stats.set_defaults(func=cmd_stats)
+    stats.set_defaults(func="cmd_stats")
 
     status = sub.add_parser("status", help="per archive: is data flowing, how far behind")
     status.add_argument("archive_name", nargs="?", help="archive (default: all)")
@@ -392,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: 5)")
     status.add_argument("--json", action="store_true")
     _db_argument(status)
-    status.set_defaults(func=cmd_status)
+    status.set_defaults(func="cmd_status")
 
     retry = sub.add_parser("retry-failed",
                            help="copy again files that reached the attempt limit")
@@ -401,20 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--max-copy-attempts", type=at_least_one, default=5,
                        help="the agent's attempt limit (default: 5)")
     _db_argument(retry)
-    retry.set_defaults(func=cmd_retry_failed)
+    retry.set_defaults(func="cmd_retry_failed")
 
     ignore = sub.add_parser("set-ignore", help="mark local paths ignored (or not)")
     ignore.add_argument("paths", nargs="+")
     ignore.add_argument("--unignore", action="store_true", help="mark them not ignored")
     ignore.add_argument("--archive", default=None, help="only rows of this archive")
     _db_argument(ignore)
-    ignore.set_defaults(func=cmd_set_ignore)
+    ignore.set_defaults(func="cmd_set_ignore")
 
     recheck = sub.add_parser("recheck", help="re-hash files and copy and verify them again")
     recheck.add_argument("paths", nargs="+")
     recheck.add_argument("--archive", default=None, help="only rows of this archive")
     _db_argument(recheck)
-    recheck.set_defaults(func=cmd_recheck)
+    recheck.set_defaults(func="cmd_recheck")
 
     rebuild = sub.add_parser("rebuild-timecode-dirs",
                              help="create the timecode-dir rows of every file of an archive")
@@ -422,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--min-ctime", type=float, default=None,
                          help="only files registered after this unix time")
     _db_argument(rebuild)
-    rebuild.set_defaults(func=cmd_rebuild_timecode_dirs)
+    rebuild.set_defaults(func="cmd_rebuild_timecode_dirs")
 
     mig = sub.add_parser("migrate", help="copy a whole catalog into another database")
     mig.add_argument("--from", dest="source", required=True,
@@ -430,15 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--to", dest="destination", required=True,
                      help="destination: SQLAlchemy URL (e.g. postgresql://...) or sqlite path; "
                           "its tables must be empty")
-    mig.set_defaults(func=cmd_migrate)
-
-    from .audit import add_audit_arguments
+    mig.set_defaults(func="cmd_migrate")
 
     audit = sub.add_parser("audit", help="compare the catalog of an archive with its "
                                          "destination (exit 1 when they differ)")
     add_audit_arguments(audit)
     _db_argument(audit)
-    audit.set_defaults(func=cmd_audit)
+    audit.set_defaults(func="cmd_audit")
     return parser
 
 
@@ -450,26 +147,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    func: Callable[[argparse.Namespace], int] | None = getattr(ns, "func", None)
-    if func is None:
+    name: str | None = getattr(ns, "func", None)
+    if name is None:
         parser.print_help()
         return 2
-    try:
-        return func(ns)
-    except CliError as exc:
-        print(f"suprsync {ns.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except (SQLAlchemyError, CatalogBusy) as exc:
-        print(f"suprsync {ns.command}: error: catalog: {str(exc).splitlines()[0]}",
-              file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # The reader (e.g. `| head`) went away: no traceback, and no second error at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 141
+    if name == "cmd_add_local_files":
+        ns.scan = _start_tree_scan(ns)
+    from . import commands
+
+    return commands.run(ns, getattr(commands, name))
+
+
+def _start_tree_scan(ns: argparse.Namespace) -> object | None:
+    """For add-local-files on a sqlite file: list and hash while the catalog code loads."""
+    root = os.path.abspath(ns.local_root)
+    if ns.dry or not ns.db or "://" in ns.db or not os.path.isdir(root):
+        return None  # the command itself lists the tree, or says what is wrong
+    from .catalog.peek import known_local_paths
+    from .treescan import TreeScan
+
+    db = os.path.abspath(ns.db)
+    return TreeScan(root, time.time() - ns.last_edit,
+                    lambda: known_local_paths(db, ns.archive_name),
+                    exclude={db + sfx for sfx in ("", "-wal", "-shm", "-journal")}).start()
 
 
 if __name__ == "__main__":

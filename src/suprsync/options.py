@@ -1,4 +1,5 @@
-"""The run flags (the original agent's, same names and defaults) and their checks."""
+"""Command-line flags: those of ``run`` (the original agent's, same names and defaults)
+with their checks, and those of ``audit``."""
 
 from __future__ import annotations
 
@@ -8,10 +9,16 @@ import os
 import shutil
 import stat
 import subprocess
+from typing import TYPE_CHECKING
 
-from .agent import AgentConfig
+if TYPE_CHECKING:
+    from .agent import AgentConfig
 
 DEFAULT_CHMOD = "g+rwX,o+rX"
+#: Rows per catalog page and per remote call.
+DEFAULT_BATCH = 1000
+#: Entries kept per category for --json; counts stay exact beyond it.
+DEFAULT_LIST_LIMIT = 100_000
 
 
 class ConfigError(ValueError):
@@ -123,6 +130,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
 
 def config_from_args(ns: argparse.Namespace) -> AgentConfig:
     """Build and check the agent config; raise ConfigError with a one-line reason."""
+    from .agent import AgentConfig
+
     db_url = getattr(ns, "db_url", None)
     if db_url and ns.db_path and ns.db_path != os.environ.get("SUPRSYNC_DB"):
         raise ConfigError("give the catalog once: --db-path or --db-url, not both")
@@ -238,3 +247,34 @@ def _check_key(path: str) -> None:
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"--ssh-key {path!r} has mode {stat.S_IMODE(st.st_mode):o}; ssh "
                           f"refuses keys readable by others: chmod 600 it")
+
+
+def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``suprsync audit`` (the catalog flag --db is added by the caller)."""
+    parser.add_argument("archive_name")
+    parser.add_argument("--remote-basedir", required=True,
+                        help="base directory of the archive on the destination")
+    parser.add_argument("--ssh-host", default=None,
+                        help="destination host ('<user>@<host>'); without it, a local dir")
+    parser.add_argument("--ssh-key", default=None, help="private key for ssh")
+    parser.add_argument("--ssh-port", type=at_least_one, default=None, help="ssh port of the host")
+    parser.add_argument("--ssh-known-hosts", default=None,
+                        help="known_hosts file to check the host key against")
+    parser.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra ssh -o option; may be repeated")
+    parser.add_argument("--cmd-timeout", type=float, default=None, metavar="SEC",
+                        help="time limit of each remote command; the listing gets this plus "
+                             "1 s per 2000 catalogued files (default: none)")
+    parser.add_argument("--md5", action="store_true",
+                        help="also compare the md5 of every synced file on the destination "
+                             "(reads all their bytes)")
+    parser.add_argument("--requeue", action="store_true",
+                        help="queue files whose remote copy is missing or wrong to be copied "
+                             "again (not those whose local copy is gone)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the full result as JSON")
+    parser.add_argument("--batch", type=at_least_one, default=DEFAULT_BATCH, metavar="N",
+                        help=f"catalog rows per remote call (default: {DEFAULT_BATCH})")
+    parser.add_argument("--list-limit", type=at_least_one, default=DEFAULT_LIST_LIMIT, metavar="N",
+                        help="with --json, list at most N files per category; counts stay "
+                             f"exact (default: {DEFAULT_LIST_LIMIT})")

@@ -11,12 +11,11 @@ from typing import TypeVar
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 
+from .settings import BUSY_TIMEOUT
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: Seconds SQLite itself waits for a lock before giving up on one statement.
-BUSY_TIMEOUT = 30.0
 
 
 class CatalogBusy(RuntimeError):

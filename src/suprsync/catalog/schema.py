@@ -5,9 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Boolean, Column, Float, ForeignKey, Index, Integer, String, and_, or_
 from sqlalchemy.orm import declarative_base
 
-TABLE_VERSION = 0
-FILES_TABLE = f"supersync_v{TABLE_VERSION}"
-TIMECODE_TABLE = f"timecode_dirs_v{TABLE_VERSION}"
+from .settings import FILES_TABLE, TABLE_VERSION, TIMECODE_TABLE
 
 Base = declarative_base()
 

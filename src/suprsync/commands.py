@@ -1,0 +1,338 @@
+"""What each ``suprsync`` subcommand does, once its arguments are parsed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .catalog import maintenance
+from .catalog.engine import CatalogBusy
+from .catalog.schema import SupRsyncFile
+from .catalog.store import SupRsyncFilesManager
+from .catalog.timecode import dir_states
+from .options import ConfigError, check_environment, config_from_args
+from .registration import add_local_files
+
+log = logging.getLogger("suprsync")
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+def open_catalog(db: str | None, create: bool = False,
+                 write: bool = False) -> SupRsyncFilesManager:
+    """Open an existing catalog (or create it when asked); CliError otherwise.
+
+    ``write``: the command changes the catalog, so missing indexes may be added.
+    """
+    if not db:
+        raise CliError("no catalog given: use --db PATH or set SUPRSYNC_DB")
+    if "://" not in db and not create:
+        if not os.path.exists(db):
+            raise CliError(f"catalog {db!r} does not exist")
+        if not os.access(db, os.R_OK):
+            raise CliError(f"catalog {db!r} is not readable")
+    # Read-only commands leave an existing catalog as it is (no new tables or indexes).
+    return SupRsyncFilesManager(db, create_all=create or write)
+
+
+def _require_archive(manager: SupRsyncFilesManager, archive: str) -> None:
+    archives = manager.archives()
+    if archive not in archives:
+        known = ", ".join(archives) if archives else "none"
+        raise CliError(f"unknown archive {archive!r} (archives in this catalog: {known})")
+
+
+def _row_dict(row: SupRsyncFile) -> dict[str, Any]:
+    return {c.name: getattr(row, c.name) for c in SupRsyncFile.__table__.columns}
+
+
+# ----------------------------------------------------------------- commands
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    from .agent import Agent
+
+    try:
+        config = config_from_args(ns)
+        check_environment(config)
+        metrics = _start_metrics(ns) if ns.metrics_port is not None else None
+        agent = Agent(config)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    except (SQLAlchemyError, CatalogBusy) as exc:
+        where = getattr(ns, "db_url", None) or ns.db_path
+        raise CliError(f"cannot open catalog {where!r}: {str(exc).splitlines()[0]}") \
+            from None
+
+    if metrics is not None:
+        metrics.attach(agent)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        ok = agent.run(once=ns.once)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    return 0 if ok or not ns.once else 1
+
+
+def _start_metrics(ns: argparse.Namespace) -> Any:
+    try:
+        from .metrics import MetricsServer
+    except ImportError:
+        raise CliError("--metrics-port needs prometheus-client: pip install "
+                       "'suprsync[metrics]'") from None
+    try:
+        return MetricsServer(ns.metrics_port, ns.metrics_host)
+    except OSError as exc:
+        raise CliError(f"cannot serve metrics on {ns.metrics_host}:{ns.metrics_port}: "
+                       f"{exc.strerror or exc}") from None
+
+
+def cmd_add(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db, create=ns.create_db, write=True)
+    local = os.path.abspath(ns.local_path)
+    try:
+        row = manager.add_file(local, ns.remote_path, ns.archive,
+                               deletable=not ns.keep_local)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot add {local!r}: {exc.strerror or exc}") from None
+    print(f"added {row.local_path} -> {row.remote_path} (archive {row.archive_name}, "
+          f"id {row.id})")
+    return 0
+
+
+def cmd_add_local_files(ns: argparse.Namespace) -> int:
+    scan = getattr(ns, "scan", None)
+    try:
+        root = os.path.abspath(ns.local_root)
+        if not os.path.isdir(root):
+            raise CliError(f"{root!r} is not a directory")
+        manager = open_catalog(ns.db, create=ns.create_db, write=True)
+        added = add_local_files(manager, root, ns.archive_name, last_edit=ns.last_edit,
+                                dry=ns.dry, out=sys.stdout, scan=scan)
+    finally:
+        if scan is not None:
+            scan.close()
+    if ns.dry:
+        print(f"dry run: would add {len(added)} files")
+    else:
+        print(f"added {len(added)} files to archive {ns.archive_name}")
+    return 0
+
+
+def cmd_check(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db)
+    rows = manager.file_by_local_path(ns.local_path)
+    if not rows:
+        raise CliError(f"{os.path.abspath(ns.local_path)!r} is not in the catalog")
+    if ns.json:
+        print(json.dumps([_row_dict(r) for r in rows], indent=2))
+        return 0
+    for row in rows:
+        print("-" * 72)
+        for key, value in _row_dict(row).items():
+            print(f"{key:>22}: {value}")
+        print(f"{'synced':>22}: {row.is_synced}")
+    print("-" * 72)
+    return 0
+
+
+def cmd_next(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db)
+    _require_archive(manager, ns.archive_name)
+    files = manager.get_copyable_files(ns.archive_name, num_files=1,
+                                       max_copy_attempts=ns.max_copy_attempts)
+    if ns.json:
+        print(json.dumps(_row_dict(files[0]) if files else None, indent=2))
+    elif not files:
+        print("No more files left to be copied")
+    else:
+        print(files[0])
+    return 0
+
+
+def cmd_list(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db)
+    _require_archive(manager, ns.archive_name)
+    files = manager.get_copyable_files(ns.archive_name, max_copy_attempts=ns.max_copy_attempts,
+                                       num_files=ns.limit)
+    if ns.json:
+        print(json.dumps([_row_dict(f) for f in files], indent=2))
+    elif not files:
+        print("No files left to be copied")
+    else:
+        for i, f in enumerate(files):
+            print(f"{i}: {f.local_path} -> {f.remote_path} "
+                  f"(attempts {f.failed_copy_attempts or 0})")
+    return 0
+
+
+def cmd_stats(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db)
+    archives = [ns.archive_name] if ns.archive_name else manager.archives()
+    if ns.archive_name:
+        _require_archive(manager, ns.archive_name)
+    out: dict[str, Any] = {}
+    for archive in archives:
+        stats = manager.get_archive_stats(archive)
+        stats["timecode_dirs"] = manager.read(lambda s, a=archive: dir_states(s, a))
+        out[archive] = stats
+    if ns.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    for archive, stats in out.items():
+        print(f"archive {archive}")
+        for key in ("num_files", "uncopied_files", "last_file_added", "last_file_copied"):
+            print(f"  {key:<18} {stats[key]}")
+        fu = stats["finalized_until"]
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(fu))
+        print(f"  {'finalized_until':<18} {fu:.0f} ({when})")
+        dirs = stats["timecode_dirs"]
+        print("  timecode dirs:")
+        for state in ("open", "completed_unsynced", "synced", "finalized"):
+            tcs = dirs[state]
+            shown = " ".join(map(str, tcs[-12:])) + (" ..." if len(tcs) > 12 else "")
+            print(f"    {state:<19} {len(tcs):>5}  {shown}")
+    return 0
+
+
+def cmd_status(ns: argparse.Namespace) -> int:
+    from .status import catalog_status, format_table
+
+    manager = open_catalog(ns.db)
+    if ns.archive_name:
+        _require_archive(manager, ns.archive_name)
+    status = catalog_status(manager, ns.max_copy_attempts,
+                            [ns.archive_name] if ns.archive_name else None)
+    if ns.json:
+        print(json.dumps(status, indent=2))
+    elif not status:
+        print("the catalog holds no files yet")
+    else:
+        print(format_table(status, now=manager.clock()))
+    return 0
+
+
+def cmd_retry_failed(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db, write=True)
+    _require_archive(manager, ns.archive_name)
+    count = maintenance.retry_failed(manager, ns.archive_name, ns.max_copy_attempts,
+                                     ns.path or None)
+    print(f"reset the failed attempts of {count} file(s)")
+    return 0
+
+
+def cmd_set_ignore(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db, write=True)
+    count = maintenance.set_ignore(manager, ns.paths, not ns.unignore, ns.archive)
+    if count == 0:
+        raise CliError("none of these paths is in the catalog")
+    print(f"marked {count} file(s) {'not ignored' if ns.unignore else 'ignored'}")
+    return 0
+
+
+def cmd_recheck(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db, write=True)
+    report = maintenance.recheck(manager, ns.paths, ns.archive)
+    for path in report.changed:
+        print(f"changed since registration: {path}")
+    for path in report.gone:
+        print(f"local copy gone, cannot re-send: {path}")
+    for path in report.not_found:
+        print(f"not in the catalog: {path}")
+    print(f"queued {len(report.queued)} file(s) to be copied and verified again")
+    return 0 if not report.not_found else 1
+
+
+def cmd_rebuild_timecode_dirs(ns: argparse.Namespace) -> int:
+    manager = open_catalog(ns.db, write=True)
+    _require_archive(manager, ns.archive_name)
+    created = manager.create_all_timecode_dirs(ns.archive_name, min_ctime=ns.min_ctime)
+    print(f"created {created} timecode dir(s)")
+    return 0
+
+
+def cmd_migrate(ns: argparse.Namespace) -> int:
+    from .catalog.migrate import MigrationError, migrate
+
+    source = ns.source.removeprefix("sqlite:///") if ns.source.startswith("sqlite:///") \
+        else ns.source
+    if "://" not in source and not os.path.exists(source):
+        raise CliError(f"source catalog {source!r} does not exist")
+    tty = sys.stderr.isatty()
+
+    def progress(table: str, done: int, total: int) -> None:
+        if tty:
+            sys.stderr.write(f"\r{table}: {done}/{total} rows")
+            sys.stderr.flush()
+            if done >= total:
+                sys.stderr.write("\n")
+
+    try:
+        copied = migrate(source, ns.destination, progress=progress)
+    except MigrationError as exc:
+        raise CliError(str(exc)) from None
+    for table, count in copied.items():
+        print(f"{table}: {count} rows copied")
+    return 0
+
+
+def cmd_audit(ns: argparse.Namespace) -> int:
+    """Exit 0 when the destination matches the catalog, 1 on problems, 2 when it cannot run."""
+    from .audit import AuditError, run_audit
+    from .transport import TransportError
+
+    manager = None
+    try:
+        manager = open_catalog(ns.db, write=ns.requeue)
+        _require_archive(manager, ns.archive_name)
+        return run_audit(ns, manager)
+    except (CliError, AuditError, TransportError, SQLAlchemyError, CatalogBusy) as exc:
+        text = str(exc).strip().splitlines()
+        print(f"suprsync audit: error: {text[0] if text else type(exc).__name__}",
+              file=sys.stderr)
+        return 2
+    finally:
+        if manager is not None:
+            manager.close()
+
+
+
+
+def run(ns: argparse.Namespace, command: Callable[[argparse.Namespace], int]) -> int:
+    """Run one command; user errors become one line on stderr and a non-zero status."""
+    try:
+        return command(ns)
+    except CliError as exc:
+        print(f"suprsync {ns.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except (SQLAlchemyError, CatalogBusy) as exc:
+        print(f"suprsync {ns.command}: error: catalog: {str(exc).splitlines()[0]}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: no traceback, and no second error at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
