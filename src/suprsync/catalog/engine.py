@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -56,23 +57,31 @@ def make_engine(
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
-        cur = dbapi_conn.cursor()
-        try:
-            cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
-            if str(mode).lower() != "wal":
-                cur.execute("PRAGMA journal_mode=WAL")
-        finally:
-            cur.close()
+        configure_sqlite(dbapi_conn)
 
     return engine
 
 
+def configure_sqlite(conn: sqlite3.Connection) -> None:
+    """A busy timeout on this connection, and WAL mode for the file."""
+    cur = conn.cursor()
+    try:
+        cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() != "wal":
+            cur.execute("PRAGMA journal_mode=WAL")
+    finally:
+        cur.close()
+
+
 def is_busy_error(exc: BaseException) -> bool:
     """True for SQLite's 'database is locked' / 'busy' errors."""
-    if not isinstance(exc, OperationalError):
+    if isinstance(exc, OperationalError):
+        text = str(exc.orig if exc.orig is not None else exc).lower()
+    elif isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+    else:
         return False
-    text = str(exc.orig if exc.orig is not None else exc).lower()
     return "locked" in text or "busy" in text
 
 
@@ -86,7 +95,7 @@ def retry_busy(
     while True:
         try:
             return fn()
-        except OperationalError as exc:
+        except (OperationalError, sqlite3.OperationalError) as exc:
             if not is_busy_error(exc):
                 raise
             if time.monotonic() >= deadline:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..hashing import md5_file
 from ..paths import check_local_file, normalize_remote_path, timecode_of
 from . import timecode as tc_rules
-from .engine import make_engine, retry_busy
+from .engine import configure_sqlite, make_engine, retry_busy
 from .schema import (
     DELETABLE,
     INDEXES,
@@ -30,6 +32,7 @@ from .schema import (
     SupRsyncFile,
     TimecodeDir,
 )
+from .settings import BUSY_TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +153,10 @@ class SupRsyncFilesManager:
             retry_busy(self._create_schema, what="create catalog tables")
         # Timecode dirs known to have a row (so add_file need not look again).
         self._known_tcdirs: set[tuple[str, int]] = set()
+        # add_file's own sqlite connection, outside the pool (see _insert_plain).
+        self._plain: sqlite3.Connection | None = None
+        self._sqlite_file = self.sqlite_path()
+        self._plain_lock = threading.Lock()
         # Per archive: (highest id counted, rows, monotonic time of the full count).
         self._file_counts: dict[str, tuple[int, int, float]] = {}
         # Per archive, the file ids already scanned for timecode dirs: (low, high].
@@ -169,6 +176,10 @@ class SupRsyncFilesManager:
 
     def close(self) -> None:
         """Release pooled connections."""
+        with self._plain_lock:
+            if self._plain is not None:
+                self._plain.close()
+                self._plain = None
         self._engine.dispose()
 
     def _create_schema(self) -> None:
@@ -236,14 +247,20 @@ class SupRsyncFilesManager:
             self._ensure_tcdir(session, archive_name, timecode)
             session.flush()
             return row
-        values = {c.name: getattr(row, c.name) for c in F.__table__.columns if c.name != "id"}
+        values = {c: getattr(row, c) for c in _INSERT_COLUMNS}
+        path = self._sqlite_file
+        if path is not None and (timecode is None
+                                 or (archive_name, timecode) in self._known_tcdirs):
+            file_id = self._insert_plain(path, tuple(values.values()))
+            if file_id is not None:
+                row.id = file_id
+                return row
 
         def insert_row() -> int:
             with self._engine.begin() as conn:
                 if conn.dialect.name == "sqlite":
-                    # The hot path of producers registering files one by one: plain SQL.
-                    file_id = conn.exec_driver_sql(
-                        _SQLITE_INSERT, tuple(values[c] for c in _INSERT_COLUMNS)).lastrowid
+                    file_id = conn.exec_driver_sql(_SQLITE_INSERT,
+                                                   tuple(values.values())).lastrowid
                 else:
                     file_id = conn.execute(_INSERT_FILE, values).inserted_primary_key[0]
                 if timecode is not None and (archive_name, timecode) not in self._known_tcdirs:
@@ -256,6 +273,32 @@ class SupRsyncFilesManager:
         if timecode is not None:
             self._known_tcdirs.add((archive_name, timecode))
         return row
+
+    def _insert_plain(self, path: str, values: tuple[Any, ...]) -> int | None:
+        """Insert one file row with plain sqlite3; None when that failed (not for a lock).
+
+        The hot path of producers that register files one by one, in a timecode dir
+        that has its row already: one autocommitted INSERT on a connection kept for
+        this, without the pool and the ORM in the way. Any failure but a lock is left
+        to the SQLAlchemy path, which reports it the usual way.
+        """
+
+        def insert() -> int:
+            with self._plain_lock:
+                if self._plain is None:
+                    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT, isolation_level=None,
+                                           check_same_thread=False)
+                    configure_sqlite(conn)
+                    self._plain = conn
+                file_id = self._plain.execute(_SQLITE_INSERT, values).lastrowid
+            assert file_id is not None
+            return file_id
+
+        try:
+            return retry_busy(insert, what="add_file")
+        except sqlite3.Error as exc:
+            log.debug("add_file through plain sqlite3 failed (%s): using SQLAlchemy", exc)
+            return None
 
     @with_session
     def get_copyable_files(
