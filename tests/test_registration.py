@@ -287,3 +287,15 @@ def test_add_local_files_draws_a_progress_bar_on_a_terminal(tmp_path: Path,
     text = output.decode()
     assert "[" + "#" * 30 + "] 5/5 files" in text
     assert "added 5 files" in text
+
+
+def test_add_local_files_on_a_file_that_is_no_catalog_fails_in_one_line(tmp_path: Path) -> None:
+    """The scan started before the catalog opens does not turn a bad catalog into a trace."""
+    aged(make_file(tmp_path / "root", "16750/a.dat"))
+    db = tmp_path / "not-a-catalog.db"
+    db.write_bytes(b"this is not an sqlite database" * 100)
+    result = run_cli("add-local-files", str(tmp_path / "root"), ARCHIVE, "--db", str(db))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("suprsync add-local-files: error:"), lines
+    assert "Traceback" not in result.stderr

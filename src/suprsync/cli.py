@@ -12,8 +12,12 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .options import add_audit_arguments, add_run_arguments, at_least_one
+
+if TYPE_CHECKING:
+    from .treescan import TreeScan
 
 
 def _db_argument(parser: argparse.ArgumentParser) -> None:
@@ -151,14 +155,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name is None:
         parser.print_help()
         return 2
-    if name == "cmd_add_local_files":
-        ns.scan = _start_tree_scan(ns)
-    from . import commands
+    scan = ns.scan = _start_tree_scan(ns) if name == "cmd_add_local_files" else None
+    try:
+        from . import commands
 
-    return commands.run(ns, getattr(commands, name))
+        return commands.run(ns, getattr(commands, name))
+    finally:
+        if scan is not None:
+            scan.close()
 
 
-def _start_tree_scan(ns: argparse.Namespace) -> object | None:
+def _start_tree_scan(ns: argparse.Namespace) -> TreeScan | None:
     """For add-local-files on a sqlite file: list and hash while the catalog code loads."""
     root = os.path.abspath(ns.local_root)
     if ns.dry or not ns.db or "://" in ns.db or not os.path.isdir(root):

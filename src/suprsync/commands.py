@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -121,17 +122,13 @@ def cmd_add(ns: argparse.Namespace) -> int:
 
 
 def cmd_add_local_files(ns: argparse.Namespace) -> int:
-    scan = getattr(ns, "scan", None)
-    try:
-        root = os.path.abspath(ns.local_root)
-        if not os.path.isdir(root):
-            raise CliError(f"{root!r} is not a directory")
-        manager = open_catalog(ns.db, create=ns.create_db, write=True)
-        added = add_local_files(manager, root, ns.archive_name, last_edit=ns.last_edit,
-                                dry=ns.dry, out=sys.stdout, scan=scan)
-    finally:
-        if scan is not None:
-            scan.close()
+    root = os.path.abspath(ns.local_root)
+    if not os.path.isdir(root):
+        raise CliError(f"{root!r} is not a directory")
+    manager = open_catalog(ns.db, create=ns.create_db, write=True)
+    # A scan started by main() before this module loaded (main closes it too).
+    added = add_local_files(manager, root, ns.archive_name, last_edit=ns.last_edit,
+                            dry=ns.dry, out=sys.stdout, scan=getattr(ns, "scan", None))
     if ns.dry:
         print(f"dry run: would add {len(added)} files")
     else:
@@ -325,7 +322,7 @@ def run(ns: argparse.Namespace, command: Callable[[argparse.Namespace], int]) ->
     except CliError as exc:
         print(f"suprsync {ns.command}: error: {exc}", file=sys.stderr)
         return 1
-    except (SQLAlchemyError, CatalogBusy) as exc:
+    except (SQLAlchemyError, CatalogBusy, sqlite3.Error) as exc:
         print(f"suprsync {ns.command}: error: catalog: {str(exc).splitlines()[0]}",
               file=sys.stderr)
         return 1
