@@ -220,7 +220,7 @@ class TreeScan:
                 for chunk in hash_chunks(self._paths, self._workers)]
 
     def paths(self) -> list[str]:
-        """The new paths, in walk order (waits for the listing)."""
+        """The new paths, in path order (waits for the listing)."""
         if self._selected is None:
             self.start()
         assert self._selected is not None
@@ -228,7 +228,7 @@ class TreeScan:
         return self._paths
 
     def hashed(self) -> Iterator[tuple[list[str], dict[str, str]]]:
-        """(chunk of new paths, md5 of each readable one), chunk after chunk in walk order.
+        """(chunk of new paths, md5 of each readable one), chunk after chunk in path order.
 
         Unreadable files are left out of the sums, with a warning.
         """
@@ -242,6 +242,15 @@ class TreeScan:
             return {}
         if self._md5sum is None:
             return _hash_with_hashlib(chunk)
+        try:
+            sums = self._run_md5sum(chunk)
+        except OSError as exc:  # no room for the output files, say
+            log.warning("md5sum could not run (%s): hashing %d files in Python", exc, len(chunk))
+            return _hash_with_hashlib(chunk)
+        return sums
+
+    def _run_md5sum(self, chunk: list[str]) -> dict[str, str]:
+        assert self._md5sum is not None
         # Output goes to files, not pipes: md5sum writes line by line, and reading a
         # pipe would wake this process once per file.
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -256,7 +265,13 @@ class TreeScan:
             err.seek(0)
             for line in err.read().decode("utf-8", "replace").splitlines():
                 log.warning("skipping: %s", line)
-            return parse_md5sum(out.read())
+            sums = parse_md5sum(out.read())
+        if proc.returncode not in (0, 1) and not self._stopped.is_set():
+            # 1 is md5sum's own "some files failed", warned about line by line above.
+            log.warning("md5sum ended with status %s: %d of %d files from %s on are not "
+                        "registered this time", proc.returncode, len(chunk) - len(sums),
+                        len(chunk), chunk[0])
+        return sums
 
     def close(self) -> None:
         """Stop hashing (killing running md5sum processes) and wait for the threads."""
