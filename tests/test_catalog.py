@@ -426,3 +426,27 @@ def test_add_file_directory_raises_oserror(
         manager.add_file(str(folder), "16750/a_dir", ARCHIVE)
     assert row_count(tmp_catalog) == 0
     assert os.path.isdir(folder)
+
+
+def test_prefetched_count_is_exact_and_followed_by_new_rows(
+    manager: SupRsyncFilesManager, add: AddFn, tmp_catalog: Path
+) -> None:
+    """A full count started in the background gives the stats step the same num_files as
+    counting there would, rows added after it included, other archives left out."""
+    for t in range(5):
+        add(100 + t)
+    add(50, archive=OTHER)
+    manager.prefetch_file_count(ARCHIVE)
+    manager.prefetch_file_count(ARCHIVE)  # one already running or done: nothing new
+    add(200)
+    plain = 3
+    with sqlite3.connect(tmp_catalog) as conn:  # another program's rows
+        for i in range(plain):
+            conn.execute("INSERT INTO supersync_v0 (local_path, local_md5sum, archive_name, "
+                         "remote_path, timestamp) VALUES (?, ?, ?, ?, ?)",
+                         (f"/p/{i}", "0" * 32, ARCHIVE, f"p/{i}", 300.0 + i))
+    assert manager.get_archive_stats(ARCHIVE)["num_files"] == 6 + plain
+    assert manager.get_archive_stats(OTHER)["num_files"] == 1
+    manager.prefetch_file_count(ARCHIVE)  # the count is fresh: no new one
+    add(400)
+    assert manager.get_archive_stats(ARCHIVE)["num_files"] == 7 + plain

@@ -7,6 +7,7 @@ import logging
 import os
 import pty
 import shutil
+import signal
 import sqlite3
 import subprocess
 import threading
@@ -160,6 +161,28 @@ def test_tree_scan_close_kills_a_stuck_md5sum(tmp_path: Path) -> None:
     closer.join(30)
     assert not closer.is_alive(), "close() did not stop the hashing"
     assert not any(_is_md5sum(pid) for pid in descendants(os.getpid()))
+
+
+def test_tree_scan_warns_when_md5sum_is_killed(tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    """An md5sum killed from outside leaves its files out, with a warning that says so."""
+    victim = aged(make_file(tmp_path, "f.dat"))
+
+    def known() -> set[str]:  # runs after the listing: md5sum will block on the FIFO
+        victim.unlink()
+        os.mkfifo(victim)
+        return set()
+
+    with caplog.at_level(logging.WARNING, logger="suprsync"), \
+            TreeScan(str(tmp_path), time.time(), known) as scan:
+        scan.paths()
+        deadline = time.monotonic() + 30
+        while not (stuck := [p for p in descendants(os.getpid()) if _is_md5sum(p)]):
+            assert time.monotonic() < deadline, "md5sum never started"
+            time.sleep(0.05)
+        os.kill(stuck[0], signal.SIGKILL)
+        assert list(scan.hashed()) == [([str(victim)], {})]
+    assert "md5sum ended with status -9: 1 of 1 files" in caplog.text
 
 
 def _is_md5sum(pid: int) -> bool:

@@ -227,6 +227,8 @@ class Agent:
         """One iteration; True when nothing failed."""
         self.session.count("iterations")
         try:
+            # A full row count, when due, runs while files are copied.
+            self.manager.prefetch_file_count(self.config.archive_name)
             ok = self._copy_step()
             if self.stop_event.is_set():
                 return ok

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..hashing import md5_file
 from ..paths import check_local_file, normalize_remote_path, timecode_of
 from . import timecode as tc_rules
-from .engine import configure_sqlite, make_engine, retry_busy
+from .engine import CatalogBusy, configure_sqlite, make_engine, retry_busy
 from .schema import (
     DELETABLE,
     INDEXES,
@@ -159,6 +159,9 @@ class SupRsyncFilesManager:
         self._plain_lock = threading.Lock()
         # Per archive: (highest id counted, rows, monotonic time of the full count).
         self._file_counts: dict[str, tuple[int, int, float]] = {}
+        # Per archive, a full count running in the background (prefetch_file_count).
+        self._count_jobs: dict[str, threading.Thread] = {}
+        self._count_jobs_lock = threading.Lock()
         # Per archive, the file ids already scanned for timecode dirs: (low, high].
         self._tc_scanned: dict[str, tuple[int, int]] = {}
 
@@ -176,6 +179,11 @@ class SupRsyncFilesManager:
 
     def close(self) -> None:
         """Release pooled connections."""
+        with self._count_jobs_lock:
+            jobs = list(self._count_jobs.values())
+            self._count_jobs.clear()
+        for job in jobs:
+            job.join()
         with self._plain_lock:
             if self._plain is not None:
                 self._plain.close()
@@ -375,6 +383,38 @@ class SupRsyncFilesManager:
             "last_file_copied": last_copied or "",
         }
 
+    def prefetch_file_count(self, archive_name: str) -> None:
+        """Start the archive's full row count in the background when one is due.
+
+        The next get_archive_stats waits for it instead of counting, so the count
+        (a scan of every row of the archive) overlaps whatever the caller does
+        meanwhile; the agent starts it before copying.
+        """
+        cached = self._file_counts.get(archive_name)
+        if cached is not None and time.monotonic() - cached[2] <= FULL_COUNT_INTERVAL:
+            return
+        with self._count_jobs_lock:
+            if archive_name in self._count_jobs:
+                return
+            job = threading.Thread(target=self._full_count, args=(archive_name,),
+                                   name="suprsync-count", daemon=True)
+            self._count_jobs[archive_name] = job
+        job.start()
+
+    def _full_count(self, archive_name: str) -> None:
+        def count(session: Session) -> tuple[int, int]:
+            top = tc_rules.max_file_id(session)
+            return top, int(session.scalar(select(func.count()).select_from(F).where(
+                F.archive_name == archive_name, F.id <= top)) or 0)
+
+        started = time.monotonic()
+        try:
+            top, rows = self.read(count, what="count files")
+        except (SQLAlchemyError, CatalogBusy) as exc:  # the stats step counts again
+            log.debug("background count of %s failed: %s", archive_name, exc)
+            return
+        self._file_counts[archive_name] = (top, rows, started)
+
     def _count_files(self, session: Session, archive_name: str) -> int:
         """Rows of the archive: a full count now and then, else only the rows added since.
 
@@ -382,6 +422,10 @@ class SupRsyncFilesManager:
         rows are only ever added by the programs sharing the catalog, and a full count
         every FULL_COUNT_INTERVAL seconds picks up anything else.
         """
+        with self._count_jobs_lock:
+            job = self._count_jobs.pop(archive_name, None)
+        if job is not None:
+            job.join()
         top = tc_rules.max_file_id(session)
         now = time.monotonic()
         cached = self._file_counts.get(archive_name)
