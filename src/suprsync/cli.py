@@ -174,6 +174,8 @@ def _start_tree_scan(ns: argparse.Namespace) -> TreeScan | None:
     from .treescan import TreeScan
 
     db = os.path.abspath(ns.db)
+    if not ns.create_db and not os.path.isfile(db):
+        return None  # the command refuses it
     return TreeScan(root, time.time() - ns.last_edit,
                     lambda: known_local_paths(db, ns.archive_name),
                     exclude={db + sfx for sfx in ("", "-wal", "-shm", "-journal")}).start()
