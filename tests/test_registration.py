@@ -322,3 +322,71 @@ def test_add_local_files_on_a_file_that_is_no_catalog_fails_in_one_line(tmp_path
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("suprsync add-local-files: error:"), lines
     assert "Traceback" not in result.stderr
+
+
+def test_a_failed_batch_leaves_no_rows(tmp_path: Path, tmp_catalog: Path) -> None:
+    """The rows of a batch and its timecode-dir rows commit together or not at all."""
+    files = [aged(make_file(tmp_path / "root", f"16750/f{i}.dat")) for i in range(3)]
+    SupRsyncFilesManager(str(tmp_catalog)).close()
+    with sqlite3.connect(tmp_catalog) as conn:  # the timecode-dir insert will fail
+        conn.execute("CREATE TRIGGER no_dirs BEFORE INSERT ON timecode_dirs_v0 "
+                     "BEGIN SELECT RAISE(ABORT, 'no new timecode dirs'); END")
+    manager = SupRsyncFilesManager(str(tmp_catalog))
+    try:
+        with pytest.raises(Exception, match="no new timecode dirs"):
+            add_local_files(manager, str(tmp_path / "root"), ARCHIVE, last_edit=0)
+    finally:
+        manager.close()
+    assert _catalog_rows(tmp_catalog) == []
+    assert len(files) == 3
+
+
+def test_add_local_files_with_a_tilde_catalog_path(tmp_path: Path) -> None:
+    """--db=~/x.db names the same catalog for every part of the command: a second run
+    adds nothing, and the catalog never registers itself."""
+    home = tmp_path / "home"
+    home.mkdir()
+    data = aged(make_file(home, "16750/a.dat"))
+    args = ("add-local-files", str(home), ARCHIVE, "--db=~/catalog.db", "--create-db",
+            "--last-edit", "0")
+    first = run_cli(*args, env={"HOME": str(home)}, cwd=tmp_path)
+    second = run_cli(*args, env={"HOME": str(home)}, cwd=tmp_path)
+    assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
+    assert "added 1 files" in first.stdout and "added 0 files" in second.stdout
+    assert [r[0] for r in _catalog_rows(home / "catalog.db")] == [str(data)]
+
+
+def test_sigterm_stops_add_local_files_and_its_md5sum(tmp_path: Path) -> None:
+    """SIGTERM ends the command with status 143 and leaves no md5sum running."""
+    root = tmp_path / "root"
+    big = root / "16750" / "big.dat"
+    big.parent.mkdir(parents=True)
+    with open(big, "wb") as f:  # sparse: minutes of md5, no disk
+        f.truncate(200 << 30)
+    aged(big)
+    proc = subprocess.Popen([SUPRSYNC, "add-local-files", str(root), ARCHIVE, "--db",
+                             str(tmp_path / "c.db"), "--create-db"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (hashing := [p for p in descendants(proc.pid) if _is_md5sum(p)]):
+            assert proc.poll() is None and time.monotonic() < deadline, "md5sum never started"
+            time.sleep(0.05)
+        proc.terminate()
+        assert proc.wait(timeout=60) == 143
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not any(_is_md5sum(p) for p in hashing)
+    assert "Traceback" not in proc.stderr.read().decode()
+
+
+def test_add_local_files_with_a_catalog_name_that_is_not_utf8(tmp_path: Path) -> None:
+    """A catalog whose file name is not UTF-8 works, and a second run adds nothing."""
+    data = aged(make_file(tmp_path / "root", "16750/a.dat"))
+    db = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"cat\xff.db"))
+    args = ("add-local-files", str(tmp_path / "root"), ARCHIVE, "--db", db, "--create-db")
+    first, second = run_cli(*args), run_cli(*args)
+    assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
+    assert "added 1 files" in first.stdout and "added 0 files" in second.stdout
+    assert [r[0] for r in _catalog_rows(Path(db))] == [str(data)]

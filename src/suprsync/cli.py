@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -155,7 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name is None:
         parser.print_help()
         return 2
-    scan = ns.scan = _start_tree_scan(ns) if name == "cmd_add_local_files" else None
+    scan = None
+    if name == "cmd_add_local_files":
+        # Unwind on SIGTERM or SIGHUP too, so that the scan's close() stops md5sum.
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _exit_on_signal)
+        scan = ns.scan = _start_tree_scan(ns)
     try:
         from . import commands
 
@@ -163,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if scan is not None:
             scan.close()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _start_tree_scan(ns: argparse.Namespace) -> TreeScan | None:
@@ -173,7 +183,7 @@ def _start_tree_scan(ns: argparse.Namespace) -> TreeScan | None:
     from .catalog.peek import known_local_paths
     from .treescan import TreeScan
 
-    db = os.path.abspath(ns.db)
+    db = os.path.abspath(os.path.expanduser(ns.db))  # as the catalog code resolves it
     if not ns.create_db and not os.path.isfile(db):
         return None  # the command refuses it
     return TreeScan(root, time.time() - ns.last_edit,

@@ -117,8 +117,10 @@ def _batches(hashed: Iterable[tuple[list[str], dict[str, str]]]) -> Iterator[Bat
 def _insert(session: Session, batch: Batch, prefix: int, archive_name: str,
             now: float) -> None:
     """Insert the rows of batch; the remote path is the local path from index prefix on."""
-    if session.get_bind().dialect.name != "sqlite" or not _insert_from_json(
-            session, batch, prefix, archive_name, now):
+    if _has_json_functions(session):
+        session.connection().exec_driver_sql(
+            _INSERT_FROM_JSON, (archive_name, prefix + 1, now, json.dumps(batch)))
+    else:
         session.execute(insert(SupRsyncFile.__table__), [
             {"local_path": local, "local_md5sum": md5, "archive_name": archive_name,
              "remote_path": local[prefix:], "timestamp": now, "failed_copy_attempts": 0,
@@ -130,17 +132,14 @@ def _insert(session: Session, batch: Batch, prefix: int, archive_name: str,
     session.flush()
 
 
-def _insert_from_json(session: Session, batch: Batch, prefix: int, archive_name: str,
-                      now: float) -> bool:
-    """Insert batch with one statement; False when this SQLite has no JSON functions."""
+def _has_json_functions(session: Session) -> bool:
+    """True for an SQLite catalog whose library has json_each (built in since 3.38)."""
+    if session.get_bind().dialect.name != "sqlite":
+        return False
     try:
-        with session.begin_nested():
-            session.connection().exec_driver_sql(
-                _INSERT_FROM_JSON, (archive_name, prefix + 1, now, json.dumps(batch)))
+        session.connection().exec_driver_sql("SELECT json_valid('[]')")
     except OperationalError as exc:
-        if "json" not in str(exc):
-            raise
-        log.debug("no JSON functions in this SQLite (%s): inserting row by row", exc)
+        log.debug("no JSON functions in this SQLite (%s): inserting row by row", exc.orig)
         return False
     return True
 

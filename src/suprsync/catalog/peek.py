@@ -15,9 +15,10 @@ def known_local_paths(path: str, archive_name: str) -> set[str]:
     A catalog that does not exist yet, or has no files table yet, has none.
     The file is opened read-only: nothing is created or changed.
     """
+    path = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(path):
         return set()
-    uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro"
+    uri = f"file:{urllib.parse.quote(os.fsencode(path))}?mode=ro"
     conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT)
     try:
         rows = conn.execute(f"SELECT local_path FROM {FILES_TABLE} WHERE archive_name = ?",
