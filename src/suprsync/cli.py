@@ -181,6 +181,7 @@ def _start_tree_scan(ns: argparse.Namespace) -> TreeScan | None:
     if ns.dry or not ns.db or "://" in ns.db or not os.path.isdir(root):
         return None  # the command itself lists the tree, or says what is wrong
     from .catalog.peek import known_local_paths
+    from .catalog.settings import CATALOG_FILE_SUFFIXES
     from .treescan import TreeScan
 
     db = os.path.abspath(os.path.expanduser(ns.db))  # as the catalog code resolves it
@@ -188,7 +189,7 @@ def _start_tree_scan(ns: argparse.Namespace) -> TreeScan | None:
         return None  # the command refuses it
     return TreeScan(root, time.time() - ns.last_edit,
                     lambda: known_local_paths(db, ns.archive_name),
-                    exclude={db + sfx for sfx in ("", "-wal", "-shm", "-journal")}).start()
+                    exclude={db + sfx for sfx in CATALOG_FILE_SUFFIXES}).start()
 
 
 if __name__ == "__main__":

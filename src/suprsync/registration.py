@@ -21,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from .catalog.schema import SupRsyncFile
+from .catalog.settings import CATALOG_FILE_SUFFIXES
 from .catalog.store import SupRsyncFilesManager
 from .catalog.timecode import ensure_tcdir
 from .paths import timecode_of
@@ -46,7 +47,7 @@ Batch = dict[str, str]
 def catalog_files(manager: SupRsyncFilesManager) -> set[str]:
     """The catalog's own files (sqlite file, WAL, shared memory, journal), never registered."""
     catalog = manager.sqlite_path()
-    return {catalog + sfx for sfx in ("", "-wal", "-shm", "-journal")} if catalog else set()
+    return {catalog + sfx for sfx in CATALOG_FILE_SUFFIXES} if catalog else set()
 
 
 def add_local_files(manager: SupRsyncFilesManager, root: str, archive_name: str,

@@ -129,6 +129,12 @@ FULL_COUNT_INTERVAL = 600.0
 TC_SCAN_CHUNK = 20_000
 
 
+def _count_up_to(session: Session, archive_name: str, top: int) -> int:
+    """Rows of the archive with an id up to top (a scan of the archive's index)."""
+    return int(session.scalar(select(func.count()).select_from(F).where(
+        F.archive_name == archive_name, F.id <= top)) or 0)
+
+
 class SupRsyncFilesManager:
     """The catalog: registers files and answers the agent's questions about them.
 
@@ -404,8 +410,7 @@ class SupRsyncFilesManager:
     def _full_count(self, archive_name: str) -> None:
         def count(session: Session) -> tuple[int, int]:
             top = tc_rules.max_file_id(session)
-            return top, int(session.scalar(select(func.count()).select_from(F).where(
-                F.archive_name == archive_name, F.id <= top)) or 0)
+            return top, _count_up_to(session, archive_name, top)
 
         started = time.monotonic()
         try:
@@ -429,10 +434,8 @@ class SupRsyncFilesManager:
         top = tc_rules.max_file_id(session)
         now = time.monotonic()
         cached = self._file_counts.get(archive_name)
-        in_archive = F.archive_name == archive_name
         if cached is None or now - cached[2] > FULL_COUNT_INTERVAL or top < cached[0]:
-            count = int(session.scalar(
-                select(func.count()).select_from(F).where(in_archive, F.id <= top)) or 0)
+            count = _count_up_to(session, archive_name, top)
             self._file_counts[archive_name] = (top, count, now)
             return count
         seen, count, counted_at = cached
