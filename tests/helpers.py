@@ -31,10 +31,16 @@ T0 = 1_700_000_000.0
 
 
 class Clock:
-    """A settable clock for the catalog manager and the agent."""
+    """A settable clock for the catalog manager and the agent.
+
+    Setting ``now`` or calling :meth:`advance` moves time: the monotonic clock
+    (:meth:`monotonic`) follows. :meth:`jump` sets the wall clock alone, as when the
+    system clock is stepped.
+    """
 
     def __init__(self, now: float = T0) -> None:
         self.now = now
+        self._stepped = 0.0
 
     def __call__(self) -> float:
         return self.now
@@ -42,6 +48,15 @@ class Clock:
     def advance(self, seconds: float) -> None:
         """Move time forward."""
         self.now += seconds
+
+    def jump(self, seconds: float) -> None:
+        """Step the wall clock by seconds; the monotonic clock does not move."""
+        self.now += seconds
+        self._stepped += seconds
+
+    def monotonic(self) -> float:
+        """The monotonic clock: the time elapsed, without the steps of :meth:`jump`."""
+        return self.now - self._stepped
 
 
 def md5(data: bytes) -> str:
@@ -123,7 +138,8 @@ def new_agent(manager: SupRsyncFilesManager, clock: Clock, root: Path, remote_ba
                         db_path=manager.db_path, suprsync_file_root=str(root / "srfroot"),
                         sleep_time=0, cmd_timeout=30, copy_timeout=60)
     kwargs.update(overrides)
-    return Agent(AgentConfig(**kwargs), manager=manager, clock=clock, publish=publish)
+    return Agent(AgentConfig(**kwargs), manager=manager, clock=clock, publish=publish,
+                 monotonic=clock.monotonic)
 
 
 def catalog_agent(tmp_path: Path, catalog: str | Path, archive: str, clock: Clock,
@@ -138,7 +154,8 @@ def catalog_agent(tmp_path: Path, catalog: str | Path, archive: str, clock: Cloc
         sleep_time=0,
         instance_id=instance,
     )
-    return Agent(config, manager=SupRsyncFilesManager(str(catalog), clock=clock), clock=clock)
+    return Agent(config, manager=SupRsyncFilesManager(str(catalog), clock=clock), clock=clock,
+                 monotonic=clock.monotonic)
 
 
 def closing_agents(build: Callable[..., Agent]) -> Iterator[Callable[..., Agent]]:

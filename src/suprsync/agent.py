@@ -17,8 +17,11 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from .catalog import timecode as tc_rules
+from .catalog.anomalies import DirWatch
 from .catalog.engine import CatalogBusy
 from .catalog.store import SupRsyncFilesManager
+from .clockcheck import ClockCheck
 from .copying import (
     CopyReport,
     Pipeline,
@@ -100,9 +103,14 @@ class Agent:
         clock: Callable[[], float] = time.time,
         publish: Publisher | None = None,
         on_session_change: Callable[[dict[str, Any], bool], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.clock = clock
+        #: Compares ``clock`` with ``monotonic`` at each timecode step.
+        self.clock_check = ClockCheck(clock, monotonic, name=config.instance_id)
+        #: Timecode-dir anomalies of the archive: future dirs, late files.
+        self.dir_watch = DirWatch(config.archive_name)
         self.manager = manager or SupRsyncFilesManager(
             config.db_path, create_all=True, echo=config.db_echo,
             pool_size=config.db_pool_size, max_overflow=config.db_pool_max_overflow,
@@ -244,9 +252,7 @@ class Agent:
                     self.session.count("errors_timeout" if deleted.timed_out
                                        else "errors_nonzero")
                     ok = False
-            self.manager.update_all_timecode_dirs(
-                self.config.archive_name, self.config.suprsync_file_root,
-                self.config.instance_id)
+            self._timecode_step()
             self.session.degraded = False
             return ok
         except (SQLAlchemyError, CatalogBusy) as exc:
@@ -257,6 +263,23 @@ class Agent:
             return False
         finally:
             self.session.set("activity", "idle")
+
+    def _timecode_step(self) -> None:
+        cfg = self.config
+        clock_ok = self.clock_check.check()
+        self.manager.detect_timecode_dirs(cfg.archive_name)
+        tc_rules.update_timecode_dirs(self.manager, cfg.archive_name, cfg.suprsync_file_root,
+                                      cfg.instance_id, watch=self.dir_watch, clock_ok=clock_ok)
+
+    def anomalies(self) -> dict[str, Any]:
+        """What the agent noticed about its timecode dirs and its clock (for /status)."""
+        watch = self.dir_watch
+        return {
+            "future_timecode_dirs": list(watch.future),
+            "late_files": [f.as_dict() for f in watch.late.values()],
+            "late_files_found": watch.late_found,
+            "clock_in_doubt": self.clock_check.in_doubt or watch.rows_ahead,
+        }
 
     def _copy_step(self) -> bool:
         cfg = self.config

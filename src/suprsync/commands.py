@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from .catalog import maintenance
+from .catalog.anomalies import catalog_anomalies
 from .catalog.engine import CatalogBusy
 from .catalog.schema import SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
@@ -184,6 +185,8 @@ def cmd_list(ns: argparse.Namespace) -> int:
 
 
 def cmd_stats(ns: argparse.Namespace) -> int:
+    from .status import anomaly_lines
+
     manager = open_catalog(ns.db)
     archives = [ns.archive_name] if ns.archive_name else manager.archives()
     if ns.archive_name:
@@ -192,6 +195,8 @@ def cmd_stats(ns: argparse.Namespace) -> int:
     for archive in archives:
         stats = manager.get_archive_stats(archive)
         stats["timecode_dirs"] = manager.read(lambda s, a=archive: dir_states(s, a))
+        stats.update(manager.read(
+            lambda s, a=archive: catalog_anomalies(s, a, manager.clock())))
         out[archive] = stats
     if ns.json:
         print(json.dumps(out, indent=2))
@@ -209,6 +214,8 @@ def cmd_stats(ns: argparse.Namespace) -> int:
             tcs = dirs[state]
             shown = " ".join(map(str, tcs[-12:])) + (" ..." if len(tcs) > 12 else "")
             print(f"    {state:<19} {len(tcs):>5}  {shown}")
+        for line in anomaly_lines(archive, stats):
+            print(f"  anomaly: {line}")
     return 0
 
 

@@ -66,6 +66,35 @@ class _SessionCollector:
                                      "1 while the catalog cannot be read or written.")
         degraded.add_metric([], 1.0 if self.agent.session.degraded else 0.0)
         yield degraded
+        yield from self._anomalies(self.agent)
+
+    @staticmethod
+    def _anomalies(agent: Agent) -> Iterator[Metric]:
+        found = agent.anomalies()
+        archive = agent.config.archive_name
+        future = GaugeMetricFamily(
+            "suprsync_future_timecode_dirs",
+            "Timecode dirs dated more than a timecode after now's (they complete nothing).",
+            labels=["archive"])
+        future.add_metric([archive], len(found["future_timecode_dirs"]))
+        yield future
+        late = CounterMetricFamily(
+            "suprsync_late_files",
+            "Files found registered into a timecode dir after its finalization file.",
+            labels=["archive"])
+        late.add_metric([archive], found["late_files_found"])
+        yield late
+        pending = GaugeMetricFamily(
+            "suprsync_late_files_undescribed",
+            "Late files that no further finalization file describes yet.", labels=["archive"])
+        pending.add_metric([archive], len(found["late_files"]))
+        yield pending
+        doubt = GaugeMetricFamily(
+            "suprsync_clock_in_doubt",
+            "1 while the system clock jumped or lies behind registered rows: no dir is "
+            "completed by age and no finalization file is written.")
+        doubt.add_metric([], 1.0 if found["clock_in_doubt"] else 0.0)
+        yield doubt
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
@@ -109,7 +138,8 @@ class MetricsServer:
             agent = self.agent
             if environ.get("PATH_INFO") == "/status" and agent is not None:
                 body = json.dumps({**agent.session.snapshot(),
-                                   "degraded": agent.session.degraded}).encode()
+                                   "degraded": agent.session.degraded,
+                                   "anomalies": agent.anomalies()}).encode()
                 start_response("200 OK", [("Content-Type", "application/json"),
                                           ("Content-Length", str(len(body)))])
                 return [body]

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from .catalog.anomalies import catalog_anomalies
 from .catalog.schema import NOT_IGNORED, SYNCED, UNSYNCED, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 
@@ -51,6 +52,7 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
             "finalized_until": finalized_until,
             "finalized_until_lag": max(0.0, now - finalized_until),
             "last_copy": None if row[6] is None else float(row[6]),
+            **catalog_anomalies(session, archive_name, now),
         }
 
     return manager.read(query, what=f"status of {archive_name}")
@@ -111,4 +113,21 @@ def format_table(status: dict[str, dict[str, Any]], now: float | None = None) ->
     lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w)
                        for i, (cell, w) in enumerate(zip(r, widths, strict=True))).rstrip()
              for r in rows]
+    for name, s in status.items():
+        lines += anomaly_lines(name, s)
     return "\n".join(lines)
+
+
+def anomaly_lines(archive_name: str, status: dict[str, Any]) -> list[str]:
+    """One line per timecode-dir anomaly of an archive (none when all is well)."""
+    lines = []
+    for tc in status.get("future_timecode_dirs", []):
+        lines.append(f"{archive_name}: timecode dir {tc} is dated in the future; "
+                     "it completes nothing")
+    for f in status.get("late_files", []):
+        lines.append(f"{archive_name}: {f['local_path']} ({f['remote_path']}) was registered "
+                     f"into timecode dir {f['timecode']} after its finalization file")
+    if status.get("rows_ahead_of_clock"):
+        lines.append(f"{archive_name}: rows were registered well after now: the clock is in "
+                     "doubt, no dir is completed by age")
+    return lines

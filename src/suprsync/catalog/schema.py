@@ -1,4 +1,5 @@
-"""The two catalog tables, column for column as the original agent created them."""
+"""The two catalog tables, column for column as the original agent created them, and the
+extra tables of suprsync that other programs ignore."""
 
 from __future__ import annotations
 
@@ -77,6 +78,27 @@ class FileClaim(Base):
     expires = Column(Float, nullable=False)
 
 
+class Supplement(Base):
+    """A further finalization file written for files registered into a finalized dir.
+
+    Not part of the original schema: an extra table that other programs ignore.
+    ``covers_up_to`` is the highest file id of the dir that the file describes;
+    rows of the dir above the highest such bound (or above ``finalize_file_id``)
+    are not described by any finalization file.
+    """
+
+    __tablename__ = f"suprsync_supplements_v{TABLE_VERSION}"
+
+    id = Column(Integer, primary_key=True)
+    archive_name = Column(String, nullable=False)
+    timecode = Column(Integer, nullable=False)
+    instance_id = Column(String, nullable=False)
+    file_id = Column(Integer, nullable=False)
+    covers_up_to = Column(Integer, nullable=False)
+    late_files = Column(Integer, nullable=False)
+    written_at = Column(Float, nullable=False)
+
+
 F = SupRsyncFile
 
 #: SQL condition: the remote copy is not (yet) verified.
@@ -109,4 +131,5 @@ INDEXES = [
     ),
     Index("ix_suprsync_tcdir", TimecodeDir.archive_name, TimecodeDir.timecode),
     Index("ix_suprsync_claims_agent", FileClaim.agent_id),
+    Index("ix_suprsync_supplements_dir", Supplement.archive_name, Supplement.timecode),
 ]

@@ -1,7 +1,9 @@
 """Timecode directories: detection, completion, sync state and finalization files.
 
 Every rule here looks only at one archive: a file or a newer timecode of another
-archive never completes, syncs or holds back a dir of this one.
+archive never completes, syncs or holds back a dir of this one. A dir dated in
+the future completes nothing, and while the clock is in doubt no dir is completed
+by age and no finalization file is written: downstream cannot take one back.
 """
 
 from __future__ import annotations
@@ -9,16 +11,21 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import case, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from ..fsutil import write_atomic
 from ..hashing import md5_file
 from ..paths import subdir_of, timecode_of
-from .schema import NOT_IGNORED, UNSYNCED, SupRsyncFile, TimecodeDir
+from .anomalies import DirWatch, future_dirs, future_limit, newest_timestamp, timecode_at
+from .lateness import RESCAN_IDS, SUPRSYNC_SUBDIR, dir_bound, find_late_files, own_file
+from .schema import NOT_IGNORED, UNSYNCED, Supplement, SupRsyncFile, TimecodeDir
 
 if TYPE_CHECKING:
     from .store import SupRsyncFilesManager
@@ -34,11 +41,6 @@ DAYS_TO_COMPLETE = 1
 NOT_COMPLETED = or_(TD.completed.is_(None), TD.completed.is_(False))
 NOT_SYNCED = or_(TD.synced.is_(None), TD.synced.is_(False))
 NOT_FINALIZED = or_(TD.finalized.is_(None), TD.finalized.is_(False))
-
-
-def timecode_at(unix_time: float) -> int:
-    """The timecode of a unix time (its first five digits)."""
-    return int(unix_time // 1e5)
 
 
 def finalization_name(now: float, archive_name: str, timecode: int) -> str:
@@ -112,16 +114,25 @@ def scan_timecodes(
     return len(found - known), up_to_id
 
 
-def mark_completed(session: Session, archive_name: str, now: float) -> int:
-    """Complete the dirs of this archive that have a newer one, or are over a day old."""
-    newest = session.scalar(select(func.max(TD.timecode)).where(TD.archive_name == archive_name))
+def mark_completed(session: Session, archive_name: str, now: float, by_age: bool = True) -> int:
+    """Complete the dirs of this archive that have a newer one, or are over a day old.
+
+    A dir dated in the future (see :func:`future_limit`) is not a newer dir, and is
+    never completed. ``by_age=False`` (the clock is in doubt) completes only the dirs
+    that have a newer one.
+    """
+    limit = future_limit(now)
+    newest = session.scalar(select(func.max(TD.timecode)).where(
+        TD.archive_name == archive_name, TD.timecode <= limit))
     if newest is None:
         return 0
-    cutoff = timecode_at(now) - DAYS_TO_COMPLETE
+    rules = [TD.timecode < newest]
+    if by_age:
+        rules.append(TD.timecode < timecode_at(now) - DAYS_TO_COMPLETE)
     result = session.execute(
         update(TD)
-        .where(TD.archive_name == archive_name, NOT_COMPLETED,
-               or_(TD.timecode < newest, TD.timecode < cutoff))
+        .where(TD.archive_name == archive_name, NOT_COMPLETED, TD.timecode <= limit,
+               or_(*rules))
         .values(completed=True))
     return int(result.rowcount or 0)
 
@@ -145,27 +156,90 @@ def mark_synced(session: Session, archive_name: str) -> list[int]:
     return done
 
 
-def dir_summary(session: Session, manager: SupRsyncFilesManager, archive_name: str,
-                timecode: int, now: float, instance_id: str) -> dict[str, Any]:
+@dataclass
+class DirContent:
+    """What a finalization file of a dir says, and the rows it was made from."""
+
+    #: Files of the dir verified on the destination.
+    num_files: int = 0
+    #: Second path elements of those files.
+    subdirs: set[str] = field(default_factory=set)
+    #: Non-ignored files of the dir that are not verified.
+    unsynced: int = 0
+    #: Rows outside ``<tc>/suprsync/`` with an id above the bound asked for, and the
+    #: highest of their ids.
+    rows: int = 0
+    max_id: int = 0
+    #: Non-ignored ones among those rows.
+    late: int = 0
+
+
+def dir_content(session: Session, archive_name: str, timecode: int,
+                above: int = 0) -> DirContent:
+    """Read every row of this archive's dir; count the rows with an id above ``above``."""
+    content = DirContent()
+    rows = session.execute(
+        select(F.id, F.remote_path, F.remote_md5sum, F.local_md5sum, F.ignore)
+        .where(F.archive_name == archive_name, in_dir(timecode)))
+    for file_id, path, remote_md5, local_md5, ignored in rows:
+        if remote_md5 is not None and remote_md5 == local_md5:
+            content.num_files += 1
+            if (sub := subdir_of(str(path))) is not None:
+                content.subdirs.add(sub)
+        elif not ignored:
+            content.unsynced += 1
+        if own_file(str(path), timecode) or int(file_id) <= above:
+            continue
+        content.rows += 1
+        content.max_id = max(content.max_id, int(file_id))
+        if not ignored:
+            content.late += 1
+    return content
+
+
+def rows_above(session: Session, archive_name: str, timecode: int,
+               above: int) -> tuple[int, int]:
+    """(count, highest id) of the dir's rows outside ``<tc>/suprsync/`` above an id."""
+    count, top = session.execute(
+        select(func.count(), func.max(F.id)).where(
+            F.archive_name == archive_name, in_dir(timecode), F.id > above,
+            ~F.remote_path.like(f"{int(timecode)}/{SUPRSYNC_SUBDIR}/%"))).one()
+    return int(count or 0), int(top or 0)
+
+
+def summary_of(content: DirContent, manager: SupRsyncFilesManager, session: Session,
+               archive_name: str, timecode: int, now: float,
+               instance_id: str) -> dict[str, Any]:
     """The content of a finalization file."""
-    paths = session.scalars(
-        select(F.remote_path).where(F.archive_name == archive_name, in_dir(timecode)))
-    num_files = 0
-    subdirs: set[str] = set()
-    for path in paths:
-        num_files += 1
-        if (sub := subdir_of(path)) is not None:
-            subdirs.add(sub)
     return {
         "timecode": int(timecode),
-        "num_files": num_files,
-        "subdirs": sorted(subdirs),
+        "num_files": content.num_files,
+        "subdirs": sorted(content.subdirs),
         "finalized_at": now,
         "finalized_until": min(now, manager.get_finalized_until(archive_name,
                                                                 session=session)),
         "archive_name": archive_name,
         "instance_id": instance_id,
     }
+
+
+def dir_summary(session: Session, manager: SupRsyncFilesManager, archive_name: str,
+                timecode: int, now: float, instance_id: str) -> dict[str, Any]:
+    """The content of the finalization file of a dir written now."""
+    content = dir_content(session, archive_name, timecode)
+    return summary_of(content, manager, session, archive_name, timecode, now, instance_id)
+
+
+def freeze_registrations(session: Session) -> None:
+    """On PostgreSQL, wait for registrations in flight and hold new ones until commit.
+
+    Ids are handed out before a row commits, so a row can commit after rows with
+    higher ids; under this lock the rows a finalization file describes are exactly
+    those below its bound. sqlite hands out ids under its write lock.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(
+            f"LOCK TABLE {F.__tablename__} IN SHARE ROW EXCLUSIVE MODE"))
 
 
 def _remove_orphans(manager: SupRsyncFilesManager, file_root: str, now: float,
@@ -194,30 +268,68 @@ class _NotFinalized(Exception):
     """Raised inside the finalization transaction to roll it back."""
 
 
+Claim = Callable[[Session, str, str, str], object]
+
+
+def _write_and_claim(manager: SupRsyncFilesManager, archive_name: str, timecode: int,
+                     file_root: str, instance_id: str, now: float,
+                     summary: dict[str, Any], claim: Claim) -> str | None:
+    """Write a finalization file, then let ``claim`` register it in one transaction.
+
+    claim(session, local_path, remote_path, md5) registers the file or raises
+    _NotFinalized. Returns the remote path of the registered file, or None (and no
+    file is left) when the claim failed or the file name is taken.
+    """
+    name = finalization_name(now, archive_name, timecode)
+    now_tc = timecode_at(now)
+    local_path = os.path.join(os.path.abspath(file_root), str(now_tc), instance_id, name)
+    remote_path = f"{now_tc}/{SUPRSYNC_SUBDIR}/{instance_id}/{name}"
+    _remove_orphans(manager, file_root, now, instance_id, archive_name, timecode)
+
+    def registered() -> int:
+        return int(manager.read(lambda s: s.scalar(
+            select(func.count()).select_from(F).where(F.local_path == local_path)),
+            what="look up finalization file") or 0)
+
+    if registered():
+        # Another finalization file of this dir was written in the same second.
+        log.info("finalization file %s exists already; timecode dir %s of %s waits for "
+                 "the next second", local_path, timecode, archive_name)
+        return None
+    write_atomic(local_path, yaml.safe_dump(summary, default_flow_style=False).encode())
+    md5 = md5_file(local_path)
+    try:
+        done = manager.write(lambda s: claim(s, local_path, remote_path, md5),
+                             what=f"finalize {archive_name} {timecode}")
+    except _NotFinalized:
+        done = None
+    if not done:
+        if not registered():
+            os.remove(local_path)
+        return None
+    return remote_path
+
+
 def finalize_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: int,
                  file_root: str, instance_id: str) -> TimecodeDir | None:
     """Write, register and record the finalization file of one synced dir.
 
     The YAML is written atomically before the catalog is touched; the row of the
     file and the finalized flag are committed in one transaction, which claims the
-    dir only if no one finalized it meanwhile. A YAML left by a run killed before
-    that commit is removed on the next attempt, so exactly one is ever registered.
+    dir only if no one finalized it meanwhile and no file was added to it since the
+    YAML was made. A YAML left by a run killed before that commit is removed on the
+    next attempt, so exactly one is ever registered.
     """
     now = manager.clock()
-    summary = manager.read(
-        lambda s: dir_summary(s, manager, archive_name, timecode, now, instance_id),
+    content, summary = manager.read(
+        lambda s: _content_and_summary(s, manager, archive_name, timecode, now,
+                                       instance_id, 0),
         what="finalization summary")
-    name = finalization_name(now, archive_name, timecode)
-    now_tc = timecode_at(now)
-    local_path = os.path.join(os.path.abspath(file_root), str(now_tc), instance_id, name)
-    remote_path = f"{now_tc}/suprsync/{instance_id}/{name}"
-    _remove_orphans(manager, file_root, now, instance_id, archive_name, timecode)
-    write_atomic(local_path, yaml.safe_dump(summary, default_flow_style=False).encode())
-    md5 = md5_file(local_path)
-
     this_dir = (TD.archive_name == archive_name) & (TD.timecode == timecode)
+    result: list[TimecodeDir] = []
 
-    def claim(session: Session) -> TimecodeDir | None:
+    def claim(session: Session, local_path: str, remote_path: str,
+              md5: str) -> TimecodeDir | None:
         # The claiming UPDATE comes first: on sqlite it takes the write lock, so the
         # checks below cannot be overtaken by another writer. Every row of the dir is
         # claimed at once (catalogs written by other programs may hold duplicates).
@@ -226,39 +338,139 @@ def finalize_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: int
             .values(finalized=True, synced=True))
         if not claimed.rowcount:
             return None
+        freeze_registrations(session)
         earlier = session.scalar(select(func.count()).select_from(TD).where(
             this_dir, TD.finalize_file_id.is_not(None)))
-        if earlier or unsynced_count(session, archive_name, timecode) > 0:
+        if (earlier or unsynced_count(session, archive_name, timecode) > 0
+                or rows_above(session, archive_name, timecode, 0)
+                != (content.rows, content.max_id)):
             raise _NotFinalized
         row = manager.add_file(local_path, remote_path, archive_name, local_md5sum=md5,
                                timestamp=now, session=session)
         session.execute(update(TD).where(this_dir).values(finalize_file_id=row.id))
-        return session.scalars(select(TD).where(this_dir).order_by(TD.id).limit(1)).first()
+        tcdir = session.scalars(select(TD).where(this_dir).order_by(TD.id).limit(1)).first()
+        if tcdir is not None:
+            result.append(tcdir)
+        return tcdir
 
-    try:
-        tcdir = manager.write(claim, what=f"finalize {archive_name} {timecode}")
-    except _NotFinalized:
-        tcdir = None
-    if tcdir is None:
-        registered = manager.read(lambda s: s.scalar(
-            select(func.count()).select_from(F).where(F.local_path == local_path)))
-        if not registered:
-            os.remove(local_path)
+    remote_path = _write_and_claim(manager, archive_name, timecode, file_root, instance_id,
+                                   now, summary, claim)
+    if remote_path is None or not result:
         log.info("timecode dir %s of %s was not finalized: it changed or another agent did it",
                  timecode, archive_name)
         return None
     log.info("finalized timecode dir %s of archive %s: %s (%d files, subdirs %s)",
              timecode, archive_name, remote_path, summary["num_files"], summary["subdirs"])
-    return tcdir
+    return result[0]
+
+
+def _content_and_summary(session: Session, manager: SupRsyncFilesManager,
+                         archive_name: str, timecode: int, now: float, instance_id: str,
+                         above: int) -> tuple[DirContent, dict[str, Any]]:
+    content = dir_content(session, archive_name, timecode, above)
+    return content, summary_of(content, manager, session, archive_name, timecode, now,
+                               instance_id)
+
+
+def supplement_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: int,
+                   file_root: str, instance_id: str) -> tuple[str, int] | None:
+    """Write a further finalization file for a finalized dir that got late files.
+
+    It describes the whole dir as it is now (so its subdirs include every subdir the
+    earlier files reported) and is written only once every non-ignored file of the
+    dir is verified. One transaction registers it and records, in the supplements
+    table, the highest file id it describes, but only if no one described those rows
+    meanwhile and no file was added since the YAML was made: each batch of late files
+    gets exactly one further file. Returns (remote path, highest id described) or None.
+    """
+    now = manager.clock()
+
+    def read(session: Session) -> tuple[int, DirContent, dict[str, Any]] | None:
+        bound = dir_bound(session, archive_name, timecode)
+        if bound is None:
+            return None
+        content, summary = _content_and_summary(session, manager, archive_name, timecode,
+                                                now, instance_id, bound)
+        return bound, content, summary
+
+    found = manager.read(read, what="finalization summary")
+    if found is None:
+        return None
+    bound, content, summary = found
+    if content.late == 0 or content.unsynced > 0:
+        return None
+    this_dir = (TD.archive_name == archive_name) & (TD.timecode == timecode)
+
+    def claim(session: Session, local_path: str, remote_path: str, md5: str) -> bool:
+        # A write first, so that sqlite takes its write lock before the checks.
+        touched = session.execute(update(TD).where(this_dir, TD.finalized.is_(True))
+                                  .values(finalized=True))
+        if not touched.rowcount:
+            raise _NotFinalized
+        freeze_registrations(session)
+        if (dir_bound(session, archive_name, timecode) != bound
+                or unsynced_count(session, archive_name, timecode) > 0
+                or rows_above(session, archive_name, timecode, bound)
+                != (content.rows, content.max_id)):
+            raise _NotFinalized
+        row = manager.add_file(local_path, remote_path, archive_name, local_md5sum=md5,
+                               timestamp=now, session=session)
+        session.add(Supplement(archive_name=archive_name, timecode=timecode,
+                               instance_id=instance_id, file_id=row.id,
+                               covers_up_to=content.max_id, late_files=content.late,
+                               written_at=now))
+        return True
+
+    remote_path = _write_and_claim(manager, archive_name, timecode, file_root, instance_id,
+                                   now, summary, claim)
+    if remote_path is None:
+        log.info("no further finalization file for timecode dir %s of %s now: it changed "
+                 "or another agent wrote one", timecode, archive_name)
+        return None
+    log.warning("wrote a further finalization file for timecode dir %s of archive %s: %s "
+                "(%d late files; %d files, subdirs %s)", timecode, archive_name, remote_path,
+                content.late, summary["num_files"], summary["subdirs"])
+    return remote_path, content.max_id
+
+
+_watches: weakref.WeakKeyDictionary[SupRsyncFilesManager, dict[str, DirWatch]] = (
+    weakref.WeakKeyDictionary())
+
+
+def watch_of(manager: SupRsyncFilesManager, archive_name: str) -> DirWatch:
+    """The DirWatch kept for an archive of this manager."""
+    per_archive = _watches.setdefault(manager, {})
+    return per_archive.setdefault(archive_name, DirWatch(archive_name))
 
 
 def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_root: str,
-                         instance_id: str) -> list[TimecodeDir]:
-    """Complete, sync and finalize this archive's dirs; return the dirs finalized now."""
+                         instance_id: str, watch: DirWatch | None = None,
+                         clock_ok: bool = True) -> list[TimecodeDir]:
+    """Complete, sync and finalize this archive's dirs; return the dirs finalized now.
+
+    Also finds dirs dated in the future and late files (recorded in ``watch``), and
+    writes further finalization files for late files once they are verified. While
+    ``clock_ok`` is False, or rows of the archive lie well after now, no dir is
+    completed by age and no finalization file is written.
+    """
     now = manager.clock()
+    watch = watch if watch is not None else watch_of(manager, archive_name)
+    after = None if watch.scanned_up_to is None else max(0, watch.scanned_up_to - RESCAN_IDS)
+
+    def look(session: Session) -> tuple[list[int], float | None, int, list]:
+        top = max_file_id(session)
+        late = find_late_files(session, archive_name, after_id=after or 0)
+        return (future_dirs(session, archive_name, now), newest_timestamp(session, archive_name),
+                top, late)
+
+    future, newest, top, late = manager.read(look, what=f"timecode anomalies of {archive_name}")
+    watch.saw_future(future, now)
+    watch.saw_late(late)
+    watch.scanned_up_to = top
+    trusted = not watch.saw_clock(newest, now) and clock_ok
 
     def advance(session: Session) -> list[int]:
-        mark_completed(session, archive_name, now)
+        mark_completed(session, archive_name, now, by_age=trusted)
         mark_synced(session, archive_name)
         return list(session.scalars(
             select(TD.timecode).where(TD.archive_name == archive_name, TD.synced.is_(True),
@@ -266,11 +478,32 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
             .distinct().order_by(TD.timecode)))
 
     ready = manager.write(advance, what=f"update timecode dirs of {archive_name}")
-    finalized = []
+    finalized: list[TimecodeDir] = []
+    if not trusted:
+        return finalized
     for timecode in ready:
         tcdir = finalize_dir(manager, archive_name, timecode, file_root, instance_id)
         if tcdir is not None:
             finalized.append(tcdir)
+    for timecode in sorted({f.timecode for f in watch.late.values()}):
+        ids = [i for i, f in watch.late.items() if f.timecode == timecode]
+
+        def probe(session: Session, tc: int = timecode,
+                  ids: list[int] = ids) -> tuple[int | None, int, int]:
+            waiting, kept = session.execute(select(
+                func.coalesce(func.sum(case((UNSYNCED, 1), else_=0)), 0), func.count())
+                .where(F.id.in_(ids), NOT_IGNORED)).one()
+            return dir_bound(session, archive_name, tc), int(waiting), int(kept)
+
+        bound, waiting, kept = manager.read(probe, what="late files")
+        if bound is not None and bound >= max(ids) or not kept:
+            watch.described(timecode, max(ids))  # described meanwhile, or ignored now
+            continue
+        if waiting:
+            continue
+        written = supplement_dir(manager, archive_name, timecode, file_root, instance_id)
+        if written is not None:
+            watch.described(timecode, written[1])
     return finalized
 
 

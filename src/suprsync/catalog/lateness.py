@@ -1,0 +1,124 @@
+"""Files registered into a timecode dir after a finalization file described it.
+
+Each finalization file of a dir describes the rows of the dir up to a file id:
+the first one every row below its own ``finalize_file_id``, a supplement (table
+``suprsync_supplements_v0``) every row up to its ``covers_up_to``. A non-ignored
+row of a finalized dir above the highest of these bounds is *late*: downstream
+believes the dir complete without it. Rows under ``<tc>/suprsync/`` (finalization
+files, which downstream skips) are never late.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import func, inspect, select
+from sqlalchemy.orm import Session
+
+from ..paths import timecode_of
+from .schema import NOT_IGNORED, Supplement, SupRsyncFile, TimecodeDir
+
+F = SupRsyncFile
+TD = TimecodeDir
+S = Supplement
+
+#: Subdirectory of a timecode dir that holds finalization files.
+SUPRSYNC_SUBDIR = "suprsync"
+#: Ids below the last scanned one that are read again: on PostgreSQL a row can
+#: commit after rows with higher ids.
+RESCAN_IDS = 5000
+
+
+@dataclass(frozen=True)
+class LateFile:
+    """A file of a finalized dir that no finalization file describes."""
+
+    timecode: int
+    file_id: int
+    remote_path: str
+    local_path: str
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON form, for ``stats --json`` and ``status --json``."""
+        return {"timecode": self.timecode, "file_id": self.file_id,
+                "remote_path": self.remote_path, "local_path": self.local_path}
+
+
+def own_file(remote_path: str, timecode: int) -> bool:
+    """True for a file under ``<tc>/suprsync/`` (a finalization file)."""
+    return remote_path.startswith(f"{timecode}/{SUPRSYNC_SUBDIR}/")
+
+
+def has_supplements(session: Session) -> bool:
+    """True when the catalog has the supplements table (read-only commands do not add it)."""
+    return inspect(session.get_bind()).has_table(S.__tablename__)
+
+
+def described_bounds(session: Session, archive_name: str) -> dict[int, int]:
+    """Per finalized dir of the archive, the highest file id its finalization files describe.
+
+    A dir finalized without a recorded file id (written so by another program) is left
+    out: what it described is unknown.
+    """
+    bounds = {int(tc): int(fid) for tc, fid in session.execute(
+        select(TD.timecode, func.max(TD.finalize_file_id))
+        .where(TD.archive_name == archive_name, TD.finalized.is_(True),
+               TD.finalize_file_id.is_not(None))
+        .group_by(TD.timecode))}
+    if bounds and has_supplements(session):
+        for tc, up_to in session.execute(
+                select(S.timecode, func.max(S.covers_up_to))
+                .where(S.archive_name == archive_name).group_by(S.timecode)):
+            if int(tc) in bounds:
+                bounds[int(tc)] = max(bounds[int(tc)], int(up_to))
+    return bounds
+
+
+def find_late_files(session: Session, archive_name: str, after_id: int = 0,
+                    only: set[int] | None = None) -> list[LateFile]:
+    """Late files of the archive with an id above after_id (of the dirs in ``only``).
+
+    The scan is a primary-key range that reads 15 characters of each remote path;
+    only the rows found late are read whole.
+    """
+    bounds = described_bounds(session, archive_name)
+    if only is not None:
+        bounds = {tc: b for tc, b in bounds.items() if tc in only}
+    if not bounds:
+        return []
+    low = max(after_id, min(bounds.values()))
+    # archive_name || '' keeps the planner on the primary-key range.
+    heads = session.execute(
+        select(F.id, func.substr(F.remote_path, 1, 15))
+        .where(F.id > low, F.archive_name.concat("") == archive_name, NOT_IGNORED)
+        .execution_options(yield_per=5000))
+    found: dict[int, int] = {}
+    for file_id, head in heads:
+        if not isinstance(head, str):
+            continue
+        tc = timecode_of(head)
+        if tc is None or tc not in bounds or file_id <= bounds[tc] or own_file(head, tc):
+            continue
+        found[int(file_id)] = tc
+    late: list[LateFile] = []
+    ids = sorted(found)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        for file_id, remote, local in session.execute(
+                select(F.id, F.remote_path, F.local_path).where(F.id.in_(chunk))
+                .order_by(F.id)):
+            late.append(LateFile(found[file_id], int(file_id), str(remote), str(local)))
+    return late
+
+
+def dir_bound(session: Session, archive_name: str, timecode: int) -> int | None:
+    """The highest file id the finalization files of one dir describe (None: not finalized)."""
+    first = session.scalar(select(func.max(TD.finalize_file_id)).where(
+        TD.archive_name == archive_name, TD.timecode == timecode, TD.finalized.is_(True)))
+    if first is None:
+        return None
+    more = None
+    if has_supplements(session):
+        more = session.scalar(select(func.max(S.covers_up_to)).where(
+            S.archive_name == archive_name, S.timecode == timecode))
+    return max(int(first), int(more or 0))
