@@ -51,7 +51,12 @@ class ClockCheck:
             self._trusted = (wall, mono)
             return True
         step = (wall - last[0]) - (mono - last[1])
-        if abs(step) > self.tolerance:
+        assert self._trusted is not None
+        expected = self._trusted[0] + (mono - self._trusted[1])
+        if self._jumped_at is not None and abs(wall - expected) <= self.tolerance:
+            log.info("[%s] the system clock is back in step with the monotonic clock",
+                     self.name)
+        elif abs(step) > self.tolerance:
             if self._jumped_at is None:
                 log.warning("[%s] the system clock jumped by %+.0f s since the last "
                             "iteration (wall clock against monotonic clock); no timecode "
@@ -59,14 +64,9 @@ class ClockCheck:
                             "until the clock is consistent again", self.name, step)
             self._jumped_at = mono
             return False
-        if self._jumped_at is None:
+        elif self._jumped_at is None:
             self._trusted = (wall, mono)
             return True
-        assert self._trusted is not None
-        expected = self._trusted[0] + (mono - self._trusted[1])
-        if abs(wall - expected) <= self.tolerance:
-            log.info("[%s] the system clock is back in step with the monotonic clock",
-                     self.name)
         elif mono - self._jumped_at >= self.settle:
             log.info("[%s] the system clock has run steadily for %.0f s since it jumped: "
                      "trusting it again", self.name, mono - self._jumped_at)
