@@ -273,13 +273,16 @@ def test_unknown_archive_is_one_line_error(
 def test_stats_json_has_stats_and_timecode_dir_states(
     catalog: dict[str, Path], tmp_catalog: Path
 ) -> None:
-    """`stats ARCHIVE --json`: the five stats keys plus timecode_dirs with four states."""
+    """`stats ARCHIVE --json`: the five stats keys plus timecode_dirs with four states and
+    the anomalies."""
     result = run_cli("stats", ARCHIVE, "--db", str(tmp_catalog), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert set(data) == {ARCHIVE}
     stats = data[ARCHIVE]
-    assert set(stats) == STATS_KEYS | {"timecode_dirs"}
+    assert set(stats) == STATS_KEYS | {"timecode_dirs", "future_timecode_dirs", "late_files",
+                                       "rows_ahead_of_clock"}
+    assert stats["future_timecode_dirs"] == [] and stats["late_files"] == []
     assert stats["num_files"] == 3
     assert stats["uncopied_files"] == 3
     assert stats["last_file_added"] == str(catalog["f300"])

@@ -50,6 +50,10 @@ FAMILIES = {
     "suprsync_registered_files": "gauge",
     "suprsync_last_iteration_timestamp_seconds": "gauge",
     "suprsync_degraded": "gauge",
+    "suprsync_future_timecode_dirs": "gauge",
+    "suprsync_late_files": "counter",
+    "suprsync_late_files_undescribed": "gauge",
+    "suprsync_clock_in_doubt": "gauge",
     "suprsync_transfer_duration_seconds": "histogram",
 }
 DASHBOARD = REPO / "docs" / "grafana-dashboard.json"
@@ -320,8 +324,10 @@ def test_status_page_has_the_session_data_keys_and_degraded(served: RunningAgent
     assert status == 200
     assert content_type == "application/json"
     data = json.loads(body)
-    assert set(data) == SESSION_KEYS | {"degraded"}
+    assert set(data) == SESSION_KEYS | {"degraded", "anomalies"}
     assert data["degraded"] is False
+    assert data["anomalies"] == {"future_timecode_dirs": [], "late_files": [],
+                                 "late_files_found": 0, "clock_in_doubt": False}
     assert set(data["counters"]) == COUNTER_KEYS
     assert data["counters"]["copies"] == 2
     assert data["counters"]["iterations"] >= 2
