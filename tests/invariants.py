@@ -121,7 +121,8 @@ def read_rows(db: str | os.PathLike[str]) -> list[Row]:
     path = os.fspath(db)
     if not os.path.exists(path):
         return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60)
+    # Read-write, so that a hot journal left by a killed writer can be rolled back.
+    conn = sqlite3.connect(path, timeout=60)
     conn.text_factory = bytes
     try:
         try:
