@@ -15,6 +15,9 @@ Environment:
 - ``SUPRSYNC_ADV_SHAPES``: comma list of shape and mutation families to use (normal
   files are always there as background).
 
+About one round in five (``SSH_SHARE``) reaches its destinations over the test sshd;
+the others copy to local dirs. A crash of an agent (a traceback) is collected too.
+
 Every violation found is collected with its round seed, step and the shapes of the
 rows it names; the test fails at the end listing one example of each distinct kind.
 """
@@ -34,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import SUPRSYNC
-from helpers import md5
+from conftest import SUPRSYNC, SshServer
+from helpers import md5, ssh_config
 from invariants import check_invariants, snapshot_fence
 
 from suprsync import SupRsyncFilesManager
@@ -44,6 +47,8 @@ from suprsync.catalog.settings import CATALOG_FILE_SUFFIXES, FILES_TABLE
 
 ARCHIVES = ("arch", "arch2")
 DEFAULT_SECONDS = 45.0
+#: Share of the rounds whose agents reach their destinations over the test sshd.
+SSH_SHARE = 0.2
 #: How long one agent process may run before the test gives up on it.
 PROCESS_TIMEOUT = 90.0
 
@@ -77,8 +82,10 @@ class Failure:
 class World:
     """One round: catalog, local tree, secret dir, destinations, and what was done."""
 
-    def __init__(self, base: Path, rng: random.Random, families: set[str] | None) -> None:
+    def __init__(self, base: Path, rng: random.Random, families: set[str] | None,
+                 ssh: dict | None) -> None:
         self.base = base
+        self.ssh = ssh  # AgentConfig fields that reach the test sshd, or None: local
         self.rng = rng
         self.families = families
         self.local = base / "local"
@@ -104,6 +111,7 @@ class World:
         self.agents: dict[str, Agent] = {}
         self.log: list[str] = []
         self.files: list[str] = []
+        self.top_names: set[str] = set()
         self.crashes: list[str] = []
 
     def close(self) -> None:
@@ -305,7 +313,11 @@ def shape_hostile_names(w: World) -> None:
     name = w.rng.choice(HOSTILE_NAMES)
     n = w.fresh()
     local = w.write(f"h{n}/{name}")
-    remote = name if w.rng.random() < 0.4 else f"{w.timecode()}/h{n}/{name}"
+    # A name is used at the top of the base dir once a round (two rows there would be
+    # the same_destination shape).
+    top = name not in w.top_names and w.rng.random() < 0.4
+    w.top_names.add(name)
+    remote = name if top else f"{w.timecode()}/h{n}/{name}"
     w.register("hostile_names", local, remote, w.rng.choice(ARCHIVES))
 
 
@@ -462,12 +474,16 @@ def mutate_symlink_component(w: World) -> None:
     folder = Path(w.rng.choice(candidates)).parent
     secret_dir = w.secret / f"dir{w.fresh()}"
     secret_dir.mkdir()
-    for entry in folder.iterdir():
-        if entry.is_file() and not entry.is_symlink():
-            (secret_dir / entry.name).write_bytes(b"secret " + w.rng.randbytes(30))
+    # The secret dir holds every name of the folder (other bytes), so no path the
+    # catalog names disappears: the agent sees the same names through the link.
+    for dirpath, _dirs, files in os.walk(folder):
+        twin = secret_dir / Path(dirpath).relative_to(folder)
+        twin.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            (twin / name).write_bytes(b"secret " + w.rng.randbytes(30))
             if w.rng.random() < 0.5:
                 old = time.time() - 7200
-                os.utime(secret_dir / entry.name, (old, old))
+                os.utime(twin / name, (old, old))
     folder.rename(folder.with_name(folder.name + ".moved-away"))
     folder.symlink_to(secret_dir)
     w.covered["symlink_path_component"] += 1
@@ -511,11 +527,16 @@ def register_some(w: World, count: int) -> None:
 
 
 def agent_argv(w: World, archive: str) -> list[str]:
-    return [SUPRSYNC, "run", "--once", "--archive-name", archive,
+    argv = [SUPRSYNC, "run", "--once", "--archive-name", archive,
             "--remote-basedir", str(w.dests[archive]), "--db-path", str(w.db),
             "--suprsync-file-root", str(w.file_root), "--delete-local-after", "0",
             "--instance-id", f"adv-{archive}", "--sleep-time", "1", "--cmd-timeout", "30",
             "--copy-timeout", "60"]
+    if w.ssh:
+        argv += ["--ssh-host", w.ssh["ssh_host"], "--ssh-key", w.ssh["ssh_key"],
+                 "--ssh-port", str(w.ssh["ssh_port"]),
+                 "--ssh-known-hosts", w.ssh["ssh_known_hosts"]]
+    return argv
 
 
 @dataclass
@@ -563,7 +584,7 @@ def run_in_process(w: World, archive: str) -> StepResult:
         config = AgentConfig(archive_name=archive, remote_basedir=str(w.dests[archive]),
                              db_path=str(w.db), suprsync_file_root=str(w.file_root),
                              sleep_time=0, delete_local_after=0, instance_id=f"adv-{archive}",
-                             cmd_timeout=30, copy_timeout=60)
+                             cmd_timeout=30, copy_timeout=60, **(w.ssh or {}))
         agent = Agent(config, manager=SupRsyncFilesManager(str(w.db)))
         w.agents[archive] = agent
     result = StepResult(f"Agent.iterate() for {archive}")
@@ -614,6 +635,24 @@ class Tally:
     covered: Counter[str] = field(default_factory=Counter)
     failures: dict[tuple[str, tuple[str, ...]], list[Failure]] = field(default_factory=dict)
     crashes: list[str] = field(default_factory=list)
+    normal_verified: int = 0
+    normal_total: int = 0
+
+
+def normal_progress(w: World) -> tuple[int, int]:
+    """(verified, all) rows of the normal shape: how far the agents got past the poison."""
+    ids = [i for i, shape in w.shape_of.items() if shape == "normal"]
+    if not ids:
+        return 0, 0
+    conn = sqlite3.connect(w.db, timeout=60)
+    try:
+        marks = ",".join("?" * len(ids))
+        done = conn.execute(f"SELECT count(*) FROM {FILES_TABLE} WHERE id IN ({marks}) AND "
+                            "remote_md5sum IS NOT NULL AND remote_md5sum = local_md5sum",
+                            ids).fetchone()[0]
+    finally:
+        conn.close()
+    return int(done), len(ids)
 
 
 def families_from_env() -> set[str] | None:
@@ -627,10 +666,11 @@ def families_from_env() -> set[str] | None:
     return names
 
 
-def play_round(base: Path, round_seed: int, tally: Tally, deadline: float) -> None:
+def play_round(base: Path, round_seed: int, tally: Tally, deadline: float,
+               sshd: SshServer) -> None:
     rng = random.Random(round_seed)
     families = families_from_env()
-    w = World(base, rng, families)
+    w = World(base, rng, families, ssh_config(sshd) if rng.random() < SSH_SHARE else None)
     try:
         register_some(w, rng.randint(4, 9))
         shape_normal(w)
@@ -648,6 +688,8 @@ def play_round(base: Path, round_seed: int, tally: Tally, deadline: float) -> No
             tally.kills += result.kills
             for crash in result.crashes:
                 tally.crashes.append(f"round seed {round_seed} step {step}: {crash}")
+                print(f"\n--- crash, round seed {round_seed}, step {step}:\n{crash}\n"
+                      "round log:\n  " + "\n  ".join(w.log))
             tally.steps += 1
             try:
                 report = check_invariants(w.db, w.dests, file_root=w.file_root, fence=fence,
@@ -663,23 +705,36 @@ def play_round(base: Path, round_seed: int, tally: Tally, deadline: float) -> No
             if time.monotonic() > deadline:
                 break
     finally:
+        done, total = normal_progress(w)
+        tally.normal_verified += done
+        tally.normal_total += total
         tally.covered.update(w.covered)
         tally.crashes.extend(f"round seed {round_seed}: {c}" for c in w.crashes)
         tally.covered["loose_schema_catalog" if w.loose else "agent_schema_catalog"] += 1
+        tally.covered["round_over_ssh" if w.ssh else "round_local"] += 1
         w.close()
     tally.rounds += 1
+
+
+def replay_env(round_seed: int) -> str:
+    """The environment that replays one round."""
+    shapes = os.environ.get("SUPRSYNC_ADV_SHAPES")
+    return f"SUPRSYNC_ADV_ROUND_SEED={round_seed}" + (
+        f" SUPRSYNC_ADV_SHAPES={shapes}" if shapes else "")
 
 
 def summary(tally: Tally) -> str:
     lines = [f"adversarial: master seed {SEED}: {tally.rounds} rounds, {tally.steps} steps "
              f"checked, {tally.kills} agent processes SIGKILLed"]
+    lines.append(f"normal rows verified by the end of their round: {tally.normal_verified} "
+                 f"of {tally.normal_total} (rounds end after 3-7 steps, some killed)")
     lines.append("shapes covered: " + ", ".join(f"{k} x{v}" for k, v in
                                                 sorted(tally.covered.items())))
     for (kind, shapes), fails in sorted(tally.failures.items()):
         f = fails[0]
         rounds = sorted({x.round_seed for x in fails})
         lines.append(f"FAILED {kind} [{', '.join(shapes)}] in {len(rounds)} round(s), e.g. "
-                     f"SUPRSYNC_ADV_ROUND_SEED={f.round_seed} (step {f.step}):\n    {f.line}"
+                     f"{replay_env(f.round_seed)} (step {f.step}):\n    {f.line}"
                      + "".join(f"\n    {r}" for r in f.rows))
     seen: dict[str, int] = {}
     for crash in tally.crashes:
@@ -691,17 +746,17 @@ def summary(tally: Tally) -> str:
     return "\n".join(lines)
 
 
-def play(tmp_path: Path, seconds: float) -> None:
+def play(tmp_path: Path, seconds: float, sshd: SshServer) -> None:
     tally = Tally()
     deadline = time.monotonic() + seconds
     replay = os.environ.get("SUPRSYNC_ADV_ROUND_SEED")
     if replay:
-        play_round(tmp_path / "replay", int(replay), tally, time.monotonic() + 600)
+        play_round(tmp_path / "replay", int(replay), tally, time.monotonic() + 600, sshd)
     else:
         rng = random.Random(SEED)
         while time.monotonic() < deadline:
             round_seed = rng.randrange(2**32)
-            play_round(tmp_path / f"r{tally.rounds}", round_seed, tally, deadline)
+            play_round(tmp_path / f"r{tally.rounds}", round_seed, tally, deadline, sshd)
     text = summary(tally)
     print("\n" + text)
     assert tally.steps > 0
@@ -709,14 +764,14 @@ def play(tmp_path: Path, seconds: float) -> None:
         pytest.fail(text, pytrace=False)
 
 
-def test_adversarial_rounds_keep_the_invariants(tmp_path: Path) -> None:
+def test_adversarial_rounds_keep_the_invariants(tmp_path: Path, sshd: SshServer) -> None:
     """About 45 s of random rounds; any violation fails with its seed and shapes."""
-    play(tmp_path, DEFAULT_SECONDS)
+    play(tmp_path, DEFAULT_SECONDS, sshd)
 
 
 @pytest.mark.adversarial_long
 @pytest.mark.skipif(not os.environ.get("SUPRSYNC_ADV_SECONDS"),
                     reason="long variant: set SUPRSYNC_ADV_SECONDS")
-def test_adversarial_long(tmp_path: Path) -> None:
+def test_adversarial_long(tmp_path: Path, sshd: SshServer) -> None:
     """The same for SUPRSYNC_ADV_SECONDS seconds."""
-    play(tmp_path, float(os.environ["SUPRSYNC_ADV_SECONDS"]))
+    play(tmp_path, float(os.environ["SUPRSYNC_ADV_SECONDS"]), sshd)
