@@ -13,8 +13,9 @@ raises AssertionError listing every violation, each naming file ids and paths:
 3. nothing written outside the base dirs: a ``Fence`` taken with ``snapshot_fence``
    before the run finds nothing new, changed or gone beside the excluded dirs;
 4. one finalization file per (archive, finalized timecode, instance), locally under
-   ``file_root/<tc>/<instance>/`` and remotely under ``<base>/<tc>/suprsync/<instance>/``
-   (the rule is ``finalization_problem``, in one place).
+   ``file_root/<tc>/<instance>/`` and remotely under ``<base>/<tc>/suprsync/<instance>/``,
+   plus one per further finalization file recorded for it in the catalog's
+   ``suprsync_supplements_v0`` (the rule is ``finalization_problem``, in one place).
 
 Rows written by other programs are untrusted: NULL columns, bytes that are not UTF-8
 and numbers stored as text never crash the checker. Text is read as bytes and paths
@@ -38,9 +39,10 @@ from typing import Any
 from suprsync.catalog.settings import CATALOG_FILE_SUFFIXES, FILES_TABLE
 from suprsync.paths import normalize_remote_path
 
-#: The most finalization files one (archive, timecode, instance) may have. A
-#: documented supplement file would relax this rule in ``finalization_problem``.
+#: The most finalization files one (archive, timecode, instance) may have, besides the
+#: further files (for late files) recorded in the supplements table.
 MAX_FINALIZATION_FILES = 1
+SUPPLEMENTS_TABLE = "suprsync_supplements_v0"
 
 _FINAL_RE = re.compile(r"^(-?[0-9]+)_(.+)_([0-9]+)_finalized\.yaml$", re.S)
 _MAX_PROBLEMS = 60
@@ -134,6 +136,39 @@ def read_rows(db: str | os.PathLike[str]) -> list[Row]:
     finally:
         conn.close()
     return [Row(*r[:7], sql_verified=bool(r[7])) for r in raw]
+
+
+def read_supplements(db: str | os.PathLike[str]) -> dict[tuple[str, str, str], int]:
+    """(archive, timecode, instance) -> further finalization files recorded in the catalog."""
+    query = (f"SELECT archive_name, timecode, instance_id, count(*) FROM {SUPPLEMENTS_TABLE}"
+             " GROUP BY archive_name, timecode, instance_id")
+    if is_url(db):
+        from sqlalchemy import create_engine, inspect, text
+
+        url = str(db)
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        engine = create_engine(url)
+        try:
+            if not inspect(engine).has_table(SUPPLEMENTS_TABLE):
+                return {}
+            with engine.connect() as conn:
+                raw = conn.execute(text(query)).fetchall()
+        finally:
+            engine.dispose()
+    else:
+        if not os.path.exists(os.fspath(db)):
+            return {}
+        conn = sqlite3.connect(os.fspath(db), timeout=60)
+        try:
+            raw = conn.execute(query).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return {}
+            raise
+        finally:
+            conn.close()
+    return {(str(a), str(tc), str(i)): int(n) for a, tc, i, n in raw}
 
 
 def _read_rows_url(url: str) -> list[Row]:
@@ -290,10 +325,11 @@ def fence_problems(fence: Fence, extra_exclude: Iterable[Path] = ()) -> list[str
 
 
 def finalization_problem(archive: str, timecode: str, instance: str,
-                         names: list[str], where: str) -> str | None:
+                         names: list[str], where: str, supplements: int = 0) -> str | None:
     """The rule for finalization files of one (archive, timecode, instance): at most
-    MAX_FINALIZATION_FILES; a message when it is broken."""
-    if len(names) <= MAX_FINALIZATION_FILES:
+    MAX_FINALIZATION_FILES plus the further files recorded for it; a message when it
+    is broken."""
+    if len(names) <= MAX_FINALIZATION_FILES + supplements:
         return None
     return (f"{len(names)} finalization files for archive {archive!r}, timecode {timecode}, "
             f"instance {instance!r} in {where}: {sorted(names)}")
@@ -341,20 +377,27 @@ def _instance_dirs(tc_parent: Path, middle: tuple[str, ...], instances: set[str]
 
 
 def finalization_problems(destinations: Mapping[str, Path], file_root: Path | None,
-                          instance_ids: Iterable[str] | None) -> list[str]:
-    """Violations of ``finalization_problem`` under file_root and in each destination."""
+                          instance_ids: Iterable[str] | None,
+                          supplements: Mapping[tuple[str, str, str], int] | None = None
+                          ) -> list[str]:
+    """Violations of ``finalization_problem`` under file_root and in each destination.
+
+    supplements: further files recorded per (archive, timecode, instance)."""
     instances = set(instance_ids) if instance_ids is not None else None
+    extra = supplements or {}
     problems = []
     if file_root is not None:
         found = _final_files(_instance_dirs(Path(file_root), (), instances), None)
         for (archive, tc, inst), names in sorted(found.items()):
-            if (p := finalization_problem(archive, tc, inst, names, f"{str(file_root)!r}")):
+            if (p := finalization_problem(archive, tc, inst, names, f"{str(file_root)!r}",
+                                          extra.get((archive, tc, inst), 0))):
                 problems.append(p)
     for archive, base in sorted(destinations.items()):
         found = _final_files(_instance_dirs(Path(base), ("suprsync",), instances), {archive})
         for (arch, tc, inst), names in sorted(found.items()):
             if (p := finalization_problem(arch, tc, inst, names,
-                                          f"destination {str(base)!r}")):
+                                          f"destination {str(base)!r}",
+                                          extra.get((arch, tc, inst), 0))):
                 problems.append(p)
     return problems
 
@@ -460,7 +503,7 @@ def check_invariants(db: str | os.PathLike[str], destinations: Mapping[str, str 
     for row in rows:
         problems += _row_problems(row, dests, gone_ok, report)
     problems += finalization_problems(dests, Path(file_root) if file_root else None,
-                                      instance_ids)
+                                      instance_ids, read_supplements(db))
     if fence is not None:
         extra = [*dests.values(), *map(Path, local_roots)]
         if file_root is not None:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from conftest import run_cli
 from helpers import Clock, catalog_agent, make_file
+from invariants import check_invariants
 from prometheus_client.parser import text_string_to_metric_families
 
 from suprsync import SupRsyncFilesManager
@@ -88,6 +89,13 @@ def downstream_records(base: Path, start: int = 0) -> set[tuple[str, str, int, s
     return records
 
 
+def check(tmp_path: Path) -> None:
+    """The integrity invariants of the catalog, the destination and the finalization files."""
+    report = check_invariants(tmp_path / "catalog.db", {ARCHIVE: tmp_path / "remote" / ARCHIVE},
+                              file_root=tmp_path / "suprsync-files")
+    assert report.rows > 0
+
+
 def scrape(agent: Agent) -> dict[str, float]:
     server = MetricsServer(0)
     try:
@@ -144,6 +152,7 @@ def test_far_future_dir_completes_nothing_and_is_reported(
     assert states[99999] == (0, 0, 0)
     assert [yaml.safe_load(p.read_text())["timecode"] for p in remote_yamls(tmp_path)] \
         == [NOW_TC]
+    check(tmp_path)
 
 
 def test_next_timecode_still_completes_the_current_one(tmp_path: Path) -> None:
@@ -154,6 +163,7 @@ def test_next_timecode_still_completes_the_current_one(tmp_path: Path) -> None:
     iterate(agent, clock, 3)
     assert tcdirs(tmp_path / "catalog.db")[NOW_TC] == (1, 1, 1)
     assert agent.anomalies()["future_timecode_dirs"] == []
+    check(tmp_path)
 
 
 # ------------------------------------------------------------------- the system clock
@@ -205,6 +215,7 @@ def test_clock_jump_holds_completion_by_age_until_consistent(
     assert tcdirs(tmp_path / "catalog.db")[NOW_TC] == (1, 1, 1)
     assert len(remote_yamls(tmp_path)) == 1
     assert len(warnings_with(caplog, "clock jumped")) == 1
+    check(tmp_path)
 
 
 def test_wrong_clock_is_trusted_again_after_running_steadily(tmp_path: Path) -> None:
@@ -220,6 +231,7 @@ def test_wrong_clock_is_trusted_again_after_running_steadily(tmp_path: Path) -> 
     iterate(agent, clock, 3)
     assert not agent.anomalies()["clock_in_doubt"]
     assert tcdirs(tmp_path / "catalog.db")[NOW_TC] == (1, 1, 1)
+    check(tmp_path)
 
 
 def test_rows_registered_after_now_hold_completion_by_age(
@@ -240,6 +252,7 @@ def test_rows_registered_after_now_hold_completion_by_age(
     iterate(agent, clock, 3)
     assert tcdirs(tmp_path / "catalog.db")[NOW_TC - 3] == (1, 1, 1)
     assert len(remote_yamls(tmp_path)) == 1
+    check(tmp_path)
 
 
 # ------------------------------------------------------------------------ late files
@@ -299,6 +312,7 @@ def test_late_file_is_reported_and_described_by_a_further_finalization_file(
         columns = [r[1] for r in conn.execute("PRAGMA table_info(timecode_dirs_v0)")]
     assert columns == ["id", "timecode", "archive_name", "completed", "synced", "finalized",
                        "finalize_file_id"]
+    check(tmp_path)
 
 
 def test_late_file_waits_for_its_copy_and_a_new_agent_finds_it(tmp_path: Path) -> None:
@@ -327,6 +341,7 @@ def test_late_file_waits_for_its_copy_and_a_new_agent_finds_it(tmp_path: Path) -
     assert (ARCHIVE, "crate5", tc, INSTANCE) in downstream_records(tmp_path / "remote" / ARCHIVE)
     assert len(remote_yamls(tmp_path)) == 2
     again.handler.close()
+    check(tmp_path)
 
 
 KILL_AFTER_YAML = textwrap.dedent("""
@@ -376,6 +391,7 @@ def test_kill_between_further_yaml_and_commit_yields_one_file(tmp_path: Path) ->
     records = downstream_records(remote)
     assert records == {(ARCHIVE, "crate1", tc, "crashy"), (ARCHIVE, "crate9", tc, "crashy")}
     manager.close()
+    check_invariants(db, {ARCHIVE: remote}, file_root=root)
 
 
 # ---------------------------------------------------------------------- ignored dirs
@@ -394,3 +410,4 @@ def test_dir_of_ignored_files_is_finalized_with_zero_files(tmp_path: Path) -> No
     [found] = remote_yamls(tmp_path)
     data = yaml.safe_load(found.read_text())
     assert data["timecode"] == tc and data["num_files"] == 0 and data["subdirs"] == []
+    check(tmp_path)
