@@ -336,13 +336,15 @@ def test_timecode_completion_and_sync_are_per_archive(
     # OTHER has only a dir of the same old timecode and nothing newer: it is over a day
     # old, so it completes by age, and its unsynced file keeps it from syncing.
     add(clock.now, remote=f"{NOW_TC - 3}/s/c.g3", archive=OTHER)
-    b_future = add(clock.now, remote=f"{NOW_TC + 5}/s/d.g3")
+    # The next timecode (a producer a little ahead) is a newer dir; one further ahead
+    # would be dated in the future and complete nothing.
+    b_future = add(clock.now, remote=f"{NOW_TC + 1}/s/d.g3")
     mark_synced(manager, b_future)
     root = str(tmp_path / "suprsync-files")
 
     assert manager.update_all_timecode_dirs(ARCHIVE, root, "sync-a") == []
     assert tc_states(manager, ARCHIVE) == {
-        "open": [NOW_TC + 5], "completed_unsynced": [NOW_TC - 3, NOW_TC], "synced": [],
+        "open": [NOW_TC + 1], "completed_unsynced": [NOW_TC - 3, NOW_TC], "synced": [],
         "finalized": []}
     assert manager.update_all_timecode_dirs(OTHER, root, "sync-b") == []
     assert tc_states(manager, OTHER) == {

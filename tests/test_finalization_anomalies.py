@@ -20,6 +20,7 @@ from conftest import run_cli
 from helpers import Clock, catalog_agent, make_file
 from invariants import check_invariants
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import text
 
 from suprsync import SupRsyncFilesManager
 from suprsync.agent import Agent
@@ -411,3 +412,30 @@ def test_dir_of_ignored_files_is_finalized_with_zero_files(tmp_path: Path) -> No
     data = yaml.safe_load(found.read_text())
     assert data["timecode"] == tc and data["num_files"] == 0 and data["subdirs"] == []
     check(tmp_path)
+
+
+def test_late_file_gets_one_further_file_on_each_backend(
+        catalog_url: str, tmp_path: Path) -> None:
+    """sqlite and PostgreSQL: a late file is reported from the catalog and described once."""
+    clock = Clock(NOW)
+    agent = catalog_agent(tmp_path, catalog_url, ARCHIVE, clock, INSTANCE)
+    try:
+        tc = NOW_TC - 3
+        add(agent, tmp_path, f"{tc}/crate1/a.g3")
+        iterate(agent, clock, 3)
+        late_id = add(agent, tmp_path, f"{tc}/crate9/late.g3")
+        status = catalog_status(agent.manager, 5)[ARCHIVE]
+        assert [f["file_id"] for f in status["late_files"]] == [late_id]
+        iterate(agent, clock, 5)
+        assert catalog_status(agent.manager, 5)[ARCHIVE]["late_files"] == []
+        assert downstream_records(tmp_path / "remote" / ARCHIVE) == {
+            (ARCHIVE, "crate1", tc, INSTANCE), (ARCHIVE, "crate9", tc, INSTANCE)}
+        assert len(remote_yamls(tmp_path)) == 2
+        with agent.manager.engine.connect() as conn:
+            count = conn.execute(text("SELECT count(*) FROM suprsync_supplements_v0")).scalar()
+        assert count == 1
+    finally:
+        agent.handler.close()
+        agent.manager.close()
+    check_invariants(catalog_url, {ARCHIVE: tmp_path / "remote" / ARCHIVE},
+                     file_root=tmp_path / "suprsync-files")
