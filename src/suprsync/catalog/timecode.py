@@ -25,7 +25,7 @@ from ..hashing import md5_file
 from ..paths import subdir_of, timecode_of
 from .anomalies import DirWatch, future_dirs, future_limit, newest_timestamp, timecode_at
 from .lateness import RESCAN_IDS, SUPRSYNC_SUBDIR, dir_bound, find_late_files, own_file
-from .schema import NOT_IGNORED, UNSYNCED, Supplement, SupRsyncFile, TimecodeDir
+from .schema import NOT_IGNORED, SYNCED, UNSYNCED, Supplement, SupRsyncFile, TimecodeDir
 
 if TYPE_CHECKING:
     from .store import SupRsyncFilesManager
@@ -178,11 +178,14 @@ def dir_content(session: Session, archive_name: str, timecode: int,
                 above: int = 0) -> DirContent:
     """Read every row of this archive's dir; count the rows with an id above ``above``."""
     content = DirContent()
+    # Verified and ignored are decided in SQL, as everywhere else: rows written by
+    # other programs may hold NULLs or text in these columns.
     rows = session.execute(
-        select(F.id, F.remote_path, F.remote_md5sum, F.local_md5sum, F.ignore)
+        select(F.id, F.remote_path, case((SYNCED, 1), else_=0),
+               case((NOT_IGNORED, 0), else_=1))
         .where(F.archive_name == archive_name, in_dir(timecode)))
-    for file_id, path, remote_md5, local_md5, ignored in rows:
-        if remote_md5 is not None and remote_md5 == local_md5:
+    for file_id, path, synced, ignored in rows:
+        if synced:
             content.num_files += 1
             if (sub := subdir_of(str(path))) is not None:
                 content.subdirs.add(sub)
