@@ -167,6 +167,21 @@ def test_next_timecode_still_completes_the_current_one(tmp_path: Path) -> None:
     check(tmp_path)
 
 
+def test_api_update_all_timecode_dirs_keeps_the_future_rule(tmp_path: Path) -> None:
+    """Without an agent (update_all_timecode_dirs), a future dir completes nothing either."""
+    manager = SupRsyncFilesManager(str(tmp_path / "catalog.db"), clock=Clock(NOW))
+    try:
+        for remote in (f"{NOW_TC}/crate1/a.g3", f"{NOW_TC + 2}/crate1/b.g3"):
+            local = make_file(tmp_path / "data", remote, b"x")
+            manager.add_file(str(local), remote, ARCHIVE, timestamp=NOW)
+        root = str(tmp_path / "suprsync-files")
+        assert manager.update_all_timecode_dirs(ARCHIVE, root, INSTANCE) == []
+        states = tcdirs(tmp_path / "catalog.db")
+        assert states[NOW_TC][0] == 0 and states[NOW_TC + 2][0] == 0
+    finally:
+        manager.close()
+
+
 # ------------------------------------------------------------------- the system clock
 
 
