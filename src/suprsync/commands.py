@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from .catalog import maintenance
+from .catalog.conflicts import list_conflicts
 from .catalog.engine import CatalogBusy
 from .catalog.schema import SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
@@ -24,6 +25,9 @@ from .options import ConfigError, check_environment, config_from_args
 from .registration import add_local_files
 
 log = logging.getLogger("suprsync")
+
+#: Conflicts listed per archive by ``stats``.
+STATS_LIST_LIMIT = 100
 
 
 class CliError(Exception):
@@ -192,6 +196,8 @@ def cmd_stats(ns: argparse.Namespace) -> int:
     for archive in archives:
         stats = manager.get_archive_stats(archive)
         stats["timecode_dirs"] = manager.read(lambda s, a=archive: dir_states(s, a))
+        stats["conflicts"] = manager.read(
+            lambda s, a=archive: list_conflicts(s, a, limit=STATS_LIST_LIMIT))
         out[archive] = stats
     if ns.json:
         print(json.dumps(out, indent=2))
@@ -203,6 +209,9 @@ def cmd_stats(ns: argparse.Namespace) -> int:
         fu = stats["finalized_until"]
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(fu))
         print(f"  {'finalized_until':<18} {fu:.0f} ({when})")
+        for c in stats["conflicts"]:
+            print(f"  conflict: file id {c['id']} {c['local_path']} -> {c['remote_path']}: "
+                  f"{c['detail']}")
         dirs = stats["timecode_dirs"]
         print("  timecode dirs:")
         for state in ("open", "completed_unsynced", "synced", "finalized"):

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from .catalog.conflicts import conflict_count
 from .catalog.schema import NOT_IGNORED, SYNCED, UNSYNCED, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 
@@ -40,6 +41,7 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
             except OSError:
                 continue
         finalized_until = manager.get_finalized_until(archive_name, session=session)
+        conflicts = conflict_count(session, archive_name)
         return {
             "registered": int(row[0]),
             "synced": int(row[1]),
@@ -51,6 +53,7 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
             "finalized_until": finalized_until,
             "finalized_until_lag": max(0.0, now - finalized_until),
             "last_copy": None if row[6] is None else float(row[6]),
+            "conflicts": conflicts,
         }
 
     return manager.read(query, what=f"status of {archive_name}")
@@ -90,8 +93,8 @@ def human_age(seconds: float | None) -> str:
     return f"{secs}s"
 
 
-COLUMNS = ("archive", "registered", "synced", "waiting", "failed", "ignored", "bytes waiting",
-           "oldest waiting", "finalized until", "lag", "last copy")
+COLUMNS = ("archive", "registered", "synced", "waiting", "failed", "ignored", "conflicts",
+           "bytes waiting", "oldest waiting", "finalized until", "lag", "last copy")
 
 
 def format_table(status: dict[str, dict[str, Any]], now: float | None = None) -> str:
@@ -101,7 +104,8 @@ def format_table(status: dict[str, dict[str, Any]], now: float | None = None) ->
     for name, s in status.items():
         rows.append((
             name, str(s["registered"]), str(s["synced"]), str(s["waiting"]),
-            str(s["failed_at_limit"]), str(s["ignored"]), human_bytes(s["bytes_waiting"]),
+            str(s["failed_at_limit"]), str(s["ignored"]), str(s["conflicts"]),
+            human_bytes(s["bytes_waiting"]),
             human_age(s["oldest_waiting_age"]),
             time.strftime("%Y-%m-%d %H:%M", time.gmtime(s["finalized_until"])),
             human_age(s["finalized_until_lag"]),
