@@ -16,7 +16,8 @@ from conftest import run_cli
 from suprsync import SupRsyncFilesManager
 
 STATUS_KEYS = {"registered", "synced", "waiting", "failed_at_limit", "ignored", "bytes_waiting",
-               "oldest_waiting_age", "finalized_until", "finalized_until_lag", "last_copy"}
+               "oldest_waiting_age", "finalized_until", "finalized_until_lag", "last_copy",
+               "quarantined", "quarantined_rows"}
 HEADER = ("archive", "registered", "synced", "waiting", "failed", "ignored", "bytes waiting",
           "oldest waiting", "finalized until", "lag", "last copy")
 HOUR = 3600.0
