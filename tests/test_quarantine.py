@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from conftest import run_cli
 from helpers import ARCHIVE, T0, Clock, catalog_agent, md5, new_agent, write_file
+from invariants import check_invariants
 from sqlalchemy import text
 
 from suprsync import SupRsyncFilesManager
@@ -278,12 +279,14 @@ def poisoned_catalog(db: Path, local: Path, good: int = 3) -> tuple[list[int], d
         conn.execute(UNTYPED)
         for n, (changes, reason) in enumerate(POISON):
             data = f"poison {n}\n".encode()
-            path = write_file(local / f"p{n}.g3", data)
+            # A local path that is not UTF-8 names a real file too.
+            name = f"p{n}\udcff.g3" if changes.get("local_path") == "LOCAL\udcff" else f"p{n}.g3"
+            path = write_file(local / name, data)
             values = {"local_path": str(path), "local_md5sum": md5(data),
                       "archive_name": ARCHIVE, "remote_path": f"16991/p{n}.g3",
                       "timestamp": T0 - 7200 + n, **changes}
             if values["local_path"] == "LOCAL\udcff":
-                values["local_path"] = str(path) + "\udcff"
+                values["local_path"] = str(path)
             if values.get("remote_md5sum") == "SAME":
                 values["remote_md5sum"] = values["local_md5sum"]
             file_id = insert(conn, values)
@@ -300,6 +303,17 @@ def poisoned_catalog(db: Path, local: Path, good: int = 3) -> tuple[list[int], d
         for name in (None, b"\xffarchive"):
             poison[insert(conn, {**GOOD, "archive_name": name})] = "archive_name is"
     return good_ids, poison, poison_files
+
+
+def forget_false_claims(db: Path) -> None:
+    """Clear the verified look of the poison row inserted as synced with nothing sent.
+
+    The row came in that way (another program's claim, not suprsync's); the invariant
+    checker would take it at face value.
+    """
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE supersync_v0 SET remote_md5sum = NULL WHERE timestamp = 'abc' "
+                     "AND remote_md5sum = local_md5sum")
 
 
 def remote_tree(folder: Path) -> list[str]:
@@ -351,6 +365,8 @@ def test_agent_copies_every_sound_row_and_leaves_poison_rows_alone(
     finally:
         agent.handler.close()
         manager.close()
+    forget_false_claims(db)
+    check_invariants(db, {ARCHIVE: remote}, file_root=tmp_path / "srfroot")
 
 
 def test_run_process_exits_0_and_reports_each_poison_row_once_per_process(
@@ -373,6 +389,8 @@ def test_run_process_exits_0_and_reports_each_poison_row_once_per_process(
     assert not (tmp_path / "remote" / "16991").exists()
     assert all(path.exists() for path in poison_files.values())
     assert not any((tmp_path / "local" / f"g{n}.g3").exists() for n in range(3))
+    forget_false_claims(db)
+    check_invariants(db, {ARCHIVE: tmp_path / "remote"}, file_root=tmp_path / "srf")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -398,7 +416,7 @@ def test_cli_commands_work_on_a_poisoned_catalog(tmp_path: Path) -> None:
 
     checked_ids = []
     for file_id, path in poison_files.items():
-        if raw_row(db, file_id)[1] != str(path).encode() or len(checked_ids) == 3:
+        if raw_row(db, file_id)[1] != os.fsencode(path) or len(checked_ids) == 3:
             continue  # a row whose local path is NULL or not UTF-8 cannot be asked for
         checked_ids.append(file_id)
         rows = json.loads(cli("check", str(path), "--json", *dbarg).stdout)
@@ -468,6 +486,8 @@ def test_catalog_with_typed_columns_and_undecodable_text(tmp_path: Path) -> None
         agent.manager.close()
     for command in (["list", ARCHIVE], ["stats"], ["status"]):
         assert cli(*command, "--db", str(db)).returncode == 0
+    check_invariants(db, {ARCHIVE: tmp_path / "remote" / ARCHIVE},
+                     file_root=tmp_path / "suprsync-files")
 
 
 def test_postgresql_catalog_without_not_null_constraints(pg: Any, tmp_path: Path) -> None:
@@ -516,3 +536,5 @@ def test_postgresql_catalog_without_not_null_constraints(pg: Any, tmp_path: Path
     for command in (["list", ARCHIVE], ["next", ARCHIVE], ["stats"], ["status"]):
         assert cli(*command, "--db", url).returncode == 0
     assert os.path.exists(poison[next(iter(poison))])
+    check_invariants(url, {ARCHIVE: tmp_path / "remote" / ARCHIVE},
+                     file_root=tmp_path / "suprsync-files")
