@@ -5,7 +5,7 @@ Two passes, each with bounded memory however large the archive:
 1. *Unknown files.* The destination lists its files in bytewise order (a
    stream), the catalog streams the archive's remote paths in the same order,
    and the two sorted streams are merged: a remote file with no row is unknown.
-2. *Synced files.* The rows the catalog calls synced (and not ignored) are read
+2. *Synced files.* The rows the catalog calls synced (not ignored, not quarantined) are read
    in pages (keyset pagination on the (archive, timestamp) index, so no read
    transaction stays open during remote calls). Each page costs one remote stat,
    and with ``md5`` one remote md5sum. A copy that is missing, has another size
@@ -31,6 +31,7 @@ from typing import Any, TextIO
 from sqlalchemy import and_, func, or_, select
 
 from .catalog.conflicts import list_conflicts
+from .catalog.quarantine import HEALTHY
 from .catalog.schema import NOT_IGNORED, SYNCED, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .options import DEFAULT_BATCH, DEFAULT_LIST_LIMIT
@@ -200,7 +201,7 @@ def known_paths_sorted(manager: SupRsyncFilesManager, archive: str,
     query = (select(F.remote_path).where(F.archive_name == archive)
              .order_by(path))
     for (remote_path,) in _stream(manager, query, batch):
-        if remote_path is not None:
+        if isinstance(remote_path, str):  # not NULL, not a BLOB (quarantined rows)
             yield remote_path
 
 
@@ -226,7 +227,7 @@ def synced_pages(manager: SupRsyncFilesManager, archive: str,
     columns = (F.id, F.local_path, F.remote_path, F.local_md5sum, F.removed, F.timestamp)
     last: tuple[float, int] | None = None
     while True:
-        query = select(*columns).where(F.archive_name == archive, SYNCED, NOT_IGNORED)
+        query = select(*columns).where(F.archive_name == archive, SYNCED, NOT_IGNORED, HEALTHY)
         if last is not None:
             query = query.where(F.timestamp >= last[0],
                                 or_(F.timestamp > last[0], and_(F.timestamp == last[0],
@@ -243,7 +244,7 @@ def count_rows(manager: SupRsyncFilesManager, archive: str, synced_only: bool = 
     """Rows of the archive (or only its synced, not ignored ones)."""
     query = select(func.count()).select_from(F).where(F.archive_name == archive)
     if synced_only:
-        query = query.where(SYNCED, NOT_IGNORED)
+        query = query.where(SYNCED, NOT_IGNORED, HEALTHY)
     return int(manager.read(lambda s: s.scalar(query), what="audit count") or 0)
 
 

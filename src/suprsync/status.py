@@ -10,6 +10,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from .catalog.conflicts import conflict_count
+from .catalog.quarantine import HEALTHY, LIST_LIMIT, QUARANTINED, quarantined_rows
 from .catalog.schema import NOT_IGNORED, SYNCED, UNSYNCED, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 
@@ -21,17 +22,19 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
     """Counts, backlog and lags of one archive (see docs/monitoring.md)."""
     now = manager.clock() if now is None else now
     attempts = func.coalesce(F.failed_copy_attempts, 0)
-    waiting = UNSYNCED & NOT_IGNORED & F.removed.is_(None) & (attempts < max_copy_attempts)
-    failed = UNSYNCED & NOT_IGNORED & (attempts >= max_copy_attempts)
+    waiting = (UNSYNCED & NOT_IGNORED & F.removed.is_(None) & (attempts < max_copy_attempts)
+               & HEALTHY)
+    failed = UNSYNCED & NOT_IGNORED & (attempts >= max_copy_attempts) & HEALTHY
+    synced = SYNCED & HEALTHY
 
     def one(cond):  # type: ignore[no-untyped-def]
         return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
 
     def query(session: Session) -> dict[str, Any]:
         row = session.execute(
-            select(func.count(), one(SYNCED), one(waiting), one(failed), one(~NOT_IGNORED),
+            select(func.count(), one(synced), one(waiting), one(failed), one(~NOT_IGNORED),
                    func.min(case((waiting, F.timestamp))),
-                   func.max(case((SYNCED, F.copied))))
+                   func.max(case((synced, F.copied))), one(QUARANTINED))
             .where(F.archive_name == archive_name)).one()
         waiting_bytes = 0
         for path in session.scalars(select(F.local_path).where(
@@ -42,6 +45,9 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
                 continue
         finalized_until = manager.get_finalized_until(archive_name, session=session)
         conflicts = conflict_count(session, archive_name)
+        quarantined = int(row[7])
+        listed = (quarantined_rows(session, F.archive_name == archive_name, limit=LIST_LIMIT)
+                  if quarantined else [])
         return {
             "registered": int(row[0]),
             "synced": int(row[1]),
@@ -54,6 +60,8 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
             "finalized_until_lag": max(0.0, now - finalized_until),
             "last_copy": None if row[6] is None else float(row[6]),
             "conflicts": conflicts,
+            "quarantined": quarantined,
+            "quarantined_rows": listed,
         }
 
     return manager.read(query, what=f"status of {archive_name}")
@@ -115,4 +123,19 @@ def format_table(status: dict[str, dict[str, Any]], now: float | None = None) ->
     lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w)
                        for i, (cell, w) in enumerate(zip(r, widths, strict=True))).rstrip()
              for r in rows]
+    for name, s in status.items():
+        lines += quarantine_lines(name, s)
     return "\n".join(lines)
+
+
+def quarantine_lines(archive_name: str, summary: dict[str, Any]) -> list[str]:
+    """Human lines for the quarantined rows of an archive (none when there are none)."""
+    count = summary.get("quarantined", 0)
+    if not count:
+        return []
+    lines = [f"archive {archive_name}: {count} quarantined row(s), never copied or deleted "
+             f"until fixed:"]
+    lines += [f"  id {r['id']}: {r['reason']}" for r in summary["quarantined_rows"]]
+    if count > len(summary["quarantined_rows"]):
+        lines.append(f"  ... and {count - len(summary['quarantined_rows'])} more")
+    return lines
