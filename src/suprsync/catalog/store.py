@@ -22,6 +22,7 @@ from ..paths import check_local_file, normalize_remote_path, timecode_of
 from . import timecode as tc_rules
 from .conflicts import pin
 from .engine import CatalogBusy, configure_sqlite, make_engine, retry_busy
+from .localdirs import record_dirs
 from .quarantine import HAS_ARCHIVE, HEALTHY, TIME_OK, is_valid_text
 from .schema import (
     DELETABLE,
@@ -162,6 +163,8 @@ class SupRsyncFilesManager:
             retry_busy(self._create_schema, what="create catalog tables")
         # Timecode dirs known to have a row (so add_file need not look again).
         self._known_tcdirs: set[tuple[str, int]] = set()
+        # Local directories whose real path was recorded (see localdirs.py).
+        self._known_localdirs: set[str] = set()
         # add_file's own sqlite connection, outside the pool (see _insert_plain).
         self._plain: sqlite3.Connection | None = None
         self._sqlite_file = self.sqlite_path()
@@ -259,11 +262,22 @@ class SupRsyncFilesManager:
         row = create_file(local_path, remote_path, archive_name, local_md5sum=local_md5sum,
                           timestamp=timestamp, deletable=deletable)
         timecode = timecode_of(row.remote_path)
+        folder = os.path.dirname(row.local_path)
         if session is not None:
             session.add(row)
             self._ensure_tcdir(session, archive_name, timecode)
+            record_dirs(session, {folder: os.path.realpath(folder)})
             session.flush()
             return row
+        if folder not in self._known_localdirs:
+            real = os.path.realpath(folder)
+            self.write(lambda s: record_dirs(s, {folder: real}), what="record local dir")
+            self._known_localdirs.add(folder)
+        return self._add_row(row, archive_name, timecode)
+
+    def _add_row(self, row: SupRsyncFile, archive_name: str,
+                 timecode: int | None) -> SupRsyncFile:
+        """Insert a built row, by plain sqlite3 when its timecode dir has its row."""
         values = {c: getattr(row, c) for c in _INSERT_COLUMNS}
         path = self._sqlite_file
         if path is not None and (timecode is None
