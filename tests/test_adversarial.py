@@ -112,6 +112,7 @@ class World:
         self.log: list[str] = []
         self.files: list[str] = []
         self.top_names: set[str] = set()
+        self.secret_made: dict[str, str] = {}  # secret path -> the mutation that made it
         self.crashes: list[str] = []
 
     def close(self) -> None:
@@ -435,6 +436,14 @@ def verified_paths(w: World) -> set[str]:
 
 def mutate_rewrite_after_verify(w: World) -> None:
     done = [p for p in tree_files(w) if p in verified_paths(w)]
+    if not done and w.rng.random() < 0.5:
+        # Verified files are deleted at once: keep one, to rewrite once it is verified.
+        n = w.fresh()
+        tc = w.timecode()
+        local = w.write(f"{tc}/kept/k{n}")
+        w.register("kept_for_rewrite", local, f"{tc}/kept/k{n}", w.rng.choice(ARCHIVES),
+                   deletable=False)
+        return
     candidates = done or tree_files(w)
     if not candidates:
         return
@@ -463,6 +472,7 @@ def mutate_symlink_file(w: World) -> None:
         os.utime(target, (old, old))
     path.unlink()
     path.symlink_to(target)
+    w.secret_made[str(target)] = "symlink_to_secret_file"
     w.covered["symlink_to_secret_file"] += 1
     w.log.append(f"mutation: {str(path)!r} -> symlink to {str(target)!r}")
 
@@ -486,6 +496,7 @@ def mutate_symlink_component(w: World) -> None:
                 os.utime(twin / name, (old, old))
     folder.rename(folder.with_name(folder.name + ".moved-away"))
     folder.symlink_to(secret_dir)
+    w.secret_made[str(secret_dir) + "/"] = "symlink_path_component"
     w.covered["symlink_path_component"] += 1
     w.log.append(f"mutation: dir {str(folder)!r} -> symlink to {str(secret_dir)!r}")
 
@@ -620,7 +631,8 @@ def classify(w: World, message: str, round_seed: int, step: int) -> list[Failure
             continue
         kind = next((k for frag, k in KINDS if frag in line), "other")
         ids = [int(i) for i in re.findall(r"file id (\d+)", line)]
-        shapes = tuple(sorted({w.shape_of.get(i, "agent-written row") for i in ids}))
+        shapes = tuple(sorted({w.shape_of.get(i, "agent-written row") for i in ids}
+                              | {m for p, m in w.secret_made.items() if p in line}))
         failures.append(Failure(kind, shapes or ("-",), round_seed, step, line,
                                 w.describe(ids)))
     return failures

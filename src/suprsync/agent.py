@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .catalog import timecode as tc_rules
 from .catalog.anomalies import DirWatch
+from .catalog.conflicts import conflict_count
 from .catalog.engine import CatalogBusy
 from .catalog.store import SupRsyncFilesManager
 from .clockcheck import ClockCheck
@@ -31,6 +32,7 @@ from .copying import (
 )
 from .deletion import delete_due
 from .handler import SupRsyncFileHandler
+from .quarantine_log import QuarantineLog
 from .session import SessionData
 from .transport import SshOptions, TransferOptions, TransportError, make_transport
 
@@ -123,6 +125,8 @@ class Agent:
                                                              lease=config.claim_timeout),
                                            agent_id=default_agent_id(config.instance_id))
         self.session = SessionData(clock(), on_change=on_session_change)
+        self.quarantine = QuarantineLog(self.manager, config.archive_name,
+                                        prefix=f"[{config.instance_id}] ")
         self.publish = publish or (lambda feed, message: None)
         self.stop_event = threading.Event()
         self.running = False
@@ -133,6 +137,8 @@ class Agent:
         self._failures = 0
         #: Called with the report of every copy step (metrics use this).
         self.observers: list[Callable[[CopyReport], None]] = []
+        #: Recorded conflicts of the archive, as of the last stats step.
+        self.conflicts = 0
 
     # ----------------------------------------------------------- the loop
 
@@ -241,13 +247,15 @@ class Agent:
             if self.stop_event.is_set():
                 return ok
             self._stats_step()
+            self.quarantine.check()
             # After a failed copy step the destination is in doubt: delete nothing now.
             if self.config.delete_local_after is not None and ok:
                 self.session.set("activity", "deleting")
                 deleted = delete_due(self.manager, self.config.archive_name,
                                      self.config.delete_local_after,
                                      transport=self.handler.transport,
-                                     verify_md5=self.config.verify_before_delete)
+                                     verify_md5=self.config.verify_before_delete,
+                                     notes=self.handler.delete_notes)
                 if deleted.error is not None and not self.stop_event.is_set():
                     self.session.count("errors_timeout" if deleted.timed_out
                                        else "errors_nonzero")
@@ -315,6 +323,8 @@ class Agent:
         cfg = self.config
         now = self.clock()
         stats = self.manager.get_archive_stats(cfg.archive_name)
+        self.conflicts = self.manager.read(lambda s: conflict_count(s, cfg.archive_name),
+                                           what="count conflicts")
         self.session.set_archive_stats(cfg.archive_name, stats)
         self.publish("archive_stats", {"block_name": cfg.archive_name, "timestamp": now,
                                        "data": stats})

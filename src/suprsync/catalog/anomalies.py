@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .lateness import LateFile, find_late_files
+from .quarantine import TIME_OK
 from .schema import SupRsyncFile, TimecodeDir
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,10 @@ def future_dirs(session: Session, archive_name: str, now: float) -> list[int]:
 
 
 def newest_timestamp(session: Session, archive_name: str) -> float | None:
-    """The highest row timestamp of the archive (an index lookup)."""
-    value = session.scalar(select(func.max(F.timestamp)).where(F.archive_name == archive_name))
+    """The highest row timestamp of the archive; rows whose timestamp is no time are
+    quarantined and left out."""
+    value = session.scalar(select(func.max(F.timestamp)).where(
+        F.archive_name == archive_name, TIME_OK))
     try:
         return None if value is None else float(value)
     except (TypeError, ValueError):

@@ -16,6 +16,7 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from ..paths import timecode_of
+from .quarantine import printable
 from .schema import NOT_IGNORED, Supplement, SupRsyncFile, TimecodeDir
 
 F = SupRsyncFile
@@ -107,7 +108,8 @@ def find_late_files(session: Session, archive_name: str, after_id: int = 0,
         for file_id, remote, local in session.execute(
                 select(F.id, F.remote_path, F.local_path).where(F.id.in_(chunk))
                 .order_by(F.id)):
-            late.append(LateFile(found[file_id], int(file_id), str(remote), str(local)))
+            late.append(LateFile(found[file_id], int(file_id), str(printable(remote)),
+                                 str(printable(local))))
     return late
 
 

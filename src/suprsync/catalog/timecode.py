@@ -25,6 +25,7 @@ from ..hashing import md5_file
 from ..paths import subdir_of, timecode_of
 from .anomalies import DirWatch, future_dirs, future_limit, newest_timestamp, timecode_at
 from .lateness import RESCAN_IDS, SUPRSYNC_SUBDIR, dir_bound, find_late_files, own_file
+from .quarantine import HEALTHY, QUARANTINED, printable
 from .schema import NOT_IGNORED, SYNCED, UNSYNCED, Supplement, SupRsyncFile, TimecodeDir
 
 if TYPE_CHECKING:
@@ -101,7 +102,9 @@ def scan_timecodes(
         F.id > after_id, F.id <= up_to_id, F.archive_name.concat("") == archive_name).distinct()
     if min_ctime is not None:
         query = query.where(F.timestamp > min_ctime)
-    found = {tc for prefix in session.scalars(query) if (tc := timecode_of(prefix)) is not None}
+    # A prefix that is not text (NULL, a BLOB) belongs to a quarantined row: no dir.
+    found = {tc for prefix in session.scalars(query)
+             if isinstance(prefix, str) and (tc := timecode_of(prefix)) is not None}
     if not found:
         return 0, up_to_id
     lock_dir_rows(session, archive_name)
@@ -138,10 +141,14 @@ def mark_completed(session: Session, archive_name: str, now: float, by_age: bool
 
 
 def unsynced_count(session: Session, archive_name: str, timecode: int) -> int:
-    """Non-ignored files of this archive's dir that are not verified on the remote."""
+    """Non-ignored files of this archive's dir that are not verified on the remote.
+
+    A quarantined row is never counted as verified: it holds its dir back.
+    """
     return int(session.scalar(
         select(func.count()).select_from(F)
-        .where(F.archive_name == archive_name, in_dir(timecode), UNSYNCED, NOT_IGNORED)) or 0)
+        .where(F.archive_name == archive_name, in_dir(timecode), or_(UNSYNCED, QUARANTINED),
+               NOT_IGNORED)) or 0)
 
 
 def mark_synced(session: Session, archive_name: str) -> list[int]:
@@ -179,19 +186,21 @@ def dir_content(session: Session, archive_name: str, timecode: int,
     """Read every row of this archive's dir; count the rows with an id above ``above``."""
     content = DirContent()
     # Verified and ignored are decided in SQL, as everywhere else: rows written by
-    # other programs may hold NULLs or text in these columns.
+    # other programs may hold NULLs or text in these columns. A quarantined row is
+    # never verified.
     rows = session.execute(
-        select(F.id, F.remote_path, case((SYNCED, 1), else_=0),
+        select(F.id, F.remote_path, case((SYNCED & HEALTHY, 1), else_=0),
                case((NOT_IGNORED, 0), else_=1))
         .where(F.archive_name == archive_name, in_dir(timecode)))
-    for file_id, path, synced, ignored in rows:
+    for file_id, raw_path, synced, ignored in rows:
+        path = printable(raw_path) if isinstance(raw_path, str | bytes) else ""
         if synced:
             content.num_files += 1
-            if (sub := subdir_of(str(path))) is not None:
+            if (sub := subdir_of(path)) is not None:
                 content.subdirs.add(sub)
         elif not ignored:
             content.unsynced += 1
-        if own_file(str(path), timecode) or int(file_id) <= above:
+        if own_file(path, timecode) or int(file_id) <= above:
             continue
         content.rows += 1
         content.max_id = max(content.max_id, int(file_id))
