@@ -149,6 +149,7 @@ class SupRsyncAgent:
         report = self._call(lambda m: maintenance.recheck(m, params["paths"],
                                                           self.config.archive_name))
         session.data = {"queued": report.queued, "changed": report.changed,
+                        "conflicts": report.conflicts,
                         "not_found": report.not_found, "gone": report.gone,
                         "timestamp": time.time()}
         return True, f"Queued {len(report.queued)} file(s) for re-verification"
