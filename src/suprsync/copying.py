@@ -19,6 +19,7 @@ from .hashing import md5_file
 from .paths import check_local_file, normalize_remote_path
 from .procs import ProcResult
 from .transport.base import PARTIAL_EXIT_CODES, Transport, TransportError
+from .transport.rsync_errors import destination_failure
 from .transport.ssh import CONTROL_PREFIX
 
 log = logging.getLogger(__name__)
@@ -326,21 +327,29 @@ def _run_pipeline(manager: SupRsyncFilesManager, transport: Transport,
 
 def _transfer_ok(result: ProcResult, count: int, transport: Transport, report: CopyReport,
                  lock: threading.Lock) -> bool:
-    """Judge one rsync call; a whole-transfer failure is recorded in the report."""
+    """Judge one rsync call; a whole-transfer failure is recorded in the report.
+
+    A failure of the destination (see destination_failure) fails the whole chunk,
+    whatever the exit status, and is logged once per copy step.
+    """
     if result.timed_out:
         with lock:
             report.error, report.timed_out, report.failed = "timed out", True, True
         log.error("rsync of %d files to %s timed out after %.1f s; retrying next iteration",
                   count, transport.describe(), result.duration)
         return False
-    if result.returncode not in (0, *PARTIAL_EXIT_CODES):
+    blamed = destination_failure(result.stderr) if result.returncode != 0 else None
+    if result.returncode not in (0, *PARTIAL_EXIT_CODES) or blamed is not None:
+        # The destination failed, not a file: no file is charged, nothing is verified.
         with lock:
+            first = not report.failed
             report.error, report.failed = "nonzero exit", True
         if transport.children.aborted:
             log.info("rsync of %d files to %s stopped by request", count, transport.describe())
-        else:
-            log.error("rsync of %d files to %s failed with exit %s: %s", count,
-                      transport.describe(), result.returncode, result.stderr_tail())
+        elif first:
+            log.error("rsync to %s failed (exit %s): %s; no file is charged, retrying next "
+                      "iteration", transport.describe(), result.returncode,
+                      blamed or result.stderr_tail())
         return False
     if result.returncode != 0:
         log.warning("rsync to %s could not send some files (exit %s): %s",
