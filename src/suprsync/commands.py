@@ -20,6 +20,7 @@ from .catalog.engine import CatalogBusy
 from .catalog.schema import SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .catalog.timecode import dir_states
+from .catalog.watch import CatalogLost
 from .options import ConfigError, check_environment, config_from_args
 from .registration import add_local_files
 
@@ -87,6 +88,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         ok = agent.run(once=ns.once)
+    except CatalogLost as exc:
+        raise CliError(str(exc)) from None
     finally:
         if metrics is not None:
             metrics.close()

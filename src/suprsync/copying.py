@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .blame import blames_the_place, describe
 from .catalog.schema import SupRsyncFile
 from .catalog.store import CopyResult, SupRsyncFilesManager
 from .hashing import md5_file
@@ -103,12 +104,7 @@ def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManage
             source = _source_root(row.local_path, rel)
             if source is None:
                 source = staging
-                link = os.path.join(staging, rel)
-                folder = os.path.dirname(link)
-                if folder not in made:
-                    os.makedirs(folder, exist_ok=True)
-                    made.add(folder)
-                os.symlink(row.local_path, link)
+                _link(row.local_path, staging, rel, made)
         except OSError as exc:
             log.error("cannot copy %s (file id %s): %s", row.local_path, row.id, exc)
             unreadable.append(row.id)
@@ -118,6 +114,25 @@ def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManage
     manager.mark_unsendable(bad_path, max_copy_attempts if max_copy_attempts else 1 << 30)
     manager.count_failed_attempt(unreadable)
     return staged
+
+
+class StagingFailed(RuntimeError):
+    """The staging dir took no link (full, read-only): no file's fault."""
+
+
+def _link(local_path: str, staging: str, rel: str, made: set[str]) -> None:
+    """Link local_path into the staging tree as rel; StagingFailed if the tree refuses."""
+    link = os.path.join(staging, rel)
+    folder = os.path.dirname(link)
+    try:
+        if folder not in made:
+            os.makedirs(folder, exist_ok=True)
+            made.add(folder)
+        os.symlink(local_path, link)
+    except OSError as exc:
+        if blames_the_place(exc.errno):
+            raise StagingFailed(f"cannot stage files in {staging}: {describe(exc)}") from exc
+        raise
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from ocs import ocs_agent, site_config
 from .agent import Agent, AgentConfig
 from .catalog import maintenance
 from .catalog.store import SupRsyncFilesManager
+from .catalog.watch import CatalogLost
 from .options import ConfigError, add_run_arguments, check_environment, config_from_args
 from .session import SessionData
 
@@ -90,6 +91,9 @@ class SupRsyncAgent:
         self.core = core
         try:
             core.run()
+        except CatalogLost as exc:
+            session.degraded = True
+            return False, str(exc)
         finally:
             self.core = None
         return True, "Stopped run process"

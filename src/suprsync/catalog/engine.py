@@ -63,10 +63,15 @@ def make_engine(
 
 
 def configure_sqlite(conn: sqlite3.Connection) -> None:
-    """A busy timeout on this connection, and WAL mode for the file."""
+    """A busy timeout on this connection, WAL mode for the file, and no memory-mapped reads.
+
+    With the catalog file mapped, a file truncated under the agent would kill it
+    with SIGBUS; read with read(2), a damaged file is an error the agent reports.
+    """
     cur = conn.cursor()
     try:
         cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        cur.execute("PRAGMA mmap_size = 0")
         mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
         if str(mode).lower() != "wal":
             cur.execute("PRAGMA journal_mode=WAL")

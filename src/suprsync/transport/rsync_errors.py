@@ -9,22 +9,9 @@ apart: ``rsync: [role] <operation> "<path>" failed: <strerror> (<errno>)``.
 
 from __future__ import annotations
 
-import errno
 import re
 
-#: Errors that no file name can cause: the destination as a whole refuses writes.
-DESTINATION_ERRNOS = frozenset({
-    errno.EROFS,
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.EIO,
-    errno.ESTALE,
-    errno.ENOTCONN,
-    errno.ENODEV,
-})
-
-#: Errors that mean a directory may not be written (when creating something in it).
-PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+from ..blame import blames_the_place
 
 #: Receiver operations that create or fill a file or a directory.
 CREATING = ("mkdir", "mkstemp", "rename", "open", "write failed", "make_bak_dir",
@@ -59,9 +46,7 @@ def destination_failure(stderr: bytes | str) -> str | None:
 def _blames_destination(role: str, what: str, code: int) -> bool:
     if role == "sender" or any(what.startswith(op) for op in SENDING):
         return False
-    if code in DESTINATION_ERRNOS:
-        return True
-    # Not an attribute that could not be set ("failed to set times on ..."): those
-    # files were written.
+    # A permission error on an attribute ("failed to set times on ...") is not one
+    # on creating: those files were written.
     operation = what.removeprefix("recv_generator: ")
-    return code in PERMISSION_ERRNOS and operation.startswith(CREATING)
+    return blames_the_place(code, creating=operation.startswith(CREATING))
