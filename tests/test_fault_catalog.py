@@ -29,6 +29,7 @@ from helpers import (
     wait_until,
     write_file,
 )
+from invariants import check_invariants
 
 from suprsync import SupRsyncFilesManager
 from suprsync.agent import Agent, AgentConfig
@@ -157,6 +158,7 @@ def test_catalog_replaced_by_another_is_reopened_in_the_same_iteration(
     assert True in recorder.degraded and recorder.degraded[-1] is False
     logged = errors(caplog)
     assert len(logged) == 1 and "was replaced by another catalog" in logged[0], logged
+    check_invariants(db, {ARCHIVE: tmp_path / "remote"}, file_root=tmp_path / "srfroot")
 
 
 def test_full_catalog_disk_fails_the_iteration_then_recovers(
@@ -185,6 +187,7 @@ def test_full_catalog_disk_fails_the_iteration_then_recovers(
     assert agent.iterate() is True
     assert agent.session.degraded is False
     assert synced(db, first, clock)
+    check_invariants(db, {ARCHIVE: tmp_path / "remote"}, file_root=tmp_path / "srfroot")
 
 
 def test_immutable_catalog_is_reported_each_iteration_then_recovers(
@@ -209,6 +212,7 @@ def test_immutable_catalog_is_reported_each_iteration_then_recovers(
     assert agent.iterate() is True
     assert agent.session.degraded is False
     assert synced(db, later, clock)
+    check_invariants(db, {ARCHIVE: tmp_path / "remote"}, file_root=tmp_path / "srfroot")
 
 
 # ------------------------------------------------------------- a real run process

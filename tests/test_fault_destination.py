@@ -32,6 +32,7 @@ from helpers import (
     umount,
     write_file,
 )
+from invariants import check_invariants
 
 from suprsync import SupRsyncFilesManager
 from suprsync.agent import Agent
@@ -104,6 +105,8 @@ def flows(agent: Agent, manager: SupRsyncFilesManager, files: dict[int, bytes],
     for file_id, data in files.items():
         assert is_synced(manager, file_id)
         assert (base / get_row(manager, file_id).remote_path).read_bytes() == data
+    check_invariants(manager.db_path, {ARCHIVE: base},
+                     file_root=agent.config.suprsync_file_root)
 
 
 def _ssh(via: str, request: pytest.FixtureRequest) -> dict:

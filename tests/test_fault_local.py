@@ -33,6 +33,7 @@ from helpers import (
     wait_until,
     write_file,
 )
+from invariants import check_invariants
 from sqlalchemy import select
 
 from suprsync import SupRsyncFilesManager
@@ -102,6 +103,7 @@ def test_read_only_file_root_fails_the_iteration_then_finalizes(
     assert iterate_within(agent, 60) is True
     assert finalized(manager, 16750)
     assert list(tmpfs.rglob("*_finalized.yaml"))
+    check_invariants(manager.db_path, {ARCHIVE: tmp_path / "remote"}, file_root=tmpfs)
 
 
 @pytest.mark.parametrize(("inodes", "reason"), [
@@ -130,6 +132,8 @@ def test_full_staging_dir_charges_no_file_and_recovers(
     remount(tmpfs, "nr_inodes=1000")
     assert iterate_within(agent, 60) is True
     assert all(is_synced(manager, i) for i in ids)
+    check_invariants(manager.db_path, {ARCHIVE: tmp_path / "remote"},
+                     file_root=tmp_path / "srfroot")
 
 
 def test_run_process_with_a_full_tmpdir_keeps_running_and_recovers(
@@ -163,3 +167,5 @@ def test_run_process_with_a_full_tmpdir_keeps_running_and_recovers(
     assert "Traceback" not in text
     assert "cannot stage files in" in text and "No space left on device" in text
     assert get_row(manager, ids[0]).failed_copy_attempts in (0, None)
+    check_invariants(manager.db_path, {ARCHIVE: tmp_path / "remote"},
+                     file_root=tmp_path / "srfroot")
