@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 
 from .blame import describe
+from .catalog.conflicts import conflict_count
 from .catalog.engine import CatalogBusy
 from .catalog.store import SupRsyncFilesManager
 from .catalog.watch import Action, CatalogLost, CatalogWatch
@@ -31,6 +32,7 @@ from .copying import (
 )
 from .deletion import delete_due
 from .handler import SupRsyncFileHandler
+from .quarantine_log import QuarantineLog
 from .session import SessionData
 from .transport import SshOptions, TransferOptions, TransportError, make_transport
 
@@ -118,6 +120,8 @@ class Agent:
                                                              lease=config.claim_timeout),
                                            agent_id=default_agent_id(config.instance_id))
         self.session = SessionData(clock(), on_change=on_session_change)
+        self.quarantine = QuarantineLog(self.manager, config.archive_name,
+                                        prefix=f"[{config.instance_id}] ")
         self.publish = publish or (lambda feed, message: None)
         self.stop_event = threading.Event()
         self.running = False
@@ -128,6 +132,8 @@ class Agent:
         self._failures = 0
         #: Called with the report of every copy step (metrics use this).
         self.observers: list[Callable[[CopyReport], None]] = []
+        #: Recorded conflicts of the archive, as of the last stats step.
+        self.conflicts = 0
 
     def _open_manager(self) -> SupRsyncFilesManager:
         cfg = self.config
@@ -247,13 +253,15 @@ class Agent:
             if self.stop_event.is_set():
                 return ok
             self._stats_step()
+            self.quarantine.check()
             # After a failed copy step the destination is in doubt: delete nothing now.
             if self.config.delete_local_after is not None and ok:
                 self.session.set("activity", "deleting")
                 deleted = delete_due(self.manager, self.config.archive_name,
                                      self.config.delete_local_after,
                                      transport=self.handler.transport,
-                                     verify_md5=self.config.verify_before_delete)
+                                     verify_md5=self.config.verify_before_delete,
+                                     notes=self.handler.delete_notes)
                 if deleted.error is not None and not self.stop_event.is_set():
                     self.session.count("errors_timeout" if deleted.timed_out
                                        else "errors_nonzero")
@@ -362,6 +370,8 @@ class Agent:
         cfg = self.config
         now = self.clock()
         stats = self.manager.get_archive_stats(cfg.archive_name)
+        self.conflicts = self.manager.read(lambda s: conflict_count(s, cfg.archive_name),
+                                           what="count conflicts")
         self.session.set_archive_stats(cfg.archive_name, stats)
         self.publish("archive_stats", {"block_name": cfg.archive_name, "timestamp": now,
                                        "data": stats})

@@ -12,6 +12,7 @@ from typing import TypeVar
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 
+from .quarantine import register_sqlite_functions
 from .settings import BUSY_TIMEOUT
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,14 @@ def make_engine(
 
 
 def configure_sqlite(conn: sqlite3.Connection) -> None:
-    """A busy timeout on this connection, WAL mode for the file, and no memory-mapped reads.
+    """A busy timeout on this connection, WAL mode, the quarantine check, no memory map.
 
-    With the catalog file mapped, a file truncated under the agent would kill it
-    with SIGBUS; read with read(2), a damaged file is an error the agent reports.
+    Text that is not valid UTF-8 is read with surrogate escapes instead of failing
+    the query (see catalog.quarantine). With the catalog file mapped, a file
+    truncated under the agent would kill it with SIGBUS; read with read(2), a
+    damaged file is an error the agent reports.
     """
+    register_sqlite_functions(conn)
     cur = conn.cursor()
     try:
         cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
