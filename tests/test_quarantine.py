@@ -34,6 +34,7 @@ from suprsync.catalog.quarantine import (
     why_quarantined,
 )
 from suprsync.catalog.timecode import dir_states
+from suprsync.quarantine_log import QuarantineLog
 
 GOOD_MD5 = md5(b"x")
 GOOD = {"local_path": "/data/f.g3", "local_md5sum": GOOD_MD5, "archive_name": ARCHIVE,
@@ -538,3 +539,45 @@ def test_postgresql_catalog_without_not_null_constraints(pg: Any, tmp_path: Path
     assert os.path.exists(poison[next(iter(poison))])
     check_invariants(url, {ARCHIVE: tmp_path / "remote" / ARCHIVE},
                      file_root=tmp_path / "suprsync-files")
+
+
+# ------------------------------------------------------------------ the log
+
+
+def test_log_finds_rows_spoiled_later_and_reports_each_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """New rows at once, older ones by a sweep in chunks that starts over; one line each,
+    a changed reason is a new line, and past max_lines only a count."""
+    db = tmp_path / "catalog.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute(UNTYPED)
+        for n in range(30):
+            insert(conn, {**GOOD, "remote_path": f"17000/f{n}.g3", "timestamp": T0 + n})
+    manager = SupRsyncFilesManager(str(db))
+    watch = QuarantineLog(manager, ARCHIVE, chunk=5, max_lines=3)
+    try:
+        with caplog.at_level(logging.WARNING):
+            assert watch.check() == []
+            with sqlite3.connect(db) as conn:
+                conn.execute("UPDATE supersync_v0 SET timestamp = 'abc' WHERE id = 3")
+                new_id = insert(conn, {**GOOD, "local_path": None})
+            assert [r["id"] for r in watch.check()] == [new_id]  # a new row: found at once
+            found = []
+            for _ in range(8):  # the sweep reaches id 3 within 30 / 5 checks
+                found += [r["id"] for r in watch.check()]
+            assert found == [3]
+            assert len([ln for ln in caplog.text.splitlines() if "file id 3 " in ln]) == 1
+            with sqlite3.connect(db) as conn:
+                conn.execute("UPDATE supersync_v0 SET timestamp = -1 WHERE id = 3")
+                for _ in range(3):
+                    insert(conn, {**GOOD, "local_md5sum": "bad"})
+            reported = [r for _ in range(10) for r in watch.check()]
+        assert sorted(r["id"] for r in reported) == [3, new_id + 1, new_id + 2, new_id + 3]
+        assert "timestamp is not a time" in watch.reported[3]
+        lines = [ln for ln in caplog.text.splitlines() if "quarantined" in ln]
+        # max_lines rows one by one (31, 3, 32), then counts: 33 and 34 together, then 3.
+        assert len(lines) == 3 + 2, lines
+        assert "2 more row(s) of archive 'timestreams' are quarantined" in lines[3]
+        assert "1 more row(s) of archive 'timestreams' are quarantined" in lines[4]
+    finally:
+        manager.close()
