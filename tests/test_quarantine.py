@@ -417,7 +417,7 @@ def test_cli_commands_work_on_a_poisoned_catalog(tmp_path: Path) -> None:
 
     checked_ids = []
     for file_id, path in poison_files.items():
-        if raw_row(db, file_id)[1] != os.fsencode(path) or len(checked_ids) == 3:
+        if raw_row(db, file_id)[1] != os.fsencode(path) or checked_ids:
             continue  # a row whose local path is NULL or not UTF-8 cannot be asked for
         checked_ids.append(file_id)
         rows = json.loads(cli("check", str(path), "--json", *dbarg).stdout)
@@ -426,7 +426,7 @@ def test_cli_commands_work_on_a_poisoned_catalog(tmp_path: Path) -> None:
         human = cli("check", str(path), *dbarg)
         assert human.returncode == 0, human.stderr
         assert f"quarantined: {in_archive[file_id]}" in human.stdout
-    assert len(checked_ids) == 3
+    assert len(checked_ids) == 1
 
     for command in ("stats", "status"):
         human = cli(command, *dbarg)
@@ -455,12 +455,10 @@ def test_cli_commands_work_on_a_poisoned_catalog(tmp_path: Path) -> None:
               str(tmp_path / "srf"))
     assert ran.returncode == 0, ran.stderr
     audit = cli("audit", ARCHIVE, "--remote-basedir", str(tmp_path / "remote"), "--md5",
-                *dbarg)
+                "--json", *dbarg)
     assert audit.returncode == 0, audit.stdout + audit.stderr
-    assert "OK" in audit.stdout
-    audit_json = cli("audit", ARCHIVE, "--remote-basedir", str(tmp_path / "remote"), "--json",
-                     *dbarg)
-    assert audit_json.returncode == 0 and json.loads(audit_json.stdout)["ok"] is True
+    report = json.loads(audit.stdout)
+    assert report["ok"] is True and report["synced_checked"] == len(good)
 
 
 def test_catalog_with_typed_columns_and_undecodable_text(tmp_path: Path) -> None:
