@@ -31,6 +31,8 @@ from sqlalchemy import text
 
 from suprsync import SupRsyncFilesManager
 from suprsync.catalog import maintenance
+from suprsync.catalog.conflicts import list_conflicts, pinned_ids
+from suprsync.catalog.pathkeys import partners, scan_path_keys
 from suprsync.catalog.store import CopyResult
 from suprsync.catalog.timecode import dir_states, timecode_at
 
@@ -468,7 +470,8 @@ def test_set_ignore_and_unignore(manager: SupRsyncFilesManager, add: AddFn) -> N
 def test_recheck_rehashes_and_requeues(
     manager: SupRsyncFilesManager, tmp_path: Path
 ) -> None:
-    """recheck stores the new md5, forgets the verification and the attempts; reports the rest."""
+    """recheck forgets the verification and the attempts of an unchanged file (its md5
+    pinned), makes a verified file that changed a conflict, and reports the rest."""
     same = make_file(tmp_path, "same.g3", b"same")
     changed = make_file(tmp_path, "changed.g3", b"before")
     gone = make_file(tmp_path, "gone.g3", b"gone")
@@ -482,16 +485,18 @@ def test_recheck_rehashes_and_requeues(
 
     report = maintenance.recheck(manager, [str(same), str(changed), str(gone),
                                            str(tmp_path / "unknown.g3")])
-    assert sorted(report.queued) == sorted([str(same), str(changed)])
-    assert report.changed == [str(changed)]
+    assert report.queued == [str(same)]
+    assert report.conflicts == [str(changed)]
     assert report.gone == [str(gone)]
     assert report.not_found == [str(tmp_path / "unknown.g3")]
     rows = {r[0]: r[1:] for r in sql(manager, "SELECT id, local_md5sum, remote_md5sum, "
                                               "failed_copy_attempts FROM supersync_v0")}
     assert rows[ids_["same.g3"]] == (md5(b"same"), None, 0)
-    assert rows[ids_["changed.g3"]] == (md5(b"after"), None, 0)
+    assert rows[ids_["changed.g3"]] == (md5(b"before"), md5(b"before"), 2)
     assert rows[ids_["gone.g3"]] == (md5(b"gone"), md5(b"gone"), 2)
-    assert ids(manager.get_copyable_files(ARCHIVE)) == [ids_["same.g3"], ids_["changed.g3"]]
+    assert ids(manager.get_copyable_files(ARCHIVE)) == [ids_["same.g3"]]
+    assert manager.read(lambda s: pinned_ids(s, list(ids_.values()))) == {ids_["same.g3"]}
+    assert [c["id"] for c in manager.read(lambda s: list_conflicts(s))] == [ids_["changed.g3"]]
 
 
 # -------------------------------------------------------------------- claims
@@ -664,3 +669,29 @@ def test_cli_run_once_copies_verifies_and_stats_reports_it(
     assert out[ARCHIVE]["timecode_dirs"]["finalized"] == [16750]
     assert out[ARCHIVE]["last_file_copied"].endswith(".g3")
     assert len(list(remote_dir.glob("*/suprsync/*/*_16750_finalized.yaml"))) == 0
+
+
+# -------------------------------------------------------------------- collisions
+
+
+def test_partners_find_same_parent_and_child_paths_in_any_spelling(
+    manager: SupRsyncFilesManager, tmp_path: Path
+) -> None:
+    """The collision lookup finds every row meeting a path, on both backends, and no other:
+    names that sort between ``P/`` and ``P0`` bytewise but do not lie below ``P`` stay out."""
+    local = make_file(tmp_path, "x.g3", b"x")
+    rows = {remote: insert_plain(manager, local, remote, ARCHIVE, 1.0)
+            for remote in ("16750/p", "16750//p/child", "16750/p/./deep/er", "16750/p.x",
+                           "16750/p-", "16750/p0", "16750/q/p", "16750")}
+    other = insert_plain(manager, local, "16750/p", OTHER, 1.0)
+    manager.write(scan_path_keys)
+
+    def found(key: str) -> set[str]:
+        hits = manager.read(lambda s: partners(s, ARCHIVE, [key]))
+        by_id = {v: k for k, v in rows.items()}
+        assert other not in {p.id for p in hits}, "another archive's row"
+        return {by_id[p.id] for p in hits}
+
+    assert found("16750/p") == {"16750/p", "16750//p/child", "16750/p/./deep/er", "16750"}
+    assert found("16750/p/child") == {"16750/p", "16750//p/child", "16750"}
+    assert found("16750/q") == {"16750/q/p", "16750"}

@@ -30,6 +30,7 @@ from typing import Any, TextIO
 
 from sqlalchemy import and_, func, or_, select
 
+from .catalog.conflicts import list_conflicts
 from .catalog.quarantine import HEALTHY
 from .catalog.schema import NOT_IGNORED, SYNCED, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
@@ -44,15 +45,16 @@ SHOW = 10
 
 #: Problems with a catalogued file, then files the catalog does not know.
 FILE_PROBLEMS = ("lost_on_remote", "missing", "size_mismatch", "md5_mismatch", "invalid_path")
-CATEGORIES = (*FILE_PROBLEMS, "unknown", "temporary")
+CATEGORIES = (*FILE_PROBLEMS, "conflict", "unknown", "temporary")
 #: Categories that make the exit status 1 (temporary files are expected while an agent copies).
-FAILING = (*FILE_PROBLEMS, "unknown")
+FAILING = (*FILE_PROBLEMS, "conflict", "unknown")
 TITLES = {
     "lost_on_remote": "LOST-ON-REMOTE",
     "missing": "missing on remote",
     "size_mismatch": "size differs",
     "md5_mismatch": "md5 differs",
     "invalid_path": "invalid remote path",
+    "conflict": "conflict",
     "unknown": "unknown on remote",
     "temporary": "temporary (rsync)",
 }
@@ -403,6 +405,11 @@ def audit_archive(manager: SupRsyncFilesManager, transport: Transport, archive: 
     progress = progress or Progress()
     report = AuditReport(archive, transport.describe(), md5, requeue, list_limit)
     report.catalog_rows = count_rows(manager, archive)
+    for conflict in manager.read(lambda s: list_conflicts(s, archive), what="conflicts"):
+        report.categories["conflict"].add(
+            {"id": conflict["id"], "remote_path": conflict["remote_path"],
+             "local_path": conflict["local_path"], "other_id": conflict["other_id"],
+             "detail": conflict["detail"]})
     _list_remote(transport, manager, report, batch, progress)
     total = count_rows(manager, archive, synced_only=True) if progress.out else 0
     for rows in synced_pages(manager, archive, batch):

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from .catalog import maintenance
+from .catalog.conflicts import list_conflicts
 from .catalog.engine import CatalogBusy
 from .catalog.quarantine import (
     homeless_rows,
@@ -32,6 +33,9 @@ from .registration import add_local_files
 from .status import quarantine_lines
 
 log = logging.getLogger("suprsync")
+
+#: Conflicts listed per archive by ``stats``.
+STATS_LIST_LIMIT = 100
 
 
 class CliError(Exception):
@@ -218,6 +222,8 @@ def cmd_stats(ns: argparse.Namespace) -> int:
     for archive in archives:
         stats = manager.get_archive_stats(archive)
         stats["timecode_dirs"] = manager.read(lambda s, a=archive: dir_states(s, a))
+        stats["conflicts"] = manager.read(
+            lambda s, a=archive: list_conflicts(s, a, limit=STATS_LIST_LIMIT))
         stats.update(manager.read(lambda s, a=archive: quarantine_summary(s, a),
                                   what="quarantined rows"))
         out[archive] = stats
@@ -233,6 +239,9 @@ def cmd_stats(ns: argparse.Namespace) -> int:
         fu = stats["finalized_until"]
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(fu))
         print(f"  {'finalized_until':<18} {fu:.0f} ({when})")
+        for c in stats["conflicts"]:
+            print(f"  conflict: file id {c['id']} {c['local_path']} -> {c['remote_path']}: "
+                  f"{c['detail']}")
         dirs = stats["timecode_dirs"]
         print("  timecode dirs:")
         for state in ("open", "completed_unsynced", "synced", "finalized"):
@@ -286,12 +295,37 @@ def cmd_recheck(ns: argparse.Namespace) -> int:
     report = maintenance.recheck(manager, ns.paths, ns.archive)
     for path in report.changed:
         print(f"changed since registration: {path}")
+    for path in report.conflicts:
+        print(f"conflict: changed after its copy was verified, not re-sent: {path}")
     for path in report.gone:
         print(f"local copy gone, cannot re-send: {path}")
     for path in report.not_found:
         print(f"not in the catalog: {path}")
     print(f"queued {len(report.queued)} file(s) to be copied and verified again")
     return 0 if not report.not_found else 1
+
+
+def cmd_resolve(ns: argparse.Namespace) -> int:
+    from .catalog.resolve import resolve
+
+    manager = open_catalog(ns.db, write=True)
+    report = resolve(manager, ns.paths, ns.action, ns.archive)
+    if ns.json:
+        print(json.dumps({"resolved": [{"local_path": p, "kind": k} for p, k in report.resolved],
+                          "superseded": [{"id": i, "remote_path": r}
+                                         for i, r in report.superseded],
+                          "failed": [{"local_path": p, "reason": r} for p, r in report.failed],
+                          "not_found": report.not_found}, indent=2))
+    else:
+        for path, kind in report.resolved:
+            print(f"resolved ({kind}, {ns.action}): {path}")
+        for file_id, remote in report.superseded:
+            print(f"superseded: file id {file_id} at {remote}")
+        for path, reason in report.failed:
+            print(f"not resolved: {path}: {reason}")
+        for path in report.not_found:
+            print(f"no conflict recorded for {path}")
+    return 0 if not report.failed and not report.not_found else 1
 
 
 def cmd_rebuild_timecode_dirs(ns: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from .catalog.conflicts import conflict_count
 from .catalog.quarantine import (
     COPIED_IS_TIME,
     HEALTHY,
@@ -53,6 +54,7 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
         last_copy = session.scalar(select(func.max(F.copied)).where(
             in_archive, SYNCED, COPIED_IS_TIME))
         finalized_until = manager.get_finalized_until(archive_name, session=session)
+        conflicts = conflict_count(session, archive_name)
         listed = (quarantined_rows(session, in_archive, limit=LIST_LIMIT)
                   if quarantined else [])
         return {
@@ -66,6 +68,7 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
             "finalized_until": finalized_until,
             "finalized_until_lag": max(0.0, now - finalized_until),
             "last_copy": None if last_copy is None else float(last_copy),
+            "conflicts": conflicts,
             "quarantined": quarantined,
             "quarantined_rows": listed,
         }
@@ -107,8 +110,8 @@ def human_age(seconds: float | None) -> str:
     return f"{secs}s"
 
 
-COLUMNS = ("archive", "registered", "synced", "waiting", "failed", "ignored", "bytes waiting",
-           "oldest waiting", "finalized until", "lag", "last copy")
+COLUMNS = ("archive", "registered", "synced", "waiting", "failed", "ignored", "conflicts",
+           "bytes waiting", "oldest waiting", "finalized until", "lag", "last copy")
 
 
 def format_table(status: dict[str, dict[str, Any]], now: float | None = None) -> str:
@@ -118,7 +121,8 @@ def format_table(status: dict[str, dict[str, Any]], now: float | None = None) ->
     for name, s in status.items():
         rows.append((
             name, str(s["registered"]), str(s["synced"]), str(s["waiting"]),
-            str(s["failed_at_limit"]), str(s["ignored"]), human_bytes(s["bytes_waiting"]),
+            str(s["failed_at_limit"]), str(s["ignored"]), str(s["conflicts"]),
+            human_bytes(s["bytes_waiting"]),
             human_age(s["oldest_waiting_age"]),
             time.strftime("%Y-%m-%d %H:%M", time.gmtime(s["finalized_until"])),
             human_age(s["finalized_until_lag"]),

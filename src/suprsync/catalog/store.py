@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..hashing import md5_file
 from ..paths import check_local_file, normalize_remote_path, timecode_of
 from . import timecode as tc_rules
+from .conflicts import pin
 from .engine import CatalogBusy, configure_sqlite, make_engine, retry_busy
+from .localdirs import record_dirs
 from .quarantine import HEALTHY, TIME_OK, is_valid_text
 from .schema import (
     DELETABLE,
@@ -29,6 +31,7 @@ from .schema import (
     SYNCED,
     UNSYNCED,
     Base,
+    Conflict,
     FileClaim,
     SupRsyncFile,
     TimecodeDir,
@@ -160,6 +163,8 @@ class SupRsyncFilesManager:
             retry_busy(self._create_schema, what="create catalog tables")
         # Timecode dirs known to have a row (so add_file need not look again).
         self._known_tcdirs: set[tuple[str, int]] = set()
+        # Local directories whose real path was recorded (see localdirs.py).
+        self._known_localdirs: set[str] = set()
         # add_file's own sqlite connection, outside the pool (see _insert_plain).
         self._plain: sqlite3.Connection | None = None
         self._sqlite_file = self.sqlite_path()
@@ -211,7 +216,7 @@ class SupRsyncFilesManager:
 
     def _create_missing(self) -> None:
         Base.metadata.create_all(self._engine)
-        tables = (F.__tablename__, TimecodeDir.__tablename__, FileClaim.__tablename__)
+        tables = [t.name for t in Base.metadata.sorted_tables]
         existing = {ix["name"] for t in tables for ix in inspect(self._engine).get_indexes(t)}
         for index in INDEXES:
             if index.name not in existing:
@@ -257,11 +262,22 @@ class SupRsyncFilesManager:
         row = create_file(local_path, remote_path, archive_name, local_md5sum=local_md5sum,
                           timestamp=timestamp, deletable=deletable)
         timecode = timecode_of(row.remote_path)
+        folder = os.path.dirname(row.local_path)
         if session is not None:
             session.add(row)
             self._ensure_tcdir(session, archive_name, timecode)
+            record_dirs(session, {folder: os.path.realpath(folder)})
             session.flush()
             return row
+        if folder not in self._known_localdirs:
+            real = os.path.realpath(folder)
+            self.write(lambda s: record_dirs(s, {folder: real}), what="record local dir")
+            self._known_localdirs.add(folder)
+        return self._add_row(row, archive_name, timecode)
+
+    def _add_row(self, row: SupRsyncFile, archive_name: str,
+                 timecode: int | None) -> SupRsyncFile:
+        """Insert a built row, by plain sqlite3 when its timecode dir has its row."""
         values = {c: getattr(row, c) for c in _INSERT_COLUMNS}
         path = self._sqlite_file
         if path is not None and (timecode is None
@@ -338,7 +354,8 @@ class SupRsyncFilesManager:
         query = (
             select(F)
             .where(F.archive_name == archive_name, F.removed.is_(None), SYNCED, DELETABLE,
-                   F.timestamp < self.clock() - float(delete_after), HEALTHY)
+                   F.timestamp < self.clock() - float(delete_after), HEALTHY,
+                   ~exists().where(Conflict.file_id == F.id))
             .order_by(F.timestamp, F.id)
         )
         if limit is not None:
@@ -515,7 +532,8 @@ class SupRsyncFilesManager:
             session.execute(delete(FileClaim).where(
                 (FileClaim.expires < now) | (FileClaim.agent_id == agent_id)))
             query = _copyable_query(archive_name, max_copy_attempts, num_files).where(
-                ~exists().where(FileClaim.file_id == F.id))
+                ~exists().where(FileClaim.file_id == F.id),
+                ~exists().where(Conflict.file_id == F.id))
             if self.is_postgresql:
                 query = query.with_for_update(skip_locked=True, of=F)
             rows = list(session.scalars(query))
@@ -619,13 +637,19 @@ class SupRsyncFilesManager:
         """Forget the verification of a file so that it is copied and verified again.
 
         ``observed_md5``: what the destination holds now; recording it makes the
-        next copy re-send the file even if its size and mtime look current.
+        next copy re-send the file even if its size and mtime look current. A file
+        verified until now gets its md5 pinned: the re-send accepts only those bytes.
         """
-        self.write(
-            lambda s: s.execute(update(F).where(F.id == file_id, F.removed.is_(None))
-                                .values(remote_md5sum=observed_md5)),
-            what="requeue",
-        )
+
+        def apply(session: Session) -> None:
+            row = session.get(F, file_id)
+            if row is None or row.removed is not None:
+                return
+            if row.is_synced:
+                pin(session, [(file_id, row.local_md5sum)])
+            row.remote_md5sum = observed_md5
+
+        self.write(apply, what="requeue")
 
     def mark_removed_many(self, removed: Sequence[tuple[int, float]]) -> None:
         """Record deletion times of many local files in one transaction."""
