@@ -253,7 +253,11 @@ _SQL = {
 
 
 class _Rule(ColumnElement[bool]):
-    """One of the conditions of _SQL, possibly negated; it never evaluates to NULL."""
+    """One of the conditions of _SQL, possibly negated.
+
+    ``healthy`` and ``archive_ok`` never evaluate to NULL, so their negations hold
+    exactly for the other rows.
+    """
 
     inherit_cache = True
     type = Boolean()
