@@ -304,7 +304,11 @@ def _copy_claimed(manager: SupRsyncFilesManager, transport: Transport,
                   agent_id: str, max_copy_attempts: int | None,
                   notes: set[tuple[int, int | None]]) -> CopyReport:
     """Stage, send and verify a claimed batch once the destination is ready."""
-    staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=staging_root)
+    try:
+        staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=staging_root)
+    except OSError:
+        manager.release_claims(agent_id)
+        raise
     renewing = _LeaseRenewer(manager, agent_id, pipeline.lease)
     try:
         screened = screen_batch(manager, batch[0].archive_name, batch, max_copy_attempts,
