@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .catalog.conflicts import COLLISION, NewConflict, pinned_ids, record_conflicts
 from .catalog.localdirs import known_dirs, record_dirs
-from .catalog.pathkeys import partners, scan_path_keys
+from .catalog.pathkeys import as_partner, partners, scan_path_keys
 from .catalog.schema import SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .collisions import Action, Partner, judge
@@ -82,10 +82,14 @@ def screen_batch(manager: SupRsyncFilesManager, archive_name: str,
     ids = [row.id for row in batch]
 
     def read(session):  # type: ignore[no-untyped-def]
-        found = partners(session, archive_name, keys.values(), max_copy_attempts)
+        found = partners(session, archive_name, keys.values(), max_copy_attempts,
+                         known=set(keys))
         return found, pinned_ids(session, ids)
 
     found, out.strict = manager.read(read, what="screen batch")
+    # The batch's own rows meet each other too; they are in memory already.
+    found += [as_partner(row, keys[row.id], max_copy_attempts) for row in batch
+              if row.id in keys]
     index = PartnerIndex(found)
     conflicts: list[NewConflict] = []
     for row in batch:
