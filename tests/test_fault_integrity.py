@@ -29,6 +29,7 @@ from helpers import (
 
 from suprsync import SupRsyncFilesManager
 from suprsync.agent import Agent
+from suprsync.catalog.conflicts import list_conflicts
 
 AFTER = 1000.0
 
@@ -95,7 +96,9 @@ def test_damaged_remote_copy_keeps_local_file_then_is_recopied_and_deleted(
     clock.advance(AFTER + 1)
     assert agent.iterate() is True
     assert_kept_and_requeued(manager, file_id, path, data)
-    assert get_row(manager, file_id).remote_md5sum is None
+    # What the destination holds now (nothing, or the damaged bytes) is recorded.
+    expected = None if damage == "removed" else md5(data[:len(data) // 2])
+    assert get_row(manager, file_id).remote_md5sum == expected
     assert (get_row(manager, file_id).failed_copy_attempts or 0) == 0
 
     # Next iteration: copied again, verified, and only then deleted.
@@ -196,23 +199,28 @@ def test_local_rot_without_a_newer_mtime_is_not_taken_as_new_content(
     assert path.exists()
 
 
-def test_local_file_modified_after_copy_is_not_deleted_but_copied_again(
-        make_agent, manager: SupRsyncFilesManager, clock: Clock, tmp_path: Path,
-        remote_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("change", ["same-size", "truncated"])
+def test_local_file_changed_after_its_copy_was_verified_is_a_conflict_and_kept(
+        change: str, make_agent, manager: SupRsyncFilesManager, clock: Clock,
+        tmp_path: Path, remote_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The verified copy is never overwritten by a later local change, and the changed
+    local file is never deleted: the row becomes a conflict until an operator decides."""
     old = os.urandom(16 * 1024)
     agent = make_agent()
     file_id, path = copied(manager, agent, tmp_path, "m.dat", old)
     remote = remote_dir / "i" / "m.dat"
     clock.advance(AFTER + 1)
-    # Same size, new bytes, written after the copy.
-    new = bytes(b ^ 0x0F for b in old)
+    new = bytes(b ^ 0x0F for b in old) if change == "same-size" else old[:100]
     write_file(path, new, mtime=clock() - 10)
 
     with caplog.at_level(logging.ERROR):
         assert agent.iterate() is True
-    assert "modified after it was copied" in caplog.text
-    assert_kept_and_requeued(manager, file_id, path, new)
+        assert agent.iterate() is True
+    assert caplog.text.count("conflict: not deleting") == 1, "logged once, not per iteration"
+    assert "changed after its copy was verified" in caplog.text
+    assert path.read_bytes() == new
     assert remote.read_bytes() == old
-
-    assert agent.iterate() is True
-    assert_recopied_then_deleted(manager, file_id, path, remote, new, clock)
+    row = get_row(manager, file_id)
+    assert row.removed is None and row.local_md5sum == md5(old)
+    conflicts = manager.read(lambda s: list_conflicts(s, ARCHIVE))
+    assert [(c["id"], c["kind"]) for c in conflicts] == [(file_id, "changed")]

@@ -239,7 +239,8 @@ class Agent:
                 deleted = delete_due(self.manager, self.config.archive_name,
                                      self.config.delete_local_after,
                                      transport=self.handler.transport,
-                                     verify_md5=self.config.verify_before_delete)
+                                     verify_md5=self.config.verify_before_delete,
+                                     notes=self.handler.delete_notes)
                 if deleted.error is not None and not self.stop_event.is_set():
                     self.session.count("errors_timeout" if deleted.timed_out
                                        else "errors_nonzero")

@@ -120,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
     _db_argument(recheck)
     recheck.set_defaults(func="cmd_recheck")
 
+    resolve = sub.add_parser("resolve", help="resolve the conflicts of local paths")
+    resolve.add_argument("paths", nargs="+")
+    how = resolve.add_mutually_exclusive_group(required=True)
+    how.add_argument("--keep-remote", dest="action", action="store_const", const="keep-remote",
+                     help="keep the verified remote copy; the local file is kept too")
+    how.add_argument("--send-new", dest="action", action="store_const", const="send-new",
+                     help="send the local file's current content to the row's destination, "
+                          "replacing the copy there")
+    resolve.add_argument("--archive", default=None, help="only rows of this archive")
+    resolve.add_argument("--json", action="store_true", help="print the result as JSON")
+    _db_argument(resolve)
+    resolve.set_defaults(func="cmd_resolve")
+
     rebuild = sub.add_parser("rebuild-timecode-dirs",
                              help="create the timecode-dir rows of every file of an archive")
     rebuild.add_argument("archive_name")

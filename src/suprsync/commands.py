@@ -252,12 +252,37 @@ def cmd_recheck(ns: argparse.Namespace) -> int:
     report = maintenance.recheck(manager, ns.paths, ns.archive)
     for path in report.changed:
         print(f"changed since registration: {path}")
+    for path in report.conflicts:
+        print(f"conflict: changed after its copy was verified, not re-sent: {path}")
     for path in report.gone:
         print(f"local copy gone, cannot re-send: {path}")
     for path in report.not_found:
         print(f"not in the catalog: {path}")
     print(f"queued {len(report.queued)} file(s) to be copied and verified again")
     return 0 if not report.not_found else 1
+
+
+def cmd_resolve(ns: argparse.Namespace) -> int:
+    from .catalog.resolve import resolve
+
+    manager = open_catalog(ns.db, write=True)
+    report = resolve(manager, ns.paths, ns.action, ns.archive)
+    if ns.json:
+        print(json.dumps({"resolved": [{"local_path": p, "kind": k} for p, k in report.resolved],
+                          "superseded": [{"id": i, "remote_path": r}
+                                         for i, r in report.superseded],
+                          "failed": [{"local_path": p, "reason": r} for p, r in report.failed],
+                          "not_found": report.not_found}, indent=2))
+    else:
+        for path, kind in report.resolved:
+            print(f"resolved ({kind}, {ns.action}): {path}")
+        for file_id, remote in report.superseded:
+            print(f"superseded: file id {file_id} at {remote}")
+        for path, reason in report.failed:
+            print(f"not resolved: {path}: {reason}")
+        for path in report.not_found:
+            print(f"no conflict recorded for {path}")
+    return 0 if not report.failed and not report.not_found else 1
 
 
 def cmd_rebuild_timecode_dirs(ns: argparse.Namespace) -> int:

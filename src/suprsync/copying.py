@@ -18,6 +18,7 @@ from .catalog.store import CopyResult, SupRsyncFilesManager
 from .hashing import md5_file
 from .paths import check_local_file, normalize_remote_path
 from .procs import ProcResult
+from .screening import screen_batch
 from .transport.base import PARTIAL_EXIT_CODES, Transport, TransportError
 from .transport.ssh import CONTROL_PREFIX
 
@@ -40,6 +41,8 @@ class CopyReport:
     verify_failures: int = 0
     #: Seconds each rsync call took.
     transfer_durations: list[float] = field(default_factory=list)
+    #: Conflicts recorded by this step (file ids).
+    conflicts: list[int] = field(default_factory=list)
 
     def as_session_data(self) -> dict:
         """The ``last_copy`` entry of the session data."""
@@ -60,6 +63,9 @@ class _Staged:
     size: int
     #: Directory rsync reads the file from, as <source>/<rel>.
     source: str
+    #: Only the registered md5 is accepted (the file was verified once, or its
+    #: destination already holds another row's verified copy).
+    strict: bool = False
 
 
 def _source_root(local_path: str, rel: str) -> str | None:
@@ -70,7 +76,8 @@ def _source_root(local_path: str, rel: str) -> str | None:
 
 
 def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManager,
-           max_copy_attempts: int | None) -> list[_Staged]:
+           max_copy_attempts: int | None, strict: set[int] | frozenset[int] = frozenset(),
+           bad_dirs: dict[str, str] | None = None) -> list[_Staged]:
     """Give each sendable file a source dir in which it has its remote name.
 
     A file whose local path already ends with its remote path is read in place;
@@ -96,6 +103,9 @@ def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManage
                         row.local_path, rel)
             continue
         try:
+            reason = (bad_dirs or {}).get(os.path.dirname(row.local_path))
+            if reason is not None:
+                raise OSError(reason)
             size = check_local_file(row.local_path).st_size
             if not os.access(row.local_path, os.R_OK):
                 raise PermissionError(f"{row.local_path!r} is not readable")
@@ -113,7 +123,7 @@ def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManage
             unreadable.append(row.id)
             continue
         seen.add(rel)
-        staged.append(_Staged(row, rel, size, source))
+        staged.append(_Staged(row, rel, size, source, row.id in strict))
     manager.mark_unsendable(bad_path, max_copy_attempts if max_copy_attempts else 1 << 30)
     manager.count_failed_attempt(unreadable)
     return staged
@@ -245,11 +255,14 @@ def copy_batch(
     staging_root: str | None = None,
     pipeline: Pipeline | None = None,
     agent_id: str | None = None,
+    notes: set[tuple[int, int | None]] | None = None,
 ) -> CopyReport:
     """Copy and verify one batch of copyable files; record every verdict in the catalog.
 
     The batch is leased to ``agent_id`` (default: one made for this call) while it
     is handled, so agents sharing the catalog never copy the same file at once.
+    Before anything is sent, the batch is screened for destination collisions
+    (see screening.py); ``notes`` remembers which waits were logged already.
     """
     pipeline = pipeline or Pipeline()
     agent_id = agent_id or default_agent_id("copy")
@@ -262,7 +275,8 @@ def copy_batch(
                                        num_files=num_files)
         if batch:
             return _copy_claimed(manager, transport, batch, ready, report, clock,
-                                 staging_root, pipeline, agent_id, max_copy_attempts)
+                                 staging_root, pipeline, agent_id, max_copy_attempts,
+                                 notes if notes is not None else set())
         ready.result()
     report.stop_time = clock()
     return report
@@ -271,14 +285,23 @@ def copy_batch(
 def _copy_claimed(manager: SupRsyncFilesManager, transport: Transport,
                   batch: list[SupRsyncFile], ready: Future, report: CopyReport,
                   clock: Callable[[], float], staging_root: str | None, pipeline: Pipeline,
-                  agent_id: str, max_copy_attempts: int | None) -> CopyReport:
+                  agent_id: str, max_copy_attempts: int | None,
+                  notes: set[tuple[int, int | None]]) -> CopyReport:
     """Stage, send and verify a claimed batch once the destination is ready."""
     staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=staging_root)
     renewing = _LeaseRenewer(manager, agent_id, pipeline.lease)
     try:
-        staged = _stage(batch, staging, manager, max_copy_attempts)
+        screened = screen_batch(manager, batch[0].archive_name, batch, max_copy_attempts,
+                                clock(), notes)
+        report.conflicts += screened.new_conflicts
+        held = [r.id for r in batch if r.id in screened.held]
+        manager.release_claims(agent_id, held)
+        staged = _stage(screened.send, staging, manager, max_copy_attempts, screened.strict,
+                        screened.bad_dirs)
         staged_ids = {s.row.id for s in staged}
-        report.files += [(row.local_path, False) for row in batch if row.id not in staged_ids]
+        report.files += [(row.local_path, False) for row in screened.send
+                         if row.id not in staged_ids]
+        checks = [_Staged(row, rel, 0, "", True) for row, rel in screened.verify_only]
         ready.result()
         # Files whose earlier copy did not verify are re-sent even if they look current.
         groups: dict[tuple[str, bool], list[_Staged]] = {}
@@ -287,6 +310,10 @@ def _copy_claimed(manager: SupRsyncFilesManager, transport: Transport,
         work = [(chunk, force) for (_, force), group in groups.items()
                 for chunk in _chunks(group, pipeline)]
         _run_pipeline(manager, transport, work, pipeline, report, clock, agent_id)
+        # Rows whose bytes another row's verified copy holds: checked, never sent.
+        lock = threading.Lock()
+        for chunk in _chunks(checks, pipeline):
+            _verify_chunk(manager, transport, chunk, clock(), report, lock, agent_id)
     finally:
         renewing.stop()
         # A tree of symlinks only: removing it need not delay the iteration.
@@ -352,6 +379,8 @@ def _verify_chunk(manager: SupRsyncFilesManager, transport: Transport, chunk: li
                   copied_at: float, report: CopyReport, lock: threading.Lock,
                   agent_id: str) -> None:
     """md5 the chunk on the destination and record each file's verdict."""
+    if not chunk:
+        return
     try:
         sums = transport.checksums([s.rel for s in chunk],
                                    total_bytes=sum(s.size for s in chunk))
@@ -370,7 +399,7 @@ def _verify_chunk(manager: SupRsyncFilesManager, transport: Transport, chunk: li
     for s in chunk:
         remote = sums.get(s.rel)
         local_md5 = s.row.local_md5sum
-        if remote is not None and remote != local_md5:
+        if remote is not None and remote != local_md5 and not s.strict:
             local_md5 = _rehash_changed(s.row) or local_md5
         ok = remote is not None and remote == local_md5
         if ok:
@@ -397,7 +426,7 @@ def _rehash_changed(row: SupRsyncFile) -> str | None:
     its content must not have changed, so a mismatch is a real failure.
     """
     try:
-        if os.stat(row.local_path).st_mtime <= row.timestamp:
+        if check_local_file(row.local_path).st_mtime <= row.timestamp:
             return None
         current = md5_file(row.local_path)
     except OSError as exc:

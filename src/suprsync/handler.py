@@ -50,6 +50,10 @@ class SupRsyncFileHandler:
         self.pipeline = pipeline or Pipeline()
         self.agent_id = agent_id or default_agent_id(archive_name)
         self.last_report: CopyReport | None = None
+        #: (file id, other id) of the waits already logged.
+        self.notes: set[tuple[int, int | None]] = set()
+        #: Local paths whose reason for being kept was logged already.
+        self.delete_notes: set[str] = set()
 
     def copy_report(self, max_copy_attempts: int | None = None,
                     num_files: int | None = None) -> CopyReport:
@@ -57,7 +61,7 @@ class SupRsyncFileHandler:
         report = copy_batch(self.srfm, self.transport, self.archive_name,
                             max_copy_attempts=max_copy_attempts, num_files=num_files,
                             clock=self.srfm.clock, pipeline=self.pipeline,
-                            agent_id=self.agent_id)
+                            agent_id=self.agent_id, notes=self.notes)
         self.last_report = report
         return report
 
@@ -81,7 +85,8 @@ class SupRsyncFileHandler:
 
         Each remote copy is checked again (exists, same size and mtime) first.
         """
-        return delete_due(self.srfm, self.archive_name, delete_after, transport=self.transport)
+        return delete_due(self.srfm, self.archive_name, delete_after, transport=self.transport,
+                          notes=self.delete_notes)
 
     def close(self) -> None:
         """Release the transport's connections."""

@@ -35,6 +35,30 @@ def normalize_remote_path(remote_path: str) -> str:
     return posixpath.join(*parts)
 
 
+#: Remote paths written like these are changed or refused by normalize_remote_path.
+_ODD_WHOLE = ("", ".", "..")
+_ODD_START = ("/", "./", "../")
+_ODD_END = ("/", "/.", "/..")
+_ODD_INSIDE = ("//", "/./", "/../")
+
+
+def is_canonical(path: str) -> bool:
+    """True when normalize_remote_path returns the path unchanged (a fast test)."""
+    return not (path in _ODD_WHOLE or path.startswith(_ODD_START) or path.endswith(_ODD_END)
+                or any(part in path for part in _ODD_INSIDE) or "\0" in path)
+
+
+def normalized(path: str) -> str:
+    """normalize_remote_path, skipped for paths already canonical."""
+    return path if isinstance(path, str) and is_canonical(path) else normalize_remote_path(path)
+
+
+def parents(key: str) -> list[str]:
+    """The proper ancestors of a normalized path: ``a/b/c`` -> ``["a", "a/b"]``."""
+    parts = key.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
 def timecode_of(remote_path: str) -> int | None:
     """The 5-digit timecode a remote path starts with, or None."""
     first, sep, _rest = remote_path.lstrip("/").partition("/")
@@ -50,8 +74,10 @@ def subdir_of(remote_path: str) -> str | None:
 
 
 def check_local_file(local_path: str) -> os.stat_result:
-    """Stat a local file, following symlinks; raise OSError unless it is a regular file."""
-    st = os.stat(local_path)
+    """Stat a local file without following a symlink; OSError unless it is a regular file."""
+    st = os.lstat(local_path)
+    if stat.S_ISLNK(st.st_mode):
+        raise OSError(f"{local_path!r} is a symbolic link, not a regular file")
     if stat.S_ISDIR(st.st_mode):
         raise IsADirectoryError(f"{local_path!r} is a directory, not a file")
     if not stat.S_ISREG(st.st_mode):

@@ -35,9 +35,10 @@ HASH_CHUNK_NAME_BYTES = 120_000
 def list_tree(root: str, cutoff: float) -> list[str]:
     """Regular files under root last modified at or before cutoff, in path order.
 
-    Symlinks count as what they point to; directories reached through a symlink
-    are not entered. Other entries, unreadable directories and names that are
-    not valid UTF-8 (the catalog cannot store them) are skipped with a warning.
+    Symlinks are not followed: suprsync sends only the regular file a row names,
+    so a link is skipped with a warning, like other entries that are not regular
+    files, unreadable directories and names that are not valid UTF-8 (the
+    catalog cannot store them).
     """
     listing = _list_with_find(root, cutoff)
     if listing is None:
@@ -100,10 +101,10 @@ def _decoded(raw: bytes) -> str | None:
 
 
 def _check_other(listing: list[str], record: str, cutoff: float) -> None:
-    """Follow a symlink record ('l' + target type + ' ' + path); warn about the rest."""
+    """Warn about an entry that is not a regular file ('l' + target type + ' ' + path)."""
     kinds, _, path = record.partition(" ")
     if kinds[:1] == "l":
-        _add_if_regular(listing, path, cutoff)
+        log.warning("skipping %s: a symbolic link (only regular files are sent)", path)
     else:
         log.warning("skipping %s: not a regular file", path)
 
@@ -147,13 +148,15 @@ def _walk(root: str) -> Iterator[os.DirEntry]:
 
 
 def _add_if_regular(listing: list[str], path: str, cutoff: float) -> None:
-    """Append path if it is (or links to) a regular file old enough; warn if not a file."""
+    """Append path if it is a regular file old enough; warn if not (links included)."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError as exc:
         log.warning("skipping %s: %s", path, exc.strerror)
         return
-    if not stat.S_ISREG(st.st_mode):
+    if stat.S_ISLNK(st.st_mode):
+        log.warning("skipping %s: a symbolic link (only regular files are sent)", path)
+    elif not stat.S_ISREG(st.st_mode):
         log.warning("skipping %s: not a regular file", path)
     elif st.st_mtime <= cutoff:
         listing.append(path)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select, update
 
 from ..hashing import md5_file
+from .conflicts import CHANGED, NewConflict, record_conflicts
 from .schema import UNSYNCED, SupRsyncFile
 from .store import SupRsyncFilesManager
 
@@ -62,6 +63,7 @@ class RecheckReport:
     """What a re-check queued."""
 
     queued: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
     changed: list[str] = field(default_factory=list)
     not_found: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
@@ -74,14 +76,16 @@ def recheck(manager: SupRsyncFilesManager, paths: Sequence[str],
     Their failed attempts start again from zero.
 
     Files whose local copy was already deleted cannot be re-sent and are reported.
-    Hashing happens outside any transaction.
+    A verified file whose local copy changed is not re-sent over its verified
+    copy: it becomes a conflict (see ``suprsync resolve``). Hashing happens
+    outside any transaction.
     """
     report = RecheckReport()
     wanted = _abs(paths) or []
 
     def rows(session):  # type: ignore[no-untyped-def]
-        query = select(F.id, F.local_path, F.local_md5sum, F.removed).where(
-            F.local_path.in_(wanted))
+        query = select(F.id, F.local_path, F.local_md5sum, F.remote_md5sum, F.removed,
+                       F.archive_name).where(F.local_path.in_(wanted))
         if archive_name is not None:
             query = query.where(F.archive_name == archive_name)
         return session.execute(query).all()
@@ -89,7 +93,7 @@ def recheck(manager: SupRsyncFilesManager, paths: Sequence[str],
     found = manager.read(rows, what="recheck lookup")
     seen = {r.local_path for r in found}
     report.not_found = [p for p in wanted if p not in seen]
-    for file_id, path, old_md5, removed in found:
+    for file_id, path, old_md5, remote_md5, removed, archive in found:
         if removed is not None:
             report.gone.append(path)
             continue
@@ -98,6 +102,23 @@ def recheck(manager: SupRsyncFilesManager, paths: Sequence[str],
         except OSError as exc:
             log.error("recheck: cannot read %s: %s", path, exc.strerror)
             report.gone.append(path)
+            continue
+        verified = remote_md5 is not None and remote_md5 == old_md5
+        if verified and new_md5 != old_md5:
+            detail = (f"recheck: the local file changed after its copy was verified "
+                      f"(md5 {old_md5} -> {new_md5})")
+            conflict = NewConflict(file_id, CHANGED, None, detail)
+            manager.write(lambda s, c=conflict, a=archive: record_conflicts(
+                s, a, [c], manager.clock()), what="record conflict")
+            log.error("conflict: %s (file id %s): %s; the verified remote copy is kept",
+                      path, file_id, detail)
+            report.conflicts.append(path)
+            continue
+        if verified:
+            manager.requeue(file_id)  # pinned: only the registered bytes are accepted
+            manager.write(lambda s, i=file_id: s.execute(
+                update(F).where(F.id == i).values(failed_copy_attempts=0)), what="recheck")
+            report.queued.append(path)
             continue
         if new_md5 != old_md5:
             log.warning("recheck: %s changed since it was registered (md5 %s -> %s)",

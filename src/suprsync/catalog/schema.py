@@ -77,6 +77,69 @@ class FileClaim(Base):
     expires = Column(Float, nullable=False)
 
 
+class Conflict(Base):
+    """A file that must not be sent as it is, with the row it collides with.
+
+    Not part of the original schema: an extra table that other programs ignore.
+    A conflict is resolved only by an operator (``suprsync resolve``).
+    """
+
+    __tablename__ = f"suprsync_conflicts_v{TABLE_VERSION}"
+
+    file_id = Column(Integer, primary_key=True, autoincrement=False)
+    archive_name = Column(String, nullable=False)
+    #: collision | changed (local file changed after its copy was verified)
+    kind = Column(String, nullable=False)
+    other_id = Column(Integer)
+    detail = Column(String, nullable=False)
+    since = Column(Float, nullable=False)
+
+
+class PinnedFile(Base):
+    """A file whose copy was verified once: its registered md5 is the only one accepted.
+
+    A re-send of such a file (its remote copy vanished or rotted) never takes a
+    changed local file for new content.
+    """
+
+    __tablename__ = f"suprsync_pinned_v{TABLE_VERSION}"
+
+    file_id = Column(Integer, primary_key=True, autoincrement=False)
+    md5 = Column(String, nullable=False)
+
+
+class PathKey(Base):
+    """The normalized remote path of a row whose remote_path is spelled otherwise.
+
+    Rows spelled canonically are found through the files table's own index; the
+    few written like ``a//b`` or ``a/./b`` by other programs are found here.
+    """
+
+    __tablename__ = f"suprsync_paths_v{TABLE_VERSION}"
+
+    file_id = Column(Integer, primary_key=True, autoincrement=False)
+    archive_name = Column(String, nullable=False)
+    path = Column(String, nullable=False)
+
+
+class CatalogMeta(Base):
+    """Small named values suprsync keeps in the catalog (scan marks, published rules)."""
+
+    __tablename__ = f"suprsync_meta_v{TABLE_VERSION}"
+
+    key = Column(String, primary_key=True)
+    value = Column(String)
+
+
+class LocalDir(Base):
+    """Where a local directory resolved to when suprsync first saw a file in it."""
+
+    __tablename__ = f"suprsync_local_dirs_v{TABLE_VERSION}"
+
+    path = Column(String, primary_key=True)
+    real = Column(String, nullable=False)
+
+
 F = SupRsyncFile
 
 #: SQL condition: the remote copy is not (yet) verified.
@@ -107,6 +170,12 @@ INDEXES = [
         sqlite_where=F.removed.is_(None),
         postgresql_where=F.removed.is_(None),
     ),
+    # text_pattern_ops: PostgreSQL compares bytewise through it, for prefix ranges.
+    Index("ix_suprsync_remote_path", F.archive_name, F.remote_path,
+          postgresql_ops={"remote_path": "text_pattern_ops"}),
+    Index("ix_suprsync_path_keys", PathKey.archive_name, PathKey.path,
+          postgresql_ops={"path": "text_pattern_ops"}),
+    Index("ix_suprsync_conflicts_archive", Conflict.archive_name),
     Index("ix_suprsync_tcdir", TimecodeDir.archive_name, TimecodeDir.timecode),
     Index("ix_suprsync_claims_agent", FileClaim.agent_id),
 ]

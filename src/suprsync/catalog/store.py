@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..hashing import md5_file
 from ..paths import check_local_file, normalize_remote_path, timecode_of
 from . import timecode as tc_rules
+from .conflicts import pin
 from .engine import CatalogBusy, configure_sqlite, make_engine, retry_busy
 from .schema import (
     DELETABLE,
@@ -28,6 +29,7 @@ from .schema import (
     SYNCED,
     UNSYNCED,
     Base,
+    Conflict,
     FileClaim,
     SupRsyncFile,
     TimecodeDir,
@@ -210,7 +212,7 @@ class SupRsyncFilesManager:
 
     def _create_missing(self) -> None:
         Base.metadata.create_all(self._engine)
-        tables = (F.__tablename__, TimecodeDir.__tablename__, FileClaim.__tablename__)
+        tables = [t.name for t in Base.metadata.sorted_tables]
         existing = {ix["name"] for t in tables for ix in inspect(self._engine).get_indexes(t)}
         for index in INDEXES:
             if index.name not in existing:
@@ -337,7 +339,8 @@ class SupRsyncFilesManager:
         query = (
             select(F)
             .where(F.archive_name == archive_name, F.removed.is_(None), SYNCED, DELETABLE,
-                   F.timestamp < self.clock() - float(delete_after))
+                   F.timestamp < self.clock() - float(delete_after),
+                   ~exists().where(Conflict.file_id == F.id))
             .order_by(F.timestamp, F.id)
         )
         if limit is not None:
@@ -514,7 +517,8 @@ class SupRsyncFilesManager:
             session.execute(delete(FileClaim).where(
                 (FileClaim.expires < now) | (FileClaim.agent_id == agent_id)))
             query = _copyable_query(archive_name, max_copy_attempts, num_files).where(
-                ~exists().where(FileClaim.file_id == F.id))
+                ~exists().where(FileClaim.file_id == F.id),
+                ~exists().where(Conflict.file_id == F.id))
             if self.is_postgresql:
                 query = query.with_for_update(skip_locked=True, of=F)
             rows = list(session.scalars(query))
@@ -618,13 +622,19 @@ class SupRsyncFilesManager:
         """Forget the verification of a file so that it is copied and verified again.
 
         ``observed_md5``: what the destination holds now; recording it makes the
-        next copy re-send the file even if its size and mtime look current.
+        next copy re-send the file even if its size and mtime look current. A file
+        verified until now gets its md5 pinned: the re-send accepts only those bytes.
         """
-        self.write(
-            lambda s: s.execute(update(F).where(F.id == file_id, F.removed.is_(None))
-                                .values(remote_md5sum=observed_md5)),
-            what="requeue",
-        )
+
+        def apply(session: Session) -> None:
+            row = session.get(F, file_id)
+            if row is None or row.removed is not None:
+                return
+            if row.is_synced:
+                pin(session, [(file_id, row.local_md5sum)])
+            row.remote_md5sum = observed_md5
+
+        self.write(apply, what="requeue")
 
     def mark_removed_many(self, removed: Sequence[tuple[int, float]]) -> None:
         """Record deletion times of many local files in one transaction."""

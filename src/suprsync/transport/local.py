@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -47,16 +48,21 @@ class LocalTransport(Transport):
         found = {}
         for rel in rel_paths:
             try:
-                st = os.stat(os.path.join(self.remote_basedir, rel))
+                st = os.lstat(os.path.join(self.remote_basedir, rel))
             except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
                 continue
             found[rel] = RemoteStat(st.st_size, int(st.st_mtime))
         return found
 
     def checksums(self, rel_paths: list[str], total_bytes: int = 0) -> dict[str, str]:
         def one(rel: str) -> tuple[str, str | None]:
+            path = os.path.join(self.remote_basedir, rel)
             try:
-                return rel, md5_file(os.path.join(self.remote_basedir, rel))
+                if not stat.S_ISREG(os.lstat(path).st_mode):
+                    return rel, None  # a link or a directory holds no copy
+                return rel, md5_file(path)
             except OSError:
                 return rel, None
 

@@ -9,6 +9,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ..procs import ProcResult, Stream, run
 from .base import (
@@ -150,6 +151,14 @@ def _unescape(name: str) -> str:
     return "".join(out)
 
 
+V = TypeVar("V")
+
+
+def _unprefixed(found: dict[str, V]) -> dict[str, V]:
+    """Names as asked for: the ``./`` that _xargs put in front removed."""
+    return {name.removeprefix("./"): value for name, value in found.items()}
+
+
 class SshTransport(Transport):
     """rsync over ssh; checksums computed on the remote host by md5sum.
 
@@ -226,10 +235,13 @@ class SshTransport(Transport):
 
     def _xargs(self, what: str, rel_paths: list[str], *command: str,
                timeout: float | None = None) -> bytes:
-        """Run ``command -- <paths>`` in the base dir, the paths given on stdin."""
+        """Run ``command -- ./<path>...`` in the base dir, the paths given on stdin.
+
+        Each name gets a ``./`` in front, so that ``-`` is a file, not stdin.
+        """
         line = (remote_command("cd", "--", self.remote_basedir) + " && "
                 + remote_command("xargs", "-0", "-r", *command, "--"))
-        result = self.run_remote(line, input=files_from(rel_paths),
+        result = self.run_remote(line, input=files_from(["./" + p for p in rel_paths]),
                                  timeout=timeout or self.options.cmd_timeout)
         self._check_ssh(result, what)
         # xargs exits 123 when the command failed for some files (e.g. missing ones).
@@ -242,13 +254,14 @@ class SshTransport(Transport):
         if not rel_paths:
             return {}
         timeout = scaled_timeout(self.options.cmd_timeout, total_bytes)
-        return parse_md5sum(self._xargs("remote md5sum", rel_paths, "md5sum", timeout=timeout))
+        sums = parse_md5sum(self._xargs("remote md5sum", rel_paths, "md5sum", timeout=timeout))
+        return _unprefixed(sums)
 
     def stat(self, rel_paths: list[str]) -> dict[str, RemoteStat]:
         if not rel_paths:
             return {}
         out = self._xargs("remote stat", rel_paths, "stat", "--printf", "%s %Y %n\\000")
-        return parse_stat(out)
+        return _unprefixed(parse_stat(out))
 
     def list_files(self, expected_files: int = 0,
                    on_warning: Warn | None = None) -> Iterator[str]:

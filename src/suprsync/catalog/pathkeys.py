@@ -1,0 +1,156 @@
+"""Finding the rows whose destination meets another's, without reading the archive.
+
+Rows spelled canonically (everything registered through suprsync) are found
+through the files table's (archive_name, remote_path) index: equal paths and
+parents by ``IN``, children by a bytewise range ``[P/, P0)``. The few rows other
+programs wrote with odd spellings (``a//b``) get their normalized path in the
+paths table, filled by scanning only the file ids added since the last scan.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from ..collisions import Partner
+from ..paths import normalize_remote_path, parents
+from .meta import get_meta, set_meta
+from .schema import PathKey, SupRsyncFile
+
+F = SupRsyncFile
+
+#: Meta key: highest file id already scanned for oddly spelled remote paths.
+SCANNED_KEY = "path_keys_scanned_up_to"
+#: Values per IN list.
+CHUNK = 500
+
+def _odd_spelling():  # type: ignore[no-untyped-def]
+    """SQL condition for remote paths that normalize to another spelling."""
+    p = F.remote_path
+    return (p.contains("//") | p.contains("/./") | p.startswith("./") | p.endswith("/.")
+            | p.endswith("/"))
+
+
+def scan_path_keys(session: Session) -> int:
+    """Record the normalized path of oddly spelled rows added since the last scan."""
+    done = int(get_meta(session, SCANNED_KEY) or 0)
+    top = int(session.scalar(select(func.max(F.id))) or 0)
+    if top < done:
+        done = 0  # the table was emptied and refilled: look again
+    if top == done:
+        return 0
+    # From done itself: sqlite may give a new row the id of a deleted highest one.
+    rows = session.execute(select(F.id, F.archive_name, F.remote_path).where(
+        F.id >= done, F.id <= top, _odd_spelling())).all()
+    found: dict[int, tuple[str, str]] = {}
+    for file_id, archive, remote in rows:
+        try:
+            found[file_id] = (archive, normalize_remote_path(remote))
+        except (ValueError, TypeError):
+            continue  # never sent: nothing can meet it
+    if found:
+        known = set(session.scalars(select(PathKey.file_id).where(
+            PathKey.file_id.in_(list(found)))))
+        new = [{"file_id": i, "archive_name": a, "path": p}
+               for i, (a, p) in found.items() if i not in known]
+        if new:
+            session.execute(PathKey.__table__.insert(), new)
+    set_meta(session, SCANNED_KEY, str(top))
+    return len(found)
+
+
+_COLUMNS = (F.id, F.remote_path, F.local_md5sum, F.remote_md5sum, F.ignore, F.removed,
+            F.failed_copy_attempts)
+
+
+def _partner(row: Any, key: str, max_copy_attempts: int | None) -> Partner:
+    verified = row.remote_md5sum is not None and row.remote_md5sum == row.local_md5sum
+    attempts = row.failed_copy_attempts or 0
+    live = (not row.ignore and row.removed is None
+            and (max_copy_attempts is None or attempts < max_copy_attempts))
+    return Partner(row.id, key, row.local_md5sum, verified, live)
+
+
+def _key_of(remote_path: Any) -> str | None:
+    try:
+        return normalize_remote_path(remote_path)
+    except (ValueError, TypeError):
+        return None
+
+
+def _chunks(values: Sequence[str]) -> Iterable[list[str]]:
+    for start in range(0, len(values), CHUNK):
+        yield list(values[start:start + CHUNK])
+
+
+def _children_sql(dialect: str, joined: str, column: str, extra: str = "",
+                  then: str = "") -> Any:
+    """Rows whose ``column`` (alias.name) lies in [key/, key0) for one of the keys.
+
+    The keys come as a JSON array (sqlite) or a text array (PostgreSQL); each is
+    one range on the (archive_name, path) index.
+    """
+    cols = ", ".join(f"f.{c.key}" for c in _COLUMNS)
+    archive = column.split(".")[0] + ".archive_name"
+    if dialect == "postgresql":
+        return text(
+            f"SELECT {cols}{extra} FROM unnest(CAST(:keys AS text[])) AS j(value) "
+            f"JOIN {joined} ON {archive} = :archive "
+            f"AND {column} ~>=~ (j.value || '/') AND {column} ~<~ (j.value || '0'){then}")
+    return text(
+        f"SELECT {cols}{extra} FROM json_each(:keys) AS j "
+        f"JOIN {joined} ON {archive} = :archive "
+        f"AND {column} >= j.value || '/' AND {column} < j.value || '0'{then}")
+
+
+def _encodable(key: str) -> bool:
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def partners(session: Session, archive_name: str, keys: Iterable[str],
+             max_copy_attempts: int | None = None) -> list[Partner]:
+    """Every row of the archive whose normalized remote path meets one of ``keys``.
+
+    Each row appears once; the caller matches them to its candidates.
+    """
+    wanted = sorted({k for k in keys if _encodable(k)})
+    if not wanted:
+        return []
+    probes = sorted({p for k in wanted for p in (k, *parents(k))})
+    found: dict[int, Partner] = {}
+
+    def take(rows: Iterable[Any], key_column: str | None = None) -> None:
+        for row in rows:
+            if row.id in found:
+                continue
+            key = getattr(row, key_column) if key_column else _key_of(row.remote_path)
+            if key is not None:
+                found[row.id] = _partner(row, key, max_copy_attempts)
+
+    for chunk in _chunks(probes):
+        take(session.execute(select(*_COLUMNS).where(
+            F.archive_name == archive_name, F.remote_path.in_(chunk))))
+        take(session.execute(select(*_COLUMNS, PathKey.path.label("norm"))
+                             .join(PathKey, PathKey.file_id == F.id)
+                             .where(PathKey.archive_name == archive_name,
+                                    PathKey.path.in_(chunk))), "norm")
+    dialect = session.get_bind().dialect.name
+    is_pg = dialect == "postgresql"
+    files_children = _children_sql(dialect, f"{F.__tablename__} AS f", "f.remote_path")
+    keyed_children = _children_sql(
+        dialect, f"{PathKey.__tablename__} AS t", "t.path", ", t.path AS norm",
+        f" JOIN {F.__tablename__} AS f ON f.id = t.file_id")
+    for chunk in _chunks(wanted):
+        keys_param: Any = chunk if is_pg else json.dumps(chunk)
+        params = {"keys": keys_param, "archive": archive_name}
+        take(session.execute(files_children, params))
+        take(session.execute(keyed_children, params), "norm")
+    return list(found.values())

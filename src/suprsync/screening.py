@@ -1,0 +1,151 @@
+"""Screening a claimed batch before anything is sent.
+
+For each row: does its destination meet another row's (collisions.py)? Is its
+md5 pinned? Does its local directory still resolve where it did? The catalog
+is read in a few short transactions; conflicts found are recorded (and logged)
+once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .catalog.conflicts import COLLISION, NewConflict, pinned_ids, record_conflicts
+from .catalog.localdirs import known_dirs, record_dirs
+from .catalog.pathkeys import partners, scan_path_keys
+from .catalog.schema import SupRsyncFile
+from .catalog.store import SupRsyncFilesManager
+from .collisions import Action, Partner, judge
+from .paths import normalize_remote_path, parents
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Screened:
+    """What to do with each row of a batch."""
+
+    send: list[SupRsyncFile] = field(default_factory=list)
+    #: Rows another row's verified copy already satisfies, with their normalized path.
+    verify_only: list[tuple[SupRsyncFile, str]] = field(default_factory=list)
+    #: Rows not handled now (waiting, or conflicts).
+    held: set[int] = field(default_factory=set)
+    #: Rows that accept only their registered md5.
+    strict: set[int] = field(default_factory=set)
+    #: Local directories that resolve elsewhere than when first seen, with the reason.
+    bad_dirs: dict[str, str] = field(default_factory=dict)
+    #: File ids of conflicts recorded now.
+    new_conflicts: list[int] = field(default_factory=list)
+
+
+class PartnerIndex:
+    """Partners by normalized path, for the lookups of one batch."""
+
+    def __init__(self, found: Iterable[Partner]) -> None:
+        self.by_key: dict[str, list[Partner]] = defaultdict(list)
+        for p in found:
+            self.by_key[p.key].append(p)
+        self.keys = sorted(self.by_key)
+
+    def meeting(self, key: str) -> list[Partner]:
+        """Partners at key, at one of its parents, or below it."""
+        out = list(self.by_key.get(key, ()))
+        for parent in parents(key):
+            out += self.by_key.get(parent, ())
+        prefix = key + "/"
+        at = bisect.bisect_left(self.keys, prefix)
+        while at < len(self.keys) and self.keys[at].startswith(prefix):
+            out += self.by_key[self.keys[at]]
+            at += 1
+        return out
+
+
+def _key(row: SupRsyncFile) -> str | None:
+    try:
+        return normalize_remote_path(row.remote_path)
+    except (ValueError, TypeError):
+        return None  # staging marks it unsendable
+
+
+def screen_batch(manager: SupRsyncFilesManager, archive_name: str,
+                 batch: list[SupRsyncFile], max_copy_attempts: int | None, now: float,
+                 notes: set[tuple[int, int | None]]) -> Screened:
+    """Judge every row of a claimed batch; record new conflicts."""
+    out = Screened()
+    keys = {row.id: k for row in batch if (k := _key(row)) is not None}
+    manager.write(scan_path_keys, what="scan remote path spellings")
+    ids = [row.id for row in batch]
+
+    def read(session):  # type: ignore[no-untyped-def]
+        found = partners(session, archive_name, keys.values(), max_copy_attempts)
+        return found, pinned_ids(session, ids)
+
+    found, out.strict = manager.read(read, what="screen batch")
+    index = PartnerIndex(found)
+    conflicts: list[NewConflict] = []
+    for row in batch:
+        key = keys.get(row.id)
+        if key is None:
+            out.send.append(row)
+            continue
+        verdict = judge(row.id, key, row.local_md5sum, index.meeting(key))
+        if verdict.action is Action.SEND:
+            out.send.append(row)
+        elif verdict.action is Action.VERIFY_ONLY:
+            out.verify_only.append((row, key))
+        elif verdict.action is Action.WAIT:
+            out.held.add(row.id)
+            other = verdict.other.id if verdict.other else None
+            if (row.id, other) not in notes:
+                notes.add((row.id, other))
+                log.warning("not sending %s (file id %s) to %r yet: %s", row.local_path,
+                            row.id, key, verdict.describe())
+        else:
+            out.held.add(row.id)
+            conflicts.append(NewConflict(row.id, COLLISION,
+                                         verdict.other.id if verdict.other else None,
+                                         verdict.describe()))
+    if conflicts:
+        new = manager.write(lambda s: record_conflicts(s, archive_name, conflicts, now),
+                            what="record conflicts")
+        by_id = {row.id: row for row in batch}
+        for c in new:
+            row = by_id[c.file_id]
+            log.error("conflict: %s (file id %s) is not sent to %r and keeps its local file: "
+                      "%s; resolve it with 'suprsync resolve'", row.local_path, row.id,
+                      keys.get(row.id), c.detail)
+        out.new_conflicts = [c.file_id for c in new]
+    out.bad_dirs = check_local_dirs(manager, [row.local_path for row in out.send])
+    return out
+
+
+def check_local_dirs(manager: SupRsyncFilesManager, local_paths: Iterable[str]) -> dict[str, str]:
+    """Directories of these files that now resolve elsewhere than first seen, with why.
+
+    Directories seen for the first time are recorded as they resolve now.
+    """
+    reals: dict[str, str] = {}
+    for path in local_paths:
+        if not isinstance(path, str):
+            continue
+        folder = os.path.dirname(path)
+        if folder not in reals:
+            reals[folder] = os.path.realpath(folder)
+    if not reals:
+        return {}
+    known = manager.read(lambda s: known_dirs(s, reals), what="local dirs")
+    new = {d: r for d, r in reals.items() if d not in known}
+    if new:
+        manager.write(lambda s: record_dirs(s, new), what="record local dirs")
+    bad = {}
+    for folder, real in reals.items():
+        first = known.get(folder)
+        if first is not None and first != real:
+            bad[folder] = (f"{folder!r} now resolves to {real!r} through a symbolic link, "
+                           f"not to {first!r} as when its files were first seen")
+    return bad
