@@ -25,6 +25,7 @@ from helpers import (
 from sqlalchemy import event
 
 from suprsync import SupRsyncFilesManager
+from suprsync.catalog.quarantine import register_sqlite_functions
 
 TABLES = ("supersync_v0", "timecode_dirs_v0")
 OTHER = "smurf"
@@ -374,6 +375,7 @@ def test_copyable_query_uses_an_index(
     assert len(statements) == 1
     statement, params = statements[0]
     with sqlite3.connect(tmp_catalog) as conn:
+        register_sqlite_functions(conn)  # the quarantine check calls one
         plan = conn.execute(f"EXPLAIN QUERY PLAN {statement}", params).fetchall()
     details = " | ".join(str(row[-1]) for row in plan)
     assert "USING INDEX" in details or "USING COVERING INDEX" in details, details

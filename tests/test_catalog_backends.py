@@ -31,6 +31,7 @@ from sqlalchemy import text
 
 from suprsync import SupRsyncFilesManager
 from suprsync.catalog import maintenance
+from suprsync.catalog.conflicts import list_conflicts, pinned_ids
 from suprsync.catalog.store import CopyResult
 from suprsync.catalog.timecode import dir_states, timecode_at
 
@@ -468,7 +469,8 @@ def test_set_ignore_and_unignore(manager: SupRsyncFilesManager, add: AddFn) -> N
 def test_recheck_rehashes_and_requeues(
     manager: SupRsyncFilesManager, tmp_path: Path
 ) -> None:
-    """recheck stores the new md5, forgets the verification and the attempts; reports the rest."""
+    """recheck forgets the verification and the attempts of an unchanged file (its md5
+    pinned), makes a verified file that changed a conflict, and reports the rest."""
     same = make_file(tmp_path, "same.g3", b"same")
     changed = make_file(tmp_path, "changed.g3", b"before")
     gone = make_file(tmp_path, "gone.g3", b"gone")
@@ -482,16 +484,18 @@ def test_recheck_rehashes_and_requeues(
 
     report = maintenance.recheck(manager, [str(same), str(changed), str(gone),
                                            str(tmp_path / "unknown.g3")])
-    assert sorted(report.queued) == sorted([str(same), str(changed)])
-    assert report.changed == [str(changed)]
+    assert report.queued == [str(same)]
+    assert report.conflicts == [str(changed)]
     assert report.gone == [str(gone)]
     assert report.not_found == [str(tmp_path / "unknown.g3")]
     rows = {r[0]: r[1:] for r in sql(manager, "SELECT id, local_md5sum, remote_md5sum, "
                                               "failed_copy_attempts FROM supersync_v0")}
     assert rows[ids_["same.g3"]] == (md5(b"same"), None, 0)
-    assert rows[ids_["changed.g3"]] == (md5(b"after"), None, 0)
+    assert rows[ids_["changed.g3"]] == (md5(b"before"), md5(b"before"), 2)
     assert rows[ids_["gone.g3"]] == (md5(b"gone"), md5(b"gone"), 2)
-    assert ids(manager.get_copyable_files(ARCHIVE)) == [ids_["same.g3"], ids_["changed.g3"]]
+    assert ids(manager.get_copyable_files(ARCHIVE)) == [ids_["same.g3"]]
+    assert manager.read(lambda s: pinned_ids(s, list(ids_.values()))) == {ids_["same.g3"]}
+    assert [c["id"] for c in manager.read(lambda s: list_conflicts(s))] == [ids_["changed.g3"]]
 
 
 # -------------------------------------------------------------------- claims

@@ -210,7 +210,7 @@ def test_check_prints_row_and_json(catalog: dict[str, Path], tmp_catalog: Path) 
     assert js.returncode == 0, js.stderr
     data = json.loads(js.stdout)
     assert isinstance(data, list) and len(data) == 1
-    assert set(data[0]) == COLUMNS
+    assert set(data[0]) == COLUMNS | {"quarantined"}
     assert data[0]["local_path"] == str(local)
     assert data[0]["remote_path"] == "16750/sub/f200.g3"
     assert data[0]["local_md5sum"] == md5(local)
@@ -279,7 +279,7 @@ def test_stats_json_has_stats_and_timecode_dir_states(
     data = json.loads(result.stdout)
     assert set(data) == {ARCHIVE}
     stats = data[ARCHIVE]
-    assert set(stats) == STATS_KEYS | {"timecode_dirs"}
+    assert set(stats) == STATS_KEYS | {"timecode_dirs", "quarantined", "quarantined_rows"}
     assert stats["num_files"] == 3
     assert stats["uncopied_files"] == 3
     assert stats["last_file_added"] == str(catalog["f300"])

@@ -16,9 +16,10 @@ from conftest import run_cli
 from suprsync import SupRsyncFilesManager
 
 STATUS_KEYS = {"registered", "synced", "waiting", "failed_at_limit", "ignored", "bytes_waiting",
-               "oldest_waiting_age", "finalized_until", "finalized_until_lag", "last_copy"}
-HEADER = ("archive", "registered", "synced", "waiting", "failed", "ignored", "bytes waiting",
-          "oldest waiting", "finalized until", "lag", "last copy")
+               "oldest_waiting_age", "finalized_until", "finalized_until_lag", "last_copy",
+               "quarantined", "quarantined_rows", "conflicts"}
+HEADER = ("archive", "registered", "synced", "waiting", "failed", "ignored", "conflicts",
+          "bytes waiting", "oldest waiting", "finalized until", "lag", "last copy")
 HOUR = 3600.0
 DAY = 86400.0
 #: Attempt limit of the agents and the default of `suprsync status`.

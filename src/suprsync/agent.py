@@ -28,6 +28,7 @@ from .copying import (
 )
 from .deletion import delete_due
 from .handler import SupRsyncFileHandler
+from .quarantine_log import QuarantineLog
 from .session import SessionData
 from .transport import SshOptions, TransferOptions, TransportError, make_transport
 
@@ -115,6 +116,8 @@ class Agent:
                                                              lease=config.claim_timeout),
                                            agent_id=default_agent_id(config.instance_id))
         self.session = SessionData(clock(), on_change=on_session_change)
+        self.quarantine = QuarantineLog(self.manager, config.archive_name,
+                                        prefix=f"[{config.instance_id}] ")
         self.publish = publish or (lambda feed, message: None)
         self.stop_event = threading.Event()
         self.running = False
@@ -233,6 +236,7 @@ class Agent:
             if self.stop_event.is_set():
                 return ok
             self._stats_step()
+            self.quarantine.check()
             # After a failed copy step the destination is in doubt: delete nothing now.
             if self.config.delete_local_after is not None and ok:
                 self.session.set("activity", "deleting")

@@ -5,7 +5,7 @@ Two passes, each with bounded memory however large the archive:
 1. *Unknown files.* The destination lists its files in bytewise order (a
    stream), the catalog streams the archive's remote paths in the same order,
    and the two sorted streams are merged: a remote file with no row is unknown.
-2. *Synced files.* The rows the catalog calls synced (and not ignored) are read
+2. *Synced files.* The rows the catalog calls synced (not ignored, not quarantined) are read
    in pages (keyset pagination on the (archive, timestamp) index, so no read
    transaction stays open during remote calls). Each page costs one remote stat,
    and with ``md5`` one remote md5sum. A copy that is missing, has another size
@@ -30,6 +30,8 @@ from typing import Any, TextIO
 
 from sqlalchemy import and_, func, or_, select
 
+from .catalog.conflicts import list_conflicts
+from .catalog.quarantine import HEALTHY
 from .catalog.schema import NOT_IGNORED, SYNCED, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .options import DEFAULT_BATCH, DEFAULT_LIST_LIMIT
@@ -43,15 +45,16 @@ SHOW = 10
 
 #: Problems with a catalogued file, then files the catalog does not know.
 FILE_PROBLEMS = ("lost_on_remote", "missing", "size_mismatch", "md5_mismatch", "invalid_path")
-CATEGORIES = (*FILE_PROBLEMS, "unknown", "temporary")
+CATEGORIES = (*FILE_PROBLEMS, "conflict", "unknown", "temporary")
 #: Categories that make the exit status 1 (temporary files are expected while an agent copies).
-FAILING = (*FILE_PROBLEMS, "unknown")
+FAILING = (*FILE_PROBLEMS, "conflict", "unknown")
 TITLES = {
     "lost_on_remote": "LOST-ON-REMOTE",
     "missing": "missing on remote",
     "size_mismatch": "size differs",
     "md5_mismatch": "md5 differs",
     "invalid_path": "invalid remote path",
+    "conflict": "conflict",
     "unknown": "unknown on remote",
     "temporary": "temporary (rsync)",
 }
@@ -198,7 +201,7 @@ def known_paths_sorted(manager: SupRsyncFilesManager, archive: str,
     query = (select(F.remote_path).where(F.archive_name == archive)
              .order_by(path))
     for (remote_path,) in _stream(manager, query, batch):
-        if remote_path is not None:
+        if isinstance(remote_path, str):  # not NULL, not a BLOB (quarantined rows)
             yield remote_path
 
 
@@ -224,7 +227,7 @@ def synced_pages(manager: SupRsyncFilesManager, archive: str,
     columns = (F.id, F.local_path, F.remote_path, F.local_md5sum, F.removed, F.timestamp)
     last: tuple[float, int] | None = None
     while True:
-        query = select(*columns).where(F.archive_name == archive, SYNCED, NOT_IGNORED)
+        query = select(*columns).where(F.archive_name == archive, SYNCED, NOT_IGNORED, HEALTHY)
         if last is not None:
             query = query.where(F.timestamp >= last[0],
                                 or_(F.timestamp > last[0], and_(F.timestamp == last[0],
@@ -241,7 +244,7 @@ def count_rows(manager: SupRsyncFilesManager, archive: str, synced_only: bool = 
     """Rows of the archive (or only its synced, not ignored ones)."""
     query = select(func.count()).select_from(F).where(F.archive_name == archive)
     if synced_only:
-        query = query.where(SYNCED, NOT_IGNORED)
+        query = query.where(SYNCED, NOT_IGNORED, HEALTHY)
     return int(manager.read(lambda s: s.scalar(query), what="audit count") or 0)
 
 
@@ -402,6 +405,11 @@ def audit_archive(manager: SupRsyncFilesManager, transport: Transport, archive: 
     progress = progress or Progress()
     report = AuditReport(archive, transport.describe(), md5, requeue, list_limit)
     report.catalog_rows = count_rows(manager, archive)
+    for conflict in manager.read(lambda s: list_conflicts(s, archive), what="conflicts"):
+        report.categories["conflict"].add(
+            {"id": conflict["id"], "remote_path": conflict["remote_path"],
+             "local_path": conflict["local_path"], "other_id": conflict["other_id"],
+             "detail": conflict["detail"]})
     _list_remote(transport, manager, report, batch, progress)
     total = count_rows(manager, archive, synced_only=True) if progress.out else 0
     for rows in synced_pages(manager, archive, batch):

@@ -16,14 +16,26 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from .catalog import maintenance
+from .catalog.conflicts import list_conflicts
 from .catalog.engine import CatalogBusy
+from .catalog.quarantine import (
+    homeless_rows,
+    printable,
+    quarantine_summary,
+    raw_rows_query,
+    why_quarantined,
+)
 from .catalog.schema import SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .catalog.timecode import dir_states
 from .options import ConfigError, check_environment, config_from_args
 from .registration import add_local_files
+from .status import quarantine_lines
 
 log = logging.getLogger("suprsync")
+
+#: Conflicts listed per archive by ``stats``.
+STATS_LIST_LIMIT = 100
 
 
 class CliError(Exception):
@@ -55,7 +67,19 @@ def _require_archive(manager: SupRsyncFilesManager, archive: str) -> None:
 
 
 def _row_dict(row: SupRsyncFile) -> dict[str, Any]:
-    return {c.name: getattr(row, c.name) for c in SupRsyncFile.__table__.columns}
+    return {c.name: printable(getattr(row, c.name)) for c in SupRsyncFile.__table__.columns}
+
+
+def _warn_homeless(manager: SupRsyncFilesManager, command: str) -> None:
+    """One stderr line for the quarantined rows that name no archive, when there are any."""
+    found = manager.read(homeless_rows, what="rows in no archive")
+    if not found["quarantined"]:
+        return
+    shown = "; ".join(f"id {r['id']}: {r['reason']}" for r in found["quarantined_rows"][:5])
+    more = found["quarantined"] - min(5, len(found["quarantined_rows"]))
+    print(f"suprsync {command}: warning: {found['quarantined']} catalog rows name no archive "
+          f"and are quarantined ({shown}{f'; and {more} more' if more else ''})",
+          file=sys.stderr)
 
 
 # ----------------------------------------------------------------- commands
@@ -141,14 +165,20 @@ def cmd_check(ns: argparse.Namespace) -> int:
     rows = manager.file_by_local_path(ns.local_path)
     if not rows:
         raise CliError(f"{os.path.abspath(ns.local_path)!r} is not in the catalog")
+    raw = manager.read(lambda s: s.execute(raw_rows_query(
+        SupRsyncFile.id.in_([r.id for r in rows]))).all(), what="check rows")
+    reasons = {r.id: why_quarantined(r._mapping) for r in raw}
     if ns.json:
-        print(json.dumps([_row_dict(r) for r in rows], indent=2))
+        print(json.dumps([{**_row_dict(r), "quarantined": reasons.get(r.id)} for r in rows],
+                         indent=2))
         return 0
     for row in rows:
         print("-" * 72)
         for key, value in _row_dict(row).items():
             print(f"{key:>22}: {value}")
-        print(f"{'synced':>22}: {row.is_synced}")
+        print(f"{'synced':>22}: {row.is_synced and reasons.get(row.id) is None}")
+        if reasons.get(row.id) is not None:
+            print(f"{'quarantined':>22}: {reasons[row.id]}")
     print("-" * 72)
     return 0
 
@@ -192,7 +222,13 @@ def cmd_stats(ns: argparse.Namespace) -> int:
     for archive in archives:
         stats = manager.get_archive_stats(archive)
         stats["timecode_dirs"] = manager.read(lambda s, a=archive: dir_states(s, a))
+        stats["conflicts"] = manager.read(
+            lambda s, a=archive: list_conflicts(s, a, limit=STATS_LIST_LIMIT))
+        stats.update(manager.read(lambda s, a=archive: quarantine_summary(s, a),
+                                  what="quarantined rows"))
         out[archive] = stats
+    if not ns.archive_name:
+        _warn_homeless(manager, "stats")
     if ns.json:
         print(json.dumps(out, indent=2))
         return 0
@@ -203,12 +239,17 @@ def cmd_stats(ns: argparse.Namespace) -> int:
         fu = stats["finalized_until"]
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(fu))
         print(f"  {'finalized_until':<18} {fu:.0f} ({when})")
+        for c in stats["conflicts"]:
+            print(f"  conflict: file id {c['id']} {c['local_path']} -> {c['remote_path']}: "
+                  f"{c['detail']}")
         dirs = stats["timecode_dirs"]
         print("  timecode dirs:")
         for state in ("open", "completed_unsynced", "synced", "finalized"):
             tcs = dirs[state]
             shown = " ".join(map(str, tcs[-12:])) + (" ..." if len(tcs) > 12 else "")
             print(f"    {state:<19} {len(tcs):>5}  {shown}")
+        for line in quarantine_lines(archive, stats):
+            print("  " + line)
     return 0
 
 
@@ -220,6 +261,8 @@ def cmd_status(ns: argparse.Namespace) -> int:
         _require_archive(manager, ns.archive_name)
     status = catalog_status(manager, ns.max_copy_attempts,
                             [ns.archive_name] if ns.archive_name else None)
+    if not ns.archive_name:
+        _warn_homeless(manager, "status")
     if ns.json:
         print(json.dumps(status, indent=2))
     elif not status:

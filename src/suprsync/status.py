@@ -9,6 +9,8 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from .catalog.conflicts import conflict_count
+from .catalog.quarantine import HEALTHY, LIST_LIMIT, QUARANTINED, quarantined_rows
 from .catalog.schema import NOT_IGNORED, SYNCED, UNSYNCED, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 
@@ -20,17 +22,19 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
     """Counts, backlog and lags of one archive (see docs/monitoring.md)."""
     now = manager.clock() if now is None else now
     attempts = func.coalesce(F.failed_copy_attempts, 0)
-    waiting = UNSYNCED & NOT_IGNORED & F.removed.is_(None) & (attempts < max_copy_attempts)
-    failed = UNSYNCED & NOT_IGNORED & (attempts >= max_copy_attempts)
+    waiting = (UNSYNCED & NOT_IGNORED & F.removed.is_(None) & (attempts < max_copy_attempts)
+               & HEALTHY)
+    failed = UNSYNCED & NOT_IGNORED & (attempts >= max_copy_attempts) & HEALTHY
+    synced = SYNCED & HEALTHY
 
     def one(cond):  # type: ignore[no-untyped-def]
         return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
 
     def query(session: Session) -> dict[str, Any]:
         row = session.execute(
-            select(func.count(), one(SYNCED), one(waiting), one(failed), one(~NOT_IGNORED),
+            select(func.count(), one(synced), one(waiting), one(failed), one(~NOT_IGNORED),
                    func.min(case((waiting, F.timestamp))),
-                   func.max(case((SYNCED, F.copied))))
+                   func.max(case((synced, F.copied))), one(QUARANTINED))
             .where(F.archive_name == archive_name)).one()
         waiting_bytes = 0
         for path in session.scalars(select(F.local_path).where(
@@ -40,6 +44,10 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
             except OSError:
                 continue
         finalized_until = manager.get_finalized_until(archive_name, session=session)
+        conflicts = conflict_count(session, archive_name)
+        quarantined = int(row[7])
+        listed = (quarantined_rows(session, F.archive_name == archive_name, limit=LIST_LIMIT)
+                  if quarantined else [])
         return {
             "registered": int(row[0]),
             "synced": int(row[1]),
@@ -51,6 +59,9 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
             "finalized_until": finalized_until,
             "finalized_until_lag": max(0.0, now - finalized_until),
             "last_copy": None if row[6] is None else float(row[6]),
+            "conflicts": conflicts,
+            "quarantined": quarantined,
+            "quarantined_rows": listed,
         }
 
     return manager.read(query, what=f"status of {archive_name}")
@@ -90,8 +101,8 @@ def human_age(seconds: float | None) -> str:
     return f"{secs}s"
 
 
-COLUMNS = ("archive", "registered", "synced", "waiting", "failed", "ignored", "bytes waiting",
-           "oldest waiting", "finalized until", "lag", "last copy")
+COLUMNS = ("archive", "registered", "synced", "waiting", "failed", "ignored", "conflicts",
+           "bytes waiting", "oldest waiting", "finalized until", "lag", "last copy")
 
 
 def format_table(status: dict[str, dict[str, Any]], now: float | None = None) -> str:
@@ -101,7 +112,8 @@ def format_table(status: dict[str, dict[str, Any]], now: float | None = None) ->
     for name, s in status.items():
         rows.append((
             name, str(s["registered"]), str(s["synced"]), str(s["waiting"]),
-            str(s["failed_at_limit"]), str(s["ignored"]), human_bytes(s["bytes_waiting"]),
+            str(s["failed_at_limit"]), str(s["ignored"]), str(s["conflicts"]),
+            human_bytes(s["bytes_waiting"]),
             human_age(s["oldest_waiting_age"]),
             time.strftime("%Y-%m-%d %H:%M", time.gmtime(s["finalized_until"])),
             human_age(s["finalized_until_lag"]),
@@ -111,4 +123,19 @@ def format_table(status: dict[str, dict[str, Any]], now: float | None = None) ->
     lines = ["  ".join(cell.rjust(w) if i else cell.ljust(w)
                        for i, (cell, w) in enumerate(zip(r, widths, strict=True))).rstrip()
              for r in rows]
+    for name, s in status.items():
+        lines += quarantine_lines(name, s)
     return "\n".join(lines)
+
+
+def quarantine_lines(archive_name: str, summary: dict[str, Any]) -> list[str]:
+    """Human lines for the quarantined rows of an archive (none when there are none)."""
+    count = summary.get("quarantined", 0)
+    if not count:
+        return []
+    lines = [f"archive {archive_name}: {count} quarantined row(s), never copied or deleted "
+             f"until fixed:"]
+    lines += [f"  id {r['id']}: {r['reason']}" for r in summary["quarantined_rows"]]
+    if count > len(summary["quarantined_rows"]):
+        lines.append(f"  ... and {count - len(summary['quarantined_rows'])} more")
+    return lines

@@ -12,6 +12,7 @@ from typing import TypeVar
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 
+from .quarantine import register_sqlite_functions
 from .settings import BUSY_TIMEOUT
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,12 @@ def make_engine(
 
 
 def configure_sqlite(conn: sqlite3.Connection) -> None:
-    """A busy timeout on this connection, and WAL mode for the file."""
+    """A busy timeout on this connection, WAL mode for the file, and the quarantine check.
+
+    Text that is not valid UTF-8 is read with surrogate escapes instead of failing
+    the query (see catalog.quarantine).
+    """
+    register_sqlite_functions(conn)
     cur = conn.cursor()
     try:
         cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")

@@ -11,6 +11,7 @@ from sqlalchemy import func, select, update
 
 from ..hashing import md5_file
 from .conflicts import CHANGED, NewConflict, record_conflicts
+from .quarantine import HEALTHY
 from .schema import UNSYNCED, SupRsyncFile
 from .store import SupRsyncFilesManager
 
@@ -31,7 +32,7 @@ def retry_failed(manager: SupRsyncFilesManager, archive_name: str, max_copy_atte
     def apply(session) -> int:  # type: ignore[no-untyped-def]
         stmt = update(F).where(
             F.archive_name == archive_name, UNSYNCED, F.removed.is_(None),
-            func.coalesce(F.failed_copy_attempts, 0) >= max_copy_attempts,
+            func.coalesce(F.failed_copy_attempts, 0) >= max_copy_attempts, HEALTHY,
         )
         if wanted is not None:
             stmt = stmt.where(F.local_path.in_(wanted))

@@ -20,6 +20,8 @@ def known_local_paths(path: str, archive_name: str) -> set[str]:
         return set()
     uri = f"file:{urllib.parse.quote(os.fsencode(path))}?mode=ro"
     conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT)
+    # Other programs' rows may hold bytes that are not UTF-8: read them, do not fail.
+    conn.text_factory = lambda raw: raw.decode("utf-8", "surrogateescape")
     try:
         rows = conn.execute(f"SELECT local_path FROM {FILES_TABLE} WHERE archive_name = ?",
                             (archive_name,))

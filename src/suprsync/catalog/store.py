@@ -22,6 +22,8 @@ from ..paths import check_local_file, normalize_remote_path, timecode_of
 from . import timecode as tc_rules
 from .conflicts import pin
 from .engine import CatalogBusy, configure_sqlite, make_engine, retry_busy
+from .localdirs import record_dirs
+from .quarantine import HAS_ARCHIVE, HEALTHY, TIME_OK, is_valid_text
 from .schema import (
     DELETABLE,
     INDEXES,
@@ -111,7 +113,7 @@ class CopyResult:
 def _copyable_query(archive_name: str, max_copy_attempts: int | None,
                     num_files: int | None):  # type: ignore[no-untyped-def]
     query = select(F).where(F.archive_name == archive_name, UNSYNCED, F.removed.is_(None),
-                            NOT_IGNORED)
+                            NOT_IGNORED, HEALTHY)
     if max_copy_attempts is not None:
         query = query.where(func.coalesce(F.failed_copy_attempts, 0) < max_copy_attempts)
     query = query.order_by(F.timestamp, F.id)
@@ -161,6 +163,8 @@ class SupRsyncFilesManager:
             retry_busy(self._create_schema, what="create catalog tables")
         # Timecode dirs known to have a row (so add_file need not look again).
         self._known_tcdirs: set[tuple[str, int]] = set()
+        # Local directories whose real path was recorded (see localdirs.py).
+        self._known_localdirs: set[str] = set()
         # add_file's own sqlite connection, outside the pool (see _insert_plain).
         self._plain: sqlite3.Connection | None = None
         self._sqlite_file = self.sqlite_path()
@@ -258,11 +262,22 @@ class SupRsyncFilesManager:
         row = create_file(local_path, remote_path, archive_name, local_md5sum=local_md5sum,
                           timestamp=timestamp, deletable=deletable)
         timecode = timecode_of(row.remote_path)
+        folder = os.path.dirname(row.local_path)
         if session is not None:
             session.add(row)
             self._ensure_tcdir(session, archive_name, timecode)
+            record_dirs(session, {folder: os.path.realpath(folder)})
             session.flush()
             return row
+        if folder not in self._known_localdirs:
+            real = os.path.realpath(folder)
+            self.write(lambda s: record_dirs(s, {folder: real}), what="record local dir")
+            self._known_localdirs.add(folder)
+        return self._add_row(row, archive_name, timecode)
+
+    def _add_row(self, row: SupRsyncFile, archive_name: str,
+                 timecode: int | None) -> SupRsyncFile:
+        """Insert a built row, by plain sqlite3 when its timecode dir has its row."""
         values = {c: getattr(row, c) for c in _INSERT_COLUMNS}
         path = self._sqlite_file
         if path is not None and (timecode is None
@@ -339,7 +354,7 @@ class SupRsyncFilesManager:
         query = (
             select(F)
             .where(F.archive_name == archive_name, F.removed.is_(None), SYNCED, DELETABLE,
-                   F.timestamp < self.clock() - float(delete_after),
+                   F.timestamp < self.clock() - float(delete_after), HEALTHY,
                    ~exists().where(Conflict.file_id == F.id))
             .order_by(F.timestamp, F.id)
         )
@@ -364,7 +379,7 @@ class SupRsyncFilesManager:
         assert session is not None
         oldest = session.scalar(
             select(F.timestamp)
-            .where(F.archive_name == archive_name, UNSYNCED, NOT_IGNORED)
+            .where(F.archive_name == archive_name, UNSYNCED, NOT_IGNORED, TIME_OK)
             .order_by(F.timestamp)
             .limit(1)
         )
@@ -379,10 +394,10 @@ class SupRsyncFilesManager:
         uncopied = session.scalar(
             select(func.count()).select_from(F).where(in_archive, UNSYNCED, NOT_IGNORED))
         last_added = session.scalar(
-            select(F.local_path).where(in_archive).order_by(F.timestamp.desc(), F.id.desc())
-            .limit(1))
+            select(F.local_path).where(in_archive, HEALTHY)
+            .order_by(F.timestamp.desc(), F.id.desc()).limit(1))
         last_copied = session.scalar(
-            select(F.local_path).where(in_archive, SYNCED)
+            select(F.local_path).where(in_archive, SYNCED, HEALTHY)
             .order_by(F.timestamp.desc(), F.id.desc()).limit(1))
         return {
             "finalized_until": self.get_finalized_until(archive_name, session=session),
@@ -654,7 +669,9 @@ class SupRsyncFilesManager:
     def archives(self) -> list[str]:
         """Names of every archive in the catalog."""
         return self.read(
-            lambda s: sorted(s.scalars(select(F.archive_name).distinct())), what="list archives")
+            lambda s: sorted(a for a in s.scalars(select(F.archive_name).where(HAS_ARCHIVE)
+                                                  .distinct()) if is_valid_text(a)),
+            what="list archives")
 
     def file_by_local_path(self, local_path: str) -> list[SupRsyncFile]:
         """Rows registered for a local path (there may be several)."""

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from ..fsutil import write_atomic
 from ..hashing import md5_file
 from ..paths import subdir_of, timecode_of
+from .quarantine import QUARANTINED, printable
 from .schema import NOT_IGNORED, UNSYNCED, SupRsyncFile, TimecodeDir
 
 if TYPE_CHECKING:
@@ -99,7 +100,9 @@ def scan_timecodes(
         F.id > after_id, F.id <= up_to_id, F.archive_name.concat("") == archive_name).distinct()
     if min_ctime is not None:
         query = query.where(F.timestamp > min_ctime)
-    found = {tc for prefix in session.scalars(query) if (tc := timecode_of(prefix)) is not None}
+    # A prefix that is not text (NULL, a BLOB) belongs to a quarantined row: no dir.
+    found = {tc for prefix in session.scalars(query)
+             if isinstance(prefix, str) and (tc := timecode_of(prefix)) is not None}
     if not found:
         return 0, up_to_id
     lock_dir_rows(session, archive_name)
@@ -127,10 +130,14 @@ def mark_completed(session: Session, archive_name: str, now: float) -> int:
 
 
 def unsynced_count(session: Session, archive_name: str, timecode: int) -> int:
-    """Non-ignored files of this archive's dir that are not verified on the remote."""
+    """Non-ignored files of this archive's dir that are not verified on the remote.
+
+    A quarantined row is never counted as verified: it holds its dir back.
+    """
     return int(session.scalar(
         select(func.count()).select_from(F)
-        .where(F.archive_name == archive_name, in_dir(timecode), UNSYNCED, NOT_IGNORED)) or 0)
+        .where(F.archive_name == archive_name, in_dir(timecode), or_(UNSYNCED, QUARANTINED),
+               NOT_IGNORED)) or 0)
 
 
 def mark_synced(session: Session, archive_name: str) -> list[int]:
@@ -154,7 +161,7 @@ def dir_summary(session: Session, manager: SupRsyncFilesManager, archive_name: s
     subdirs: set[str] = set()
     for path in paths:
         num_files += 1
-        if (sub := subdir_of(path)) is not None:
+        if isinstance(path, str) and (sub := subdir_of(printable(path))) is not None:
             subdirs.add(sub)
     return {
         "timecode": int(timecode),
