@@ -25,6 +25,7 @@ from helpers import (
 from sqlalchemy import event
 
 from suprsync import SupRsyncFilesManager
+from suprsync.catalog.pathkeys import partners
 from suprsync.catalog.quarantine import register_sqlite_functions
 
 TABLES = ("supersync_v0", "timecode_dirs_v0")
@@ -452,3 +453,31 @@ def test_prefetched_count_is_exact_and_followed_by_new_rows(
     manager.prefetch_file_count(ARCHIVE)  # the count is fresh: no new one
     add(400)
     assert manager.get_archive_stats(ARCHIVE)["num_files"] == 7 + plain
+
+
+def test_collision_lookups_use_the_remote_path_indexes(
+    manager: SupRsyncFilesManager, add: AddFn, tmp_catalog: Path
+) -> None:
+    """Every statement of the collision lookup is planned on an index of remote paths
+    (never a scan of the archive)."""
+    for t in range(50):
+        add(t)
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_conn, _cursor, statement, parameters, _context, _many) -> None:  # noqa: ANN001
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append((statement, parameters))
+
+    event.listen(manager.engine, "before_cursor_execute", capture)
+    try:
+        manager.read(lambda s: partners(s, ARCHIVE, ["16750/sub/f1.g3", "16750/sub/f2.g3"]))
+    finally:
+        event.remove(manager.engine, "before_cursor_execute", capture)
+    assert len(statements) == 4
+    with sqlite3.connect(tmp_catalog) as conn:
+        register_sqlite_functions(conn)
+        for statement, params in statements:
+            plan = " | ".join(str(row[-1]) for row in conn.execute(
+                f"EXPLAIN QUERY PLAN {statement}", params).fetchall())
+            assert ("ix_suprsync_remote_path" in plan or "ix_suprsync_path_keys" in plan), plan
+            assert "SCAN supersync_v0" not in plan and "SCAN f" not in plan, plan

@@ -32,6 +32,7 @@ from sqlalchemy import text
 from suprsync import SupRsyncFilesManager
 from suprsync.catalog import maintenance
 from suprsync.catalog.conflicts import list_conflicts, pinned_ids
+from suprsync.catalog.pathkeys import partners, scan_path_keys
 from suprsync.catalog.store import CopyResult
 from suprsync.catalog.timecode import dir_states, timecode_at
 
@@ -668,3 +669,29 @@ def test_cli_run_once_copies_verifies_and_stats_reports_it(
     assert out[ARCHIVE]["timecode_dirs"]["finalized"] == [16750]
     assert out[ARCHIVE]["last_file_copied"].endswith(".g3")
     assert len(list(remote_dir.glob("*/suprsync/*/*_16750_finalized.yaml"))) == 0
+
+
+# -------------------------------------------------------------------- collisions
+
+
+def test_partners_find_same_parent_and_child_paths_in_any_spelling(
+    manager: SupRsyncFilesManager, tmp_path: Path
+) -> None:
+    """The collision lookup finds every row meeting a path, on both backends, and no other:
+    names that sort between ``P/`` and ``P0`` bytewise but do not lie below ``P`` stay out."""
+    local = make_file(tmp_path, "x.g3", b"x")
+    rows = {remote: insert_plain(manager, local, remote, ARCHIVE, 1.0)
+            for remote in ("16750/p", "16750//p/child", "16750/p/./deep/er", "16750/p.x",
+                           "16750/p-", "16750/p0", "16750/q/p", "16750")}
+    other = insert_plain(manager, local, "16750/p", OTHER, 1.0)
+    manager.write(scan_path_keys)
+
+    def found(key: str) -> set[str]:
+        hits = manager.read(lambda s: partners(s, ARCHIVE, [key]))
+        by_id = {v: k for k, v in rows.items()}
+        assert other not in {p.id for p in hits}, "another archive's row"
+        return {by_id[p.id] for p in hits}
+
+    assert found("16750/p") == {"16750/p", "16750//p/child", "16750/p/./deep/er", "16750"}
+    assert found("16750/p/child") == {"16750/p", "16750//p/child", "16750"}
+    assert found("16750/q") == {"16750/q/p", "16750"}

@@ -48,6 +48,7 @@ FAMILIES = {
     "suprsync_backlog_files": "gauge",
     "suprsync_finalized_until_lag_seconds": "gauge",
     "suprsync_registered_files": "gauge",
+    "suprsync_conflicts": "gauge",
     "suprsync_last_iteration_timestamp_seconds": "gauge",
     "suprsync_degraded": "gauge",
     "suprsync_transfer_duration_seconds": "histogram",

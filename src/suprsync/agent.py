@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from .catalog.conflicts import conflict_count
 from .catalog.engine import CatalogBusy
 from .catalog.store import SupRsyncFilesManager
 from .copying import (
@@ -128,6 +129,8 @@ class Agent:
         self._failures = 0
         #: Called with the report of every copy step (metrics use this).
         self.observers: list[Callable[[CopyReport], None]] = []
+        #: Recorded conflicts of the archive, as of the last stats step.
+        self.conflicts = 0
 
     # ----------------------------------------------------------- the loop
 
@@ -297,6 +300,8 @@ class Agent:
         cfg = self.config
         now = self.clock()
         stats = self.manager.get_archive_stats(cfg.archive_name)
+        self.conflicts = self.manager.read(lambda s: conflict_count(s, cfg.archive_name),
+                                           what="count conflicts")
         self.session.set_archive_stats(cfg.archive_name, stats)
         self.publish("archive_stats", {"block_name": cfg.archive_name, "timestamp": now,
                                        "data": stats})

@@ -58,6 +58,11 @@ class _SessionCollector:
         yield backlog
         yield lag
         yield registered
+        conflicts = GaugeMetricFamily(
+            "suprsync_conflicts", "Files held back by a conflict until an operator resolves it "
+            "(suprsync resolve).", labels=["archive"])
+        conflicts.add_metric([self.agent.config.archive_name], self.agent.conflicts)
+        yield conflicts
         last = GaugeMetricFamily("suprsync_last_iteration_timestamp_seconds",
                                  "Unix time of the last iteration of the run loop.")
         last.add_metric([], data["timestamp"])

@@ -101,9 +101,10 @@ def _children_sql(dialect: str, joined: str, column: str, extra: str = "",
             f"SELECT {cols}{extra} FROM unnest(CAST(:keys AS text[])) AS j(value) "
             f"JOIN {joined} ON {archive} = :archive "
             f"AND {column} ~>=~ (j.value || '/') AND {column} ~<~ (j.value || '0'){then}")
+    # CROSS JOIN: sqlite keeps the keys as the outer loop, one index range per key.
     return text(
         f"SELECT {cols}{extra} FROM json_each(:keys) AS j "
-        f"JOIN {joined} ON {archive} = :archive "
+        f"CROSS JOIN {joined} ON {archive} = :archive "
         f"AND {column} >= j.value || '/' AND {column} < j.value || '0'{then}")
 
 
