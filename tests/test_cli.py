@@ -279,7 +279,8 @@ def test_stats_json_has_stats_and_timecode_dir_states(
     data = json.loads(result.stdout)
     assert set(data) == {ARCHIVE}
     stats = data[ARCHIVE]
-    assert set(stats) == STATS_KEYS | {"timecode_dirs", "quarantined", "quarantined_rows"}
+    assert set(stats) == STATS_KEYS | {"timecode_dirs", "quarantined", "quarantined_rows",
+                                       "conflicts"}
     assert stats["num_files"] == 3
     assert stats["uncopied_files"] == 3
     assert stats["last_file_added"] == str(catalog["f300"])

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from ..collisions import Partner
 from ..paths import normalize_remote_path, parents
+from .inserts import insert_missing
 from .meta import get_meta, set_meta
 from .schema import PathKey, SupRsyncFile
 
@@ -57,8 +58,7 @@ def scan_path_keys(session: Session) -> int:
             PathKey.file_id.in_(list(found)))))
         new = [{"file_id": i, "archive_name": a, "path": p}
                for i, (a, p) in found.items() if i not in known]
-        if new:
-            session.execute(PathKey.__table__.insert(), new)
+        insert_missing(session, PathKey.__table__, new)
     set_meta(session, SCANNED_KEY, str(top))
     return len(found)
 
