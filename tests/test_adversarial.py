@@ -30,6 +30,7 @@ import re
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -557,6 +558,14 @@ class StepResult:
     kills: int = 0
 
 
+def kill_group(p: subprocess.Popen) -> None:
+    """SIGKILL a process started in its own session, with the children it started."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def run_processes(w: World, archives: list[str]) -> StepResult:
     """`suprsync run --once` for each archive at once; some are SIGKILLed at random."""
     procs = []
@@ -574,13 +583,13 @@ def run_processes(w: World, archives: list[str]) -> StepResult:
                 p.wait(timeout=max(0.0, started + kill_at - time.monotonic()))
                 result.what += " (ended before its SIGKILL)"
             except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)  # the agent and its rsync children
+                kill_group(p)  # the agent and its rsync children
                 result.what += f" (SIGKILLed after {kill_at:.2f} s)"
                 result.kills += 1
         try:
             _, err = p.communicate(timeout=PROCESS_TIMEOUT)
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+            kill_group(p)
             _, err = p.communicate()
             result.crashes.append(f"agent process for {archive} hung > {PROCESS_TIMEOUT} s")
         text = err.decode("utf-8", "replace")
@@ -599,10 +608,25 @@ def run_in_process(w: World, archive: str) -> StepResult:
         agent = Agent(config, manager=SupRsyncFilesManager(str(w.db)))
         w.agents[archive] = agent
     result = StepResult(f"Agent.iterate() for {archive}")
-    try:
-        agent.iterate()
-    except Exception as exc:  # reported as a crash, with the round's seed
-        result.crashes.append(f"Agent.iterate() for {archive} raised {exc!r}")
+    outcome: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            agent.iterate()
+        except Exception as exc:  # reported as a crash, with the round's seed
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(PROCESS_TIMEOUT)
+    if thread.is_alive():
+        result.crashes.append(f"Agent.iterate() for {archive} hung > {PROCESS_TIMEOUT} s")
+        agent.stop()
+        thread.join(30)
+        w.agents.pop(archive)  # a stopped agent does no more work; the next step makes one
+        agent.handler.close()
+    elif outcome:
+        result.crashes.append(f"Agent.iterate() for {archive} raised {outcome[0]!r}")
     return result
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -445,4 +446,31 @@ def test_empty_file_missing_after_rsync_never_verifies(
     agent.iterate()
     assert not is_synced(manager, file_id)
     assert path.exists()
+    check(manager, remote_dir, tmp_path)
+
+
+def test_a_directory_swapped_for_a_symlink_before_the_agent_first_saw_it(
+        local_agent, manager: SupRsyncFilesManager, tmp_path: Path, remote_dir: Path,
+        tmp_catalog: Path) -> None:
+    """A row another program wrote: a symlink on its way made after its registration is
+    refused (nothing sent, nothing deleted through it); one older than it is fine."""
+    secret = write_file(tmp_path / "secret" / "d" / "f", b"outside bytes")
+    folder = tmp_path / "local" / "d"
+    data = b"registered bytes"
+    write_file(folder / "f", data)
+    swapped = plain_insert(tmp_catalog, folder / "f", "i/f", data)
+    os.rename(folder, tmp_path / "local" / "d-moved")
+    folder.symlink_to(secret.parent)
+
+    real = write_file(tmp_path / "mnt" / "e" / "g", b"behind an old link")
+    (tmp_path / "local" / "e").symlink_to(real.parent)
+    linked = plain_insert(tmp_catalog, tmp_path / "local" / "e" / "g", "i/g",
+                          b"behind an old link", timestamp=time.time() + 5)
+    agent = local_agent()
+    agent.iterate()
+    agent.iterate()
+    assert not (remote_dir / "i" / "f").exists()
+    assert secret.read_bytes() == b"outside bytes"
+    assert get_row(manager, swapped).failed_copy_attempts == 2
+    assert is_synced(manager, linked)
     check(manager, remote_dir, tmp_path)

@@ -490,20 +490,20 @@ def test_recheck(site: Site) -> None:
     new_content = b"changed after it was synced\n" * 100  # another size than before
     path.write_bytes(new_content)
     missing = site.dir / "data" / "never-registered.dat"
+    old_md5 = site.row(path)["local_md5sum"]
+    old_content = remote.read_bytes()
     session = site.task(TS, "recheck", paths=[str(path), str(missing)])
     data = session["data"]
-    assert data["queued"] == [str(path)]
-    assert data["changed"] == [str(path)]
+    # The file's copy was verified: its new content is a conflict, never sent over it.
+    assert data["queued"] == []
+    assert data["conflicts"] == [str(path)]
     assert data["not_found"] == [str(missing)]
     assert data["gone"] == []
-    assert site.row(path)["local_md5sum"] == md5(new_content)
-
-    def verified() -> bool:
-        row = site.row(path)
-        return row["remote_md5sum"] == md5(new_content) and remote.read_bytes() == new_content
-
-    wait_for(verified, SYNC_TIMEOUT, "the re-checked file to be copied and verified again",
-             state=lambda: dict(site.row(path)))
+    assert site.row(path)["local_md5sum"] == old_md5
+    assert remote.read_bytes() == old_content
+    kinds = site.sql("SELECT kind FROM suprsync_conflicts_v0 WHERE file_id = ?",
+                     site.row(path)["id"])
+    assert [k["kind"] for k in kinds] == ["changed"]
 
 
 def test_rebuild_timecode_dirs(site: Site) -> None:

@@ -17,15 +17,18 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from .blame import describe
 from .catalog import timecode as tc_rules
 from .catalog.anomalies import DirWatch
 from .catalog.conflicts import conflict_count
 from .catalog.engine import CatalogBusy
 from .catalog.store import SupRsyncFilesManager
+from .catalog.watch import Action, CatalogLost, CatalogWatch
 from .clockcheck import ClockCheck
 from .copying import (
     CopyReport,
     Pipeline,
+    StagingFailed,
     dead_local_agents,
     default_agent_id,
     remove_stale_temp_dirs,
@@ -113,10 +116,10 @@ class Agent:
         self.clock_check = ClockCheck(clock, monotonic, name=config.instance_id)
         #: Timecode-dir anomalies of the archive: future dirs, late files.
         self.dir_watch = DirWatch(config.archive_name)
-        self.manager = manager or SupRsyncFilesManager(
-            config.db_path, create_all=True, echo=config.db_echo,
-            pool_size=config.db_pool_size, max_overflow=config.db_pool_max_overflow,
-            clock=clock)
+        self.manager = manager or self._open_manager()
+        sqlite_file = self.manager.sqlite_path()
+        #: The catalog file opened, when it is sqlite (a server's database cannot vanish).
+        self._watch = CatalogWatch(sqlite_file) if sqlite_file else None
         transport = make_transport(config.remote_basedir, config.transfer_options(),
                                    config.ssh())
         self.handler = SupRsyncFileHandler(self.manager, config.archive_name,
@@ -140,10 +143,19 @@ class Agent:
         #: Recorded conflicts of the archive, as of the last stats step.
         self.conflicts = 0
 
+    def _open_manager(self) -> SupRsyncFilesManager:
+        cfg = self.config
+        return SupRsyncFilesManager(cfg.db_path, create_all=True, echo=cfg.db_echo,
+                                    pool_size=cfg.db_pool_size,
+                                    max_overflow=cfg.db_pool_max_overflow, clock=self.clock)
+
     # ----------------------------------------------------------- the loop
 
     def run(self, once: bool = False) -> bool:
-        """Iterate until stop() is called (or once); True when the last iteration succeeded."""
+        """Iterate until stop() is called (or once); True when the last iteration succeeded.
+
+        Raises CatalogLost when the catalog file is gone or damaged.
+        """
         log.info("[%s] syncing archive %r to %s", self.config.instance_id,
                  self.config.archive_name, self.handler.transport.describe())
         with self._request_lock:
@@ -241,6 +253,8 @@ class Agent:
         """One iteration; True when nothing failed."""
         self.session.count("iterations")
         try:
+            if not self._check_catalog():
+                return False
             # A full row count, when due, runs while files are copied.
             self.manager.prefetch_file_count(self.config.archive_name)
             ok = self._copy_step()
@@ -268,6 +282,15 @@ class Agent:
             self.session.degraded = True
             log.error("[%s] catalog unavailable: %s", self.config.instance_id,
                       str(exc).splitlines()[0])
+            self._check_catalog(exc)
+            return False
+        except (OSError, StagingFailed) as exc:
+            # A local place (the file root, the staging dir) refused: retried next time.
+            self.session.count("errors_nonzero")
+            log.error("[%s] iteration failed: %s; retrying next iteration",
+                      self.config.instance_id,
+                      describe(exc) if isinstance(exc, OSError) else exc)
+            self._release_own_claims()
             return False
         finally:
             self.session.set("activity", "idle")
@@ -288,6 +311,53 @@ class Agent:
             "late_files_found": watch.late_found,
             "clock_in_doubt": self.clock_check.in_doubt or watch.rows_ahead,
         }
+
+    def _check_catalog(self, error: BaseException | None = None) -> bool:
+        """Notice a catalog file deleted, replaced, damaged or unwritable; False: skip.
+
+        After ``error`` (already counted and logged), see what became of the file.
+        A catalog found again at the path is reopened; one that is gone or damaged
+        raises CatalogLost.
+        """
+        if self._watch is None:
+            return True
+        cfg, path = self.config, self._watch.path
+        verdict = self._watch.judge(error)
+        if verdict.action is Action.CONTINUE:
+            return True
+        if verdict.what:
+            self.session.degraded = True
+            if error is None:
+                self.session.count("errors_sqlite")
+        if verdict.action is Action.EXIT:
+            log.error("[%s] catalog %s %s; stopping", cfg.instance_id, path, verdict.what)
+            raise CatalogLost(f"catalog {path!r} {verdict.what}")
+        if verdict.action is Action.WAIT:
+            log.error("[%s] catalog %s %s; retrying next iteration", cfg.instance_id, path,
+                      verdict.what)
+            return False
+        if verdict.what:
+            log.error("[%s] catalog %s %s; reopening it", cfg.instance_id, path, verdict.what)
+        # Close first: the last connection to go writes the write-ahead log back into
+        # the file it belongs to, so that log is never read as the new file's.
+        self.manager.close()
+        self._watch.release()
+        try:
+            fresh = self._open_manager()
+        except (SQLAlchemyError, CatalogBusy) as exc:
+            log.error("[%s] cannot reopen catalog %s: %s", cfg.instance_id, path,
+                      str(exc).splitlines()[0])
+            return False
+        finally:
+            self._watch.reopen()
+        self.manager = self.handler.srfm = fresh
+        return True
+
+    def _release_own_claims(self) -> None:
+        try:
+            self.manager.release_claims(self.handler.agent_id)
+        except (SQLAlchemyError, CatalogBusy):
+            pass  # they expire, and the next claim of this agent drops them
 
     def _copy_step(self) -> bool:
         cfg = self.config

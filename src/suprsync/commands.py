@@ -29,6 +29,7 @@ from .catalog.quarantine import (
 from .catalog.schema import SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .catalog.timecode import dir_states
+from .catalog.watch import CatalogLost
 from .options import ConfigError, check_environment, config_from_args
 from .registration import add_local_files
 from .status import anomaly_lines, quarantine_lines
@@ -112,6 +113,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         ok = agent.run(once=ns.once)
+    except CatalogLost as exc:
+        raise CliError(str(exc)) from None
     finally:
         if metrics is not None:
             metrics.close()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .blame import blames_the_place, describe
 from .catalog.schema import SupRsyncFile
 from .catalog.store import CopyResult, SupRsyncFilesManager
 from .hashing import md5_file
@@ -20,6 +21,7 @@ from .paths import check_local_file, normalize_remote_path
 from .procs import ProcResult
 from .screening import screen_batch
 from .transport.base import PARTIAL_EXIT_CODES, Transport, TransportError
+from .transport.rsync_errors import destination_failure
 from .transport.ssh import CONTROL_PREFIX
 
 log = logging.getLogger(__name__)
@@ -112,12 +114,7 @@ def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManage
             source = _source_root(row.local_path, rel)
             if source is None:
                 source = staging
-                link = os.path.join(staging, rel)
-                folder = os.path.dirname(link)
-                if folder not in made:
-                    os.makedirs(folder, exist_ok=True)
-                    made.add(folder)
-                os.symlink(row.local_path, link)
+                _link(row.local_path, staging, rel, made)
         except OSError as exc:
             log.error("cannot copy %s (file id %s): %s", row.local_path, row.id, exc)
             unreadable.append(row.id)
@@ -127,6 +124,25 @@ def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManage
     manager.mark_unsendable(bad_path, max_copy_attempts if max_copy_attempts else 1 << 30)
     manager.count_failed_attempt(unreadable)
     return staged
+
+
+class StagingFailed(RuntimeError):
+    """The staging dir took no link (full, read-only): no file's fault."""
+
+
+def _link(local_path: str, staging: str, rel: str, made: set[str]) -> None:
+    """Link local_path into the staging tree as rel; StagingFailed if the tree refuses."""
+    link = os.path.join(staging, rel)
+    folder = os.path.dirname(link)
+    try:
+        if folder not in made:
+            os.makedirs(folder, exist_ok=True)
+            made.add(folder)
+        os.symlink(local_path, link)
+    except OSError as exc:
+        if blames_the_place(exc.errno):
+            raise StagingFailed(f"cannot stage files in {staging}: {describe(exc)}") from exc
+        raise
 
 
 @dataclass(frozen=True)
@@ -288,7 +304,11 @@ def _copy_claimed(manager: SupRsyncFilesManager, transport: Transport,
                   agent_id: str, max_copy_attempts: int | None,
                   notes: set[tuple[int, int | None]]) -> CopyReport:
     """Stage, send and verify a claimed batch once the destination is ready."""
-    staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=staging_root)
+    try:
+        staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=staging_root)
+    except OSError:
+        manager.release_claims(agent_id)
+        raise
     renewing = _LeaseRenewer(manager, agent_id, pipeline.lease)
     try:
         screened = screen_batch(manager, batch[0].archive_name, batch, max_copy_attempts,
@@ -353,21 +373,29 @@ def _run_pipeline(manager: SupRsyncFilesManager, transport: Transport,
 
 def _transfer_ok(result: ProcResult, count: int, transport: Transport, report: CopyReport,
                  lock: threading.Lock) -> bool:
-    """Judge one rsync call; a whole-transfer failure is recorded in the report."""
+    """Judge one rsync call; a whole-transfer failure is recorded in the report.
+
+    A failure of the destination (see destination_failure) fails the whole chunk,
+    whatever the exit status, and is logged once per copy step.
+    """
     if result.timed_out:
         with lock:
             report.error, report.timed_out, report.failed = "timed out", True, True
         log.error("rsync of %d files to %s timed out after %.1f s; retrying next iteration",
                   count, transport.describe(), result.duration)
         return False
-    if result.returncode not in (0, *PARTIAL_EXIT_CODES):
+    blamed = destination_failure(result.stderr) if result.returncode != 0 else None
+    if result.returncode not in (0, *PARTIAL_EXIT_CODES) or blamed is not None:
+        # The destination failed, not a file: no file is charged, nothing is verified.
         with lock:
+            first = not report.failed
             report.error, report.failed = "nonzero exit", True
         if transport.children.aborted:
             log.info("rsync of %d files to %s stopped by request", count, transport.describe())
-        else:
-            log.error("rsync of %d files to %s failed with exit %s: %s", count,
-                      transport.describe(), result.returncode, result.stderr_tail())
+        elif first:
+            log.error("rsync to %s failed (exit %s): %s; no file is charged, retrying next "
+                      "iteration", transport.describe(), result.returncode,
+                      blamed or result.stderr_tail())
         return False
     if result.returncode != 0:
         log.warning("rsync to %s could not send some files (exit %s): %s",

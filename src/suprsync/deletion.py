@@ -32,6 +32,7 @@ from .catalog.schema import SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .hashing import md5_file
 from .paths import check_local_file, normalize_remote_path
+from .screening import check_local_dirs
 from .transport.base import Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ def _groups(manager: SupRsyncFilesManager, archive_name: str, due: list[SupRsync
         return sharers, rules, conflicted_ids(session, [r.id for r in sharers])
 
     sharers, rules, conflicted = manager.read(read, what="rows sharing local files")
+    bad_dirs = check_local_dirs(manager, [(r.local_path, r.timestamp) for r in due])
     by_path: dict[str, list[SupRsyncFile]] = defaultdict(list)
     for row in sharers:
         by_path[row.local_path].append(row)
@@ -148,6 +150,8 @@ def _groups(manager: SupRsyncFilesManager, archive_name: str, due: list[SupRsync
     marks: dict[str, list[int]] = {}
     for path in dict.fromkeys(r.local_path for r in due):
         reasons = [why for row in by_path[path] if (why := why_kept(row, now, rules, conflicted))]
+        if os.path.dirname(path) in bad_dirs:
+            reasons.insert(0, bad_dirs[os.path.dirname(path)])
         if reasons:
             report.kept.append((path, reasons[0]))
             if path not in notes:

@@ -19,6 +19,7 @@ from ocs import ocs_agent, site_config
 from .agent import Agent, AgentConfig
 from .catalog import maintenance
 from .catalog.store import SupRsyncFilesManager
+from .catalog.watch import CatalogLost
 from .options import ConfigError, add_run_arguments, check_environment, config_from_args
 from .session import SessionData
 
@@ -72,6 +73,26 @@ class SupRsyncAgent:
             session.data = data
             session.degraded = degraded
 
+        while not self._stopping.is_set():
+            core = self._open_core(session, on_change)
+            if core is None:
+                break
+            self.core = core
+            try:
+                core.run()
+                break
+            except CatalogLost as exc:
+                # What a restart would do: open the catalog at its path again.
+                session.degraded = True
+                core.manager.close()
+                log.error("%s; opening it again in %.0f s", exc, CATALOG_RETRY)
+                self._stopping.wait(CATALOG_RETRY)
+            finally:
+                self.core = None
+        return True, "Stopped run process"
+
+    def _open_core(self, session: Any, on_change: Any) -> Agent | None:
+        """An Agent on the catalog, retried until it opens; None when stopped first."""
         core = None
         while core is None and not self._stopping.is_set():
             try:
@@ -82,17 +103,12 @@ class SupRsyncAgent:
                           self.config.db_path, str(exc).splitlines()[0], CATALOG_RETRY)
                 self._stopping.wait(CATALOG_RETRY)
         if core is None:
-            return True, "Stopped run process"
+            return None
         session.data = core.session.snapshot()
         session.degraded = False
         if self.metrics is not None:
             self.metrics.attach(core)
-        self.core = core
-        try:
-            core.run()
-        finally:
-            self.core = None
-        return True, "Stopped run process"
+        return core
 
     def _stop(self, session: Any, params: dict | None = None) -> tuple[bool, str]:
         session.set_status("stopping")
@@ -149,6 +165,7 @@ class SupRsyncAgent:
         report = self._call(lambda m: maintenance.recheck(m, params["paths"],
                                                           self.config.archive_name))
         session.data = {"queued": report.queued, "changed": report.changed,
+                        "conflicts": report.conflicts,
                         "not_found": report.not_found, "gone": report.gone,
                         "timestamp": time.time()}
         return True, f"Queued {len(report.queued)} file(s) for re-verification"

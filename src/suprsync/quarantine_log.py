@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 F = SupRsyncFile
 
 #: Older ids read per check.
-SCAN_CHUNK = 50_000
+SCAN_CHUNK = 10_000
 #: Rows logged one by one per process; beyond that, only how many more were found.
 MAX_LINES = 1000
 
@@ -80,6 +80,6 @@ class QuarantineLog:
                         "counted as synced until the row is fixed): %s", self.prefix,
                         row["id"], archive, row["reason"])
         if unlisted:
-            log.warning("%s%d more rows of archive %r are quarantined (not listed one by one; "
+            log.warning("%s%d more row(s) of archive %r are quarantined (not listed one by one; "
                         "suprsync status lists them)", self.prefix, unlisted, archive)
         return new

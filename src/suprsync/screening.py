@@ -11,13 +11,14 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import stat
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .catalog.conflicts import COLLISION, NewConflict, pinned_ids, record_conflicts
 from .catalog.localdirs import known_dirs, record_dirs
-from .catalog.pathkeys import partners, scan_path_keys
+from .catalog.pathkeys import as_partner, partners, scan_path_keys
 from .catalog.schema import SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .collisions import Action, Partner, judge
@@ -82,10 +83,14 @@ def screen_batch(manager: SupRsyncFilesManager, archive_name: str,
     ids = [row.id for row in batch]
 
     def read(session):  # type: ignore[no-untyped-def]
-        found = partners(session, archive_name, keys.values(), max_copy_attempts)
+        found = partners(session, archive_name, keys.values(), max_copy_attempts,
+                         known=set(keys))
         return found, pinned_ids(session, ids)
 
     found, out.strict = manager.read(read, what="screen batch")
+    # The batch's own rows meet each other too; they are in memory already.
+    found += [as_partner(row, keys[row.id], max_copy_attempts) for row in batch
+              if row.id in keys]
     index = PartnerIndex(found)
     conflicts: list[NewConflict] = []
     for row in batch:
@@ -120,32 +125,60 @@ def screen_batch(manager: SupRsyncFilesManager, archive_name: str,
                       "%s; resolve it with 'suprsync resolve'", row.local_path, row.id,
                       keys.get(row.id), c.detail)
         out.new_conflicts = [c.file_id for c in new]
-    out.bad_dirs = check_local_dirs(manager, [row.local_path for row in out.send])
+    out.bad_dirs = check_local_dirs(manager, [(r.local_path, r.timestamp) for r in out.send])
     return out
 
 
-def check_local_dirs(manager: SupRsyncFilesManager, local_paths: Iterable[str]) -> dict[str, str]:
-    """Directories of these files that now resolve elsewhere than first seen, with why.
+def _newer_link(folder: str, registered: float) -> str | None:
+    """The first symlink on the way to folder that was made after ``registered``."""
+    path = "/"
+    for part in folder.strip("/").split("/"):
+        path = os.path.join(path, part)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if stat.S_ISLNK(st.st_mode) and st.st_ctime > registered:
+            return path
+        if stat.S_ISLNK(st.st_mode):
+            path = os.path.realpath(path)
+    return None
 
-    Directories seen for the first time are recorded as they resolve now.
+
+def check_local_dirs(manager: SupRsyncFilesManager,
+                     files: Iterable[tuple[str, float]]) -> dict[str, str]:
+    """Directories of these files (local path, registration time) not to be read, with why.
+
+    A directory is recorded with where it resolves the first time it is seen. A
+    recorded one must still resolve there. One seen for the first time (a row
+    another program wrote) is refused when a symlink on its way is younger than
+    the oldest file registered in it: that link was not there at registration.
     """
     reals: dict[str, str] = {}
-    for path in local_paths:
+    oldest: dict[str, float] = {}
+    for path, registered in files:
         if not isinstance(path, str):
             continue
         folder = os.path.dirname(path)
         if folder not in reals:
             reals[folder] = os.path.realpath(folder)
+        if isinstance(registered, (int, float)):
+            oldest[folder] = min(oldest.get(folder, registered), registered)
     if not reals:
         return {}
     known = manager.read(lambda s: known_dirs(s, reals), what="local dirs")
-    new = {d: r for d, r in reals.items() if d not in known}
-    if new:
-        manager.write(lambda s: record_dirs(s, new), what="record local dirs")
     bad = {}
     for folder, real in reals.items():
         first = known.get(folder)
         if first is not None and first != real:
             bad[folder] = (f"{folder!r} now resolves to {real!r} through a symbolic link, "
                            f"not to {first!r} as when its files were first seen")
+        elif first is None and real != folder:
+            link = _newer_link(folder, oldest.get(folder, 0.0))
+            if link is not None:
+                bad[folder] = (f"{link!r} on the way to {folder!r} is a symbolic link made "
+                               f"after the files in it were registered")
+    new = {d: r for d, r in reals.items() if d not in known and d not in bad}
+    if new:
+        manager.write(lambda s: record_dirs(s, new), what="record local dirs")
     return bad

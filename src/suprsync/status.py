@@ -11,7 +11,12 @@ from sqlalchemy.orm import Session
 
 from .catalog.anomalies import catalog_anomalies
 from .catalog.conflicts import conflict_count
-from .catalog.quarantine import HEALTHY, LIST_LIMIT, QUARANTINED, quarantined_rows
+from .catalog.quarantine import (
+    COPIED_IS_TIME,
+    HEALTHY,
+    LIST_LIMIT,
+    quarantined_rows,
+)
 from .catalog.schema import NOT_IGNORED, SYNCED, UNSYNCED, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 
@@ -23,43 +28,47 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
     """Counts, backlog and lags of one archive (see docs/monitoring.md)."""
     now = manager.clock() if now is None else now
     attempts = func.coalesce(F.failed_copy_attempts, 0)
-    waiting = (UNSYNCED & NOT_IGNORED & F.removed.is_(None) & (attempts < max_copy_attempts)
-               & HEALTHY)
-    failed = UNSYNCED & NOT_IGNORED & (attempts >= max_copy_attempts) & HEALTHY
-    synced = SYNCED & HEALTHY
+    waiting = UNSYNCED & NOT_IGNORED & F.removed.is_(None) & (attempts < max_copy_attempts)
+    failed = UNSYNCED & NOT_IGNORED & (attempts >= max_copy_attempts)
+    in_archive = F.archive_name == archive_name
 
     def one(cond):  # type: ignore[no-untyped-def]
         return func.coalesce(func.sum(case((cond, 1), else_=0)), 0)
 
     def query(session: Session) -> dict[str, Any]:
-        row = session.execute(
-            select(func.count(), one(synced), one(waiting), one(failed), one(~NOT_IGNORED),
-                   func.min(case((waiting, F.timestamp))),
-                   func.max(case((synced, F.copied))), one(QUARANTINED))
-            .where(F.archive_name == archive_name)).one()
+        every, ignored = session.execute(select(func.count(), one(~NOT_IGNORED))
+                                         .where(in_archive)).one()
+        # The quarantine check is the costly part: it runs once per row, here.
+        healthy, synced, waiting_count, failed_count, oldest = session.execute(
+            select(func.count(), one(SYNCED), one(waiting), one(failed),
+                   func.min(case((waiting, F.timestamp))))
+            .where(in_archive, HEALTHY)).one()
+        quarantined = int(every) - int(healthy)
         waiting_bytes = 0
+        sound = [HEALTHY] if quarantined else []  # no need to check again when none is bad
         for path in session.scalars(select(F.local_path).where(
-                F.archive_name == archive_name, waiting).execution_options(yield_per=2000)):
+                in_archive, waiting, *sound).execution_options(yield_per=2000)):
             try:
                 waiting_bytes += os.stat(path).st_size
             except OSError:
                 continue
+        last_copy = session.scalar(select(func.max(F.copied)).where(
+            in_archive, SYNCED, COPIED_IS_TIME))
         finalized_until = manager.get_finalized_until(archive_name, session=session)
         conflicts = conflict_count(session, archive_name)
-        quarantined = int(row[7])
-        listed = (quarantined_rows(session, F.archive_name == archive_name, limit=LIST_LIMIT)
+        listed = (quarantined_rows(session, in_archive, limit=LIST_LIMIT)
                   if quarantined else [])
         return {
-            "registered": int(row[0]),
-            "synced": int(row[1]),
-            "waiting": int(row[2]),
-            "failed_at_limit": int(row[3]),
-            "ignored": int(row[4]),
+            "registered": int(every),
+            "synced": int(synced),
+            "waiting": int(waiting_count),
+            "failed_at_limit": int(failed_count),
+            "ignored": int(ignored),
             "bytes_waiting": waiting_bytes,
-            "oldest_waiting_age": None if row[5] is None else max(0.0, now - float(row[5])),
+            "oldest_waiting_age": None if oldest is None else max(0.0, now - float(oldest)),
             "finalized_until": finalized_until,
             "finalized_until_lag": max(0.0, now - finalized_until),
-            "last_copy": None if row[6] is None else float(row[6]),
+            "last_copy": None if last_copy is None else float(last_copy),
             **catalog_anomalies(session, archive_name, now),
             "conflicts": conflicts,
             "quarantined": quarantined,

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from .inserts import insert_missing
 from .schema import Conflict, PinnedFile, SupRsyncFile
 
 F = SupRsyncFile
@@ -47,7 +48,7 @@ def record_conflicts(session: Session, archive_name: str, conflicts: Sequence[Ne
             known.add(c.file_id)
             new.append(c)
     if new:
-        session.execute(Conflict.__table__.insert(), [
+        insert_missing(session, Conflict.__table__, [
             {"file_id": c.file_id, "archive_name": archive_name, "kind": c.kind,
              "other_id": c.other_id, "detail": c.detail, "since": now} for c in new])
     return new
@@ -102,8 +103,7 @@ def pin(session: Session, pins: Sequence[tuple[int, str]]) -> None:
         return
     known = pinned_ids(session, [i for i, _ in pins])
     new = [{"file_id": i, "md5": m} for i, m in dict(pins).items() if i not in known]
-    if new:
-        session.execute(PinnedFile.__table__.insert(), new)
+    insert_missing(session, PinnedFile.__table__, new)
 
 
 def unpin(session: Session, file_ids: Sequence[int]) -> None:

@@ -64,15 +64,18 @@ def make_engine(
 
 
 def configure_sqlite(conn: sqlite3.Connection) -> None:
-    """A busy timeout on this connection, WAL mode for the file, and the quarantine check.
+    """A busy timeout on this connection, WAL mode, the quarantine check, no memory map.
 
     Text that is not valid UTF-8 is read with surrogate escapes instead of failing
-    the query (see catalog.quarantine).
+    the query (see catalog.quarantine). With the catalog file mapped, a file
+    truncated under the agent would kill it with SIGBUS; read with read(2), a
+    damaged file is an error the agent reports.
     """
     register_sqlite_functions(conn)
     cur = conn.cursor()
     try:
         cur.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        cur.execute("PRAGMA mmap_size = 0")
         mode = cur.execute("PRAGMA journal_mode").fetchone()[0]
         if str(mode).lower() != "wal":
             cur.execute("PRAGMA journal_mode=WAL")

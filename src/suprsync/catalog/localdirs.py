@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from .inserts import insert_missing
 from .schema import LocalDir
 
 CHUNK = 500
@@ -35,5 +36,4 @@ def record_dirs(session: Session, reals: Mapping[str, str]) -> None:
         return
     known = known_dirs(session, reals)
     new = [{"path": d, "real": r} for d, r in reals.items() if d not in known]
-    if new:
-        session.execute(LocalDir.__table__.insert(), new)
+    insert_missing(session, LocalDir.__table__, new)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from .inserts import insert_missing
 from .schema import CatalogMeta
 
 #: Meta key prefix: the --delete-local-after an archive's agent runs with.
@@ -21,12 +22,8 @@ def get_meta(session: Session, key: str) -> str | None:
 
 def set_meta(session: Session, key: str, value: str | None) -> None:
     """Store value under key (replacing what was there)."""
-    row = session.get(CatalogMeta, key)
-    if row is None:
-        session.add(CatalogMeta(key=key, value=value))
-    else:
-        row.value = value
-    session.flush()
+    insert_missing(session, CatalogMeta.__table__, [{"key": key, "value": value}])
+    session.execute(update(CatalogMeta).where(CatalogMeta.key == key).values(value=value))
 
 
 def publish_delete_rule(session: Session, archive_name: str, delete_after: float | None) -> None:

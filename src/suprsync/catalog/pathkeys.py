@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from ..collisions import Partner
 from ..paths import normalize_remote_path, parents
+from .inserts import insert_missing
 from .meta import get_meta, set_meta
 from .schema import PathKey, SupRsyncFile
 
@@ -57,8 +58,7 @@ def scan_path_keys(session: Session) -> int:
             PathKey.file_id.in_(list(found)))))
         new = [{"file_id": i, "archive_name": a, "path": p}
                for i, (a, p) in found.items() if i not in known]
-        if new:
-            session.execute(PathKey.__table__.insert(), new)
+        insert_missing(session, PathKey.__table__, new)
     set_meta(session, SCANNED_KEY, str(top))
     return len(found)
 
@@ -67,7 +67,7 @@ _COLUMNS = (F.id, F.remote_path, F.local_md5sum, F.remote_md5sum, F.ignore, F.re
             F.failed_copy_attempts)
 
 
-def _partner(row: Any, key: str, max_copy_attempts: int | None) -> Partner:
+def as_partner(row: Any, key: str, max_copy_attempts: int | None) -> Partner:
     verified = row.remote_md5sum is not None and row.remote_md5sum == row.local_md5sum
     attempts = row.failed_copy_attempts or 0
     live = (not row.ignore and row.removed is None
@@ -117,10 +117,12 @@ def _encodable(key: str) -> bool:
 
 
 def partners(session: Session, archive_name: str, keys: Iterable[str],
-             max_copy_attempts: int | None = None) -> list[Partner]:
+             max_copy_attempts: int | None = None,
+             known: set[int] | frozenset[int] = frozenset()) -> list[Partner]:
     """Every row of the archive whose normalized remote path meets one of ``keys``.
 
-    Each row appears once; the caller matches them to its candidates.
+    Each row appears once; the caller matches them to its candidates. Rows whose
+    id is in ``known`` (the caller has them already) are left out.
     """
     wanted = sorted({k for k in keys if _encodable(k)})
     if not wanted:
@@ -130,11 +132,11 @@ def partners(session: Session, archive_name: str, keys: Iterable[str],
 
     def take(rows: Iterable[Any], key_column: str | None = None) -> None:
         for row in rows:
-            if row.id in found:
+            if row.id in found or row.id in known:
                 continue
             key = getattr(row, key_column) if key_column else _key_of(row.remote_path)
             if key is not None:
-                found[row.id] = _partner(row, key, max_copy_attempts)
+                found[row.id] = as_partner(row, key, max_copy_attempts)
 
     for chunk in _chunks(probes):
         take(session.execute(select(*_COLUMNS).where(

@@ -12,9 +12,10 @@ handled as usual.
 :func:`why_quarantined` is the rule. :data:`HEALTHY` and :data:`QUARANTINED` are
 the same rule as SQL conditions, for the selection queries: on sqlite they test
 the stored type of each value (``typeof()``), on PostgreSQL, where the column
-types hold, the NULLs, the md5 format and the timestamp range. Text that is not
-ASCII is checked on sqlite by the function :data:`UTF8_FUNCTION`, which
-:func:`register_sqlite_functions` adds to every connection.
+types hold, the NULLs, the md5 format and the timestamp range. On sqlite the
+content of the text (valid UTF-8, the md5's hex digits) is checked on the stored
+bytes by the function :data:`TEXT_FUNCTION`, which :func:`register_sqlite_functions`
+adds to every connection.
 """
 
 from __future__ import annotations
@@ -154,11 +155,14 @@ def is_valid_text(value: Any) -> bool:
 
 # ------------------------------------------------------------------ sqlite
 
-#: Name of the SQL function (sqlite) that tells whether a BLOB is valid UTF-8.
+#: SQL functions (sqlite): whether a BLOB is valid UTF-8; whether a row's text is sound.
 UTF8_FUNCTION = "suprsync_valid_utf8"
+TEXT_FUNCTION = "suprsync_text_ok"
 
 #: Reads TEXT values; bytes that are not UTF-8 become surrogate escapes, not an error.
 decode_text = partial(str, encoding="utf-8", errors="surrogateescape")
+
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 
 
 def _valid_utf8(value: Any) -> int:
@@ -171,18 +175,27 @@ def _valid_utf8(value: Any) -> int:
     return 1
 
 
+def _text_ok(local_path: Any, local_md5sum: Any, archive_name: Any, remote_path: Any,
+             remote_md5sum: Any) -> int:
+    """The text part of the rule, on the stored bytes (types are checked in SQL)."""
+    try:
+        if (len(local_md5sum) != 32 or local_md5sum.translate(None, _HEX_DIGITS)
+                or b"\0" in local_path):
+            return 0
+        # An ASCII separator ends any partial sequence: the whole is UTF-8 iff each part is.
+        joined = b"\0".join((local_path, archive_name, remote_path, remote_md5sum or b""))
+        if not joined.isascii():
+            joined.decode("utf-8")
+    except (UnicodeDecodeError, TypeError, AttributeError):
+        return 0
+    return 1
+
+
 def register_sqlite_functions(conn: sqlite3.Connection) -> None:
-    """Make a connection read undecodable text, and give it the UTF-8 check."""
+    """Make a connection read undecodable text, and give it the quarantine checks."""
     conn.text_factory = decode_text
     conn.create_function(UTF8_FUNCTION, 1, _valid_utf8, deterministic=True)
-
-
-def _sqlite_text(column: str, required: bool) -> str:
-    c = f"{FILES_TABLE}.{column}"
-    # Printable ASCII without NUL needs no decoding; anything else goes to the function.
-    ok = (f"typeof({c}) = 'text' AND (({c} NOT GLOB '*[^ -~]*' AND "
-          f"instr(CAST({c} AS BLOB), x'00') = 0) OR {UTF8_FUNCTION}(CAST({c} AS BLOB)))")
-    return ok if required else f"(typeof({c}) = 'null' OR ({ok}))"
+    conn.create_function(TEXT_FUNCTION, 5, _text_ok, deterministic=True)
 
 
 def _sqlite_types(column: str, *types: str) -> str:
@@ -190,20 +203,21 @@ def _sqlite_types(column: str, *types: str) -> str:
     return f"typeof({FILES_TABLE}.{column}) IN ({listed})"
 
 
+def _sqlite_time(column: str = "timestamp") -> str:
+    c = f"{FILES_TABLE}.{column}"
+    return (f"{_sqlite_types(column, 'integer', 'real')} AND {c} >= 0 "
+            f"AND {c} <= {MAX_TIMESTAMP:.1f}")
+
+
 def _sqlite_healthy() -> str:
-    t = FILES_TABLE
-    parts = [_sqlite_text(c, c in REQUIRED) for c in TEXT_COLUMNS]
-    parts += [
-        f"instr(CAST({t}.local_path AS BLOB), x'00') = 0",
-        f"length(CAST({t}.local_md5sum AS BLOB)) = 32",
-        f"instr(CAST({t}.local_md5sum AS BLOB), x'00') = 0",
-        f"{t}.local_md5sum NOT GLOB '*[^0-9a-fA-F]*'",
-        _sqlite_types("timestamp", "integer", "real"),
-        f"{t}.timestamp >= 0",
-        f"{t}.timestamp <= {MAX_TIMESTAMP:.1f}",
-    ]
+    # The cheap type tests come first: sqlite stops at the first false term, and the
+    # Python function runs only for rows whose types are right.
+    parts = [_sqlite_types(c, "text") for c in REQUIRED if c != "timestamp"]
+    parts += [_sqlite_types("remote_md5sum", "null", "text"), _sqlite_time()]
     parts += [_sqlite_types(c, "null", "integer", "real") for c in NUMBER_COLUMNS]
     parts += [_sqlite_types(c, "null", "integer") for c in INTEGER_COLUMNS]
+    blobs = ", ".join(f"CAST({FILES_TABLE}.{c} AS BLOB)" for c in TEXT_COLUMNS)
+    parts.append(f"{TEXT_FUNCTION}({blobs}) = 1")
     return " AND ".join(f"({p})" for p in parts)
 
 
@@ -221,10 +235,10 @@ def _generic_healthy() -> str:
 _SQL = {
     "sqlite": {
         "healthy": _sqlite_healthy(),
-        "archive_ok": _sqlite_text("archive_name", True),
-        "time_ok": " AND ".join(f"({p})" for p in (
-            _sqlite_types("timestamp", "integer", "real"), f"{FILES_TABLE}.timestamp >= 0",
-            f"{FILES_TABLE}.timestamp <= {MAX_TIMESTAMP:.1f}")),
+        "archive_ok": (f"{_sqlite_types('archive_name', 'text')} AND "
+                       f"{UTF8_FUNCTION}(CAST({FILES_TABLE}.archive_name AS BLOB)) = 1"),
+        "time_ok": _sqlite_time(),
+        "copied_ok": _sqlite_time("copied"),
     },
     "default": {
         "healthy": _generic_healthy(),
@@ -232,12 +246,18 @@ _SQL = {
         "time_ok": " AND ".join(f"({p})" for p in (
             f"{FILES_TABLE}.timestamp IS NOT NULL", f"{FILES_TABLE}.timestamp >= 0",
             f"{FILES_TABLE}.timestamp <= {MAX_TIMESTAMP:.1f}")),
+        "copied_ok": (f"{FILES_TABLE}.copied >= 0 AND "
+                      f"{FILES_TABLE}.copied <= {MAX_TIMESTAMP:.1f}"),
     },
 }
 
 
 class _Rule(ColumnElement[bool]):
-    """One of the conditions of _SQL, possibly negated; it never evaluates to NULL."""
+    """One of the conditions of _SQL, possibly negated.
+
+    ``healthy`` and ``archive_ok`` never evaluate to NULL, so their negations hold
+    exactly for the other rows.
+    """
 
     inherit_cache = True
     type = Boolean()
@@ -261,8 +281,8 @@ HEALTHY = _Rule("healthy")
 QUARANTINED = _Rule("healthy", negate=True)
 #: SQL condition: the archive name is NULL or not valid text (the row is in no archive).
 NO_ARCHIVE = _Rule("archive_ok", negate=True)
-#: SQL condition: the archive name is valid text.
-HAS_ARCHIVE = _Rule("archive_ok")
+#: SQL condition: ``copied`` is a time (a number from 0 to MAX_TIMESTAMP).
+COPIED_IS_TIME = _Rule("copied_ok")
 #: SQL condition: the timestamp is a time (a number from 0 to MAX_TIMESTAMP).
 TIME_OK = _Rule("time_ok")
 
@@ -300,10 +320,15 @@ def quarantine_summary(session: Session, archive_name: str,
                        limit: int = LIST_LIMIT) -> dict[str, Any]:
     """{'quarantined': count, 'quarantined_rows': first rows as [{id, reason}]} of an archive."""
     in_archive = SupRsyncFile.archive_name == archive_name
-    count = int(session.scalar(select(func.count()).select_from(SupRsyncFile)
-                               .where(in_archive, QUARANTINED)) or 0)
-    rows = quarantined_rows(session, in_archive, limit=limit) if count else []
-    return {"quarantined": count, "quarantined_rows": rows}
+
+    def count(*conditions: Any) -> int:
+        return int(session.scalar(select(func.count()).select_from(SupRsyncFile)
+                                  .where(in_archive, *conditions)) or 0)
+
+    # All rows minus the sound ones: sqlite checks a row fastest the positive way.
+    quarantined = count() - count(HEALTHY)
+    rows = quarantined_rows(session, in_archive, limit=limit) if quarantined else []
+    return {"quarantined": quarantined, "quarantined_rows": rows}
 
 
 def homeless_rows(session: Session, limit: int = LIST_LIMIT) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from . import timecode as tc_rules
 from .conflicts import pin
 from .engine import CatalogBusy, configure_sqlite, make_engine, retry_busy
 from .localdirs import record_dirs
-from .quarantine import HAS_ARCHIVE, HEALTHY, TIME_OK, is_valid_text
+from .quarantine import HEALTHY, TIME_OK, is_valid_text
 from .schema import (
     DELETABLE,
     INDEXES,
@@ -669,9 +669,8 @@ class SupRsyncFilesManager:
     def archives(self) -> list[str]:
         """Names of every archive in the catalog."""
         return self.read(
-            lambda s: sorted(a for a in s.scalars(select(F.archive_name).where(HAS_ARCHIVE)
-                                                  .distinct()) if is_valid_text(a)),
-            what="list archives")
+            lambda s: sorted(a for a in s.scalars(select(F.archive_name).distinct())
+                             if is_valid_text(a)), what="list archives")
 
     def file_by_local_path(self, local_path: str) -> list[SupRsyncFile]:
         """Rows registered for a local path (there may be several)."""

@@ -143,12 +143,16 @@ def mark_completed(session: Session, archive_name: str, now: float, by_age: bool
 def unsynced_count(session: Session, archive_name: str, timecode: int) -> int:
     """Non-ignored files of this archive's dir that are not verified on the remote.
 
-    A quarantined row is never counted as verified: it holds its dir back.
+    A quarantined row is never counted as verified: it holds its dir back. It is
+    looked for only once no other row is missing (the check reads the whole dir).
     """
-    return int(session.scalar(
-        select(func.count()).select_from(F)
-        .where(F.archive_name == archive_name, in_dir(timecode), or_(UNSYNCED, QUARANTINED),
-               NOT_IGNORED)) or 0)
+    def count(*conditions: Any) -> int:
+        return int(session.scalar(
+            select(func.count()).select_from(F)
+            .where(F.archive_name == archive_name, in_dir(timecode), *conditions,
+                   NOT_IGNORED)) or 0)
+
+    return count(UNSYNCED) or count(SYNCED, QUARANTINED)
 
 
 def mark_synced(session: Session, archive_name: str) -> list[int]:
