@@ -454,3 +454,47 @@ def test_late_file_gets_one_further_file_on_each_backend(
         agent.manager.close()
     check_invariants(catalog_url, {ARCHIVE: tmp_path / "remote" / ARCHIVE},
                      file_root=tmp_path / "suprsync-files")
+
+
+def test_a_yaml_another_process_is_registering_is_not_taken_for_an_orphan(
+        tmp_path: Path) -> None:
+    """Processes of one instance id take turns: while one holds the instance's lock
+    between writing its YAML and registering it, the other neither removes that YAML
+    nor writes its own."""
+    import fcntl
+    import threading
+
+    clock = Clock(NOW)
+    agent = agent_for(tmp_path, clock)
+    tc = NOW_TC - 3
+    add(agent, tmp_path, f"{tc}/crate1/a.g3")
+    iterate(agent, clock, 1)  # copied and verified; the dir is finalized below
+    with sqlite3.connect(tmp_path / "catalog.db") as conn:
+        conn.execute("UPDATE timecode_dirs_v0 SET finalized = 0, finalize_file_id = NULL")
+        conn.execute("DELETE FROM supersync_v0 WHERE remote_path LIKE '%finalized.yaml'")
+    for old in (tmp_path / "suprsync-files").rglob("*_finalized.yaml"):
+        old.unlink()
+    root = tmp_path / "suprsync-files"
+    folder = root / str(timecode_at(clock.now)) / INSTANCE
+    folder.mkdir(parents=True, exist_ok=True)
+    theirs = folder / f"{int(clock.now) - 5}_{ARCHIVE}_{tc}_finalized.yaml"
+    fd = os.open(root / f".{INSTANCE}.finalize.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    theirs.write_text("being registered\n")
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (agent.iterate(), done.set()), daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    assert not done.is_set() and theirs.exists()  # the agent waits for the lock
+    agent.manager.add_file(str(theirs), f"{timecode_at(clock.now)}/suprsync/{INSTANCE}/"
+                           f"{theirs.name}", ARCHIVE, timestamp=clock.now)
+    with sqlite3.connect(tmp_path / "catalog.db") as conn:  # the other one's commit
+        fid = conn.execute("SELECT max(id) FROM supersync_v0").fetchone()[0]
+        conn.execute("UPDATE timecode_dirs_v0 SET finalized = 1, synced = 1, "
+                     "finalize_file_id = ? WHERE timecode = ?", (fid, tc))
+    os.close(fd)  # releases the lock
+    thread.join(60)
+    assert done.is_set()
+    assert theirs.exists()
+    assert [p.name for p in folder.glob("*_finalized.yaml")] == [theirs.name]
+    agent.handler.close()

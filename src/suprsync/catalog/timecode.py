@@ -8,11 +8,13 @@ by age and no finalization file is written: downstream cannot take one back.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import logging
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -280,6 +282,21 @@ def _remove_orphans(manager: SupRsyncFilesManager, file_root: str, now: float,
                 pass
 
 
+@contextmanager
+def _instance_lock(file_root: str, instance_id: str) -> Iterator[None]:
+    """Hold an exclusive lock of this instance's finalization files (released on exit,
+    also when the process dies)."""
+    root = os.path.abspath(file_root)
+    os.makedirs(root, exist_ok=True)
+    fd = os.open(os.path.join(root, f".{instance_id}.finalize.lock"),
+                 os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 class _NotFinalized(Exception):
     """Raised inside the finalization transaction to roll it back."""
 
@@ -300,28 +317,31 @@ def _write_and_claim(manager: SupRsyncFilesManager, archive_name: str, timecode:
     now_tc = timecode_at(now)
     local_path = os.path.join(os.path.abspath(file_root), str(now_tc), instance_id, name)
     remote_path = f"{now_tc}/{SUPRSYNC_SUBDIR}/{instance_id}/{name}"
-    _remove_orphans(manager, file_root, now, instance_id, archive_name, timecode)
 
     def registered() -> int:
         return int(manager.read(lambda s: s.scalar(
             select(func.count()).select_from(F).where(F.local_path == local_path)),
             what="look up finalization file") or 0)
 
-    if registered():
-        # Another finalization file of this dir was written in the same second.
-        log.info("finalization file %s exists already; timecode dir %s of %s waits for "
-                 "the next second", local_path, timecode, archive_name)
-        return None
-    write_atomic(local_path, yaml.safe_dump(summary, default_flow_style=False).encode())
-    md5 = md5_file(local_path)
-    try:
-        done = manager.write(lambda s: claim(s, local_path, remote_path, md5),
-                             what=f"finalize {archive_name} {timecode}")
-    except _NotFinalized:
-        done = None
-    if not done:
-        if not registered():
+    # Two processes with one instance id and file root would take each other's
+    # unregistered YAML for an orphan: one finalization at a time per instance.
+    with _instance_lock(file_root, instance_id):
+        _remove_orphans(manager, file_root, now, instance_id, archive_name, timecode)
+        if registered():
+            # Another finalization file of this dir was written in the same second.
+            log.info("finalization file %s exists already; timecode dir %s of %s waits "
+                     "for the next second", local_path, timecode, archive_name)
+            return None
+        write_atomic(local_path, yaml.safe_dump(summary, default_flow_style=False).encode())
+        md5 = md5_file(local_path)
+        try:
+            done = manager.write(lambda s: claim(s, local_path, remote_path, md5),
+                                 what=f"finalize {archive_name} {timecode}")
+        except _NotFinalized:
+            done = None
+        if not done and not registered():
             os.remove(local_path)
+    if not done:
         return None
     return remote_path
 
