@@ -30,7 +30,7 @@ from helpers import (
 from sqlalchemy import text
 
 from suprsync import SupRsyncFilesManager
-from suprsync.catalog import maintenance
+from suprsync.catalog import maintenance, pathkeys
 from suprsync.catalog.conflicts import list_conflicts, pinned_ids
 from suprsync.catalog.pathkeys import partners, scan_path_keys
 from suprsync.catalog.store import CopyResult
@@ -697,3 +697,27 @@ def test_partners_find_same_parent_and_child_paths_in_any_spelling(
     assert found("16750/p") == {"16750/p", "16750//p/child", "16750/p/./deep/er", "16750"}
     assert found("16750/p/child") == {"16750/p", "16750//p/child", "16750"}
     assert found("16750/q") == {"16750/q/p", "16750"}
+
+
+def test_path_keys_of_older_rows_are_backfilled_a_chunk_per_scan(
+    manager: SupRsyncFilesManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows older than the first scan are found too, a bounded number of ids per scan,
+    and new ones at once."""
+    monkeypatch.setattr(pathkeys, "BACKFILL", 3)
+    local = make_file(tmp_path, "y.g3", b"y")
+    old = insert_plain(manager, local, "16750//old.g3", ARCHIVE, 1.0)
+    for n in range(7):
+        insert_plain(manager, local, f"16750/n{n}.g3", ARCHIVE, 1.0)
+
+    def keyed() -> set[int]:
+        return {p.id for p in manager.read(lambda s: partners(s, ARCHIVE, ["16750/old.g3"]))}
+
+    assert manager.write(scan_path_keys) == 0
+    assert old not in keyed()
+    new = insert_plain(manager, local, "16750/./new.g3", ARCHIVE, 1.0)
+    manager.write(scan_path_keys)
+    assert {p.id for p in manager.read(lambda s: partners(s, ARCHIVE, ["16750/new.g3"]))} \
+        == {new}
+    manager.write(scan_path_keys)
+    assert old in keyed()

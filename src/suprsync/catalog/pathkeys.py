@@ -26,6 +26,10 @@ F = SupRsyncFile
 
 #: Meta key: highest file id already scanned for oddly spelled remote paths.
 SCANNED_KEY = "path_keys_scanned_up_to"
+#: Meta key: lowest file id scanned so far (older ids are scanned backwards).
+BACKFILLED_KEY = "path_keys_scanned_from"
+#: Older file ids scanned per call.
+BACKFILL = 50_000
 #: Values per IN list.
 CHUNK = 500
 
@@ -36,17 +40,10 @@ def _odd_spelling():  # type: ignore[no-untyped-def]
             | p.endswith("/"))
 
 
-def scan_path_keys(session: Session) -> int:
-    """Record the normalized path of oddly spelled rows added since the last scan."""
-    done = int(get_meta(session, SCANNED_KEY) or 0)
-    top = int(session.scalar(select(func.max(F.id))) or 0)
-    if top < done:
-        done = 0  # the table was emptied and refilled: look again
-    if top == done:
-        return 0
-    # From done itself: sqlite may give a new row the id of a deleted highest one.
+def _record(session: Session, low: int, high: int) -> int:
+    """Record the oddly spelled rows with low <= id <= high; return how many."""
     rows = session.execute(select(F.id, F.archive_name, F.remote_path).where(
-        F.id >= done, F.id <= top, _odd_spelling())).all()
+        F.id >= low, F.id <= high, _odd_spelling())).all()
     found: dict[int, tuple[str, str]] = {}
     for file_id, archive, remote in rows:
         try:
@@ -56,11 +53,37 @@ def scan_path_keys(session: Session) -> int:
     if found:
         known = set(session.scalars(select(PathKey.file_id).where(
             PathKey.file_id.in_(list(found)))))
-        new = [{"file_id": i, "archive_name": a, "path": p}
-               for i, (a, p) in found.items() if i not in known]
-        insert_missing(session, PathKey.__table__, new)
-    set_meta(session, SCANNED_KEY, str(top))
+        insert_missing(session, PathKey.__table__,
+                       [{"file_id": i, "archive_name": a, "path": p}
+                        for i, (a, p) in found.items() if i not in known])
     return len(found)
+
+
+def scan_path_keys(session: Session) -> int:
+    """Record the oddly spelled rows added since the last scan, and some older ones.
+
+    New ids are scanned at once. Ids below the first scan of a catalog are scanned
+    backwards, BACKFILL ids per call, so that no call reads a whole large catalog;
+    the progress is kept in the catalog, so this happens once per catalog.
+    """
+    top = int(session.scalar(select(func.max(F.id))) or 0)
+    high = get_meta(session, SCANNED_KEY)
+    low = get_meta(session, BACKFILLED_KEY)
+    done, first = (int(high), int(low or 0)) if high is not None else (top, top + 1)
+    if top < done:
+        done, first = top, top + 1  # the table was emptied and refilled: look again
+    found = 0
+    if top > done or high is None:
+        # From done itself: sqlite may give a new row the id of a deleted highest one.
+        found += _record(session, done if high is not None else top + 1, top)
+        set_meta(session, SCANNED_KEY, str(top))
+    if first > 1:
+        start = max(1, first - BACKFILL)
+        found += _record(session, start, first - 1)
+        set_meta(session, BACKFILLED_KEY, str(start))
+    elif low is None:
+        set_meta(session, BACKFILLED_KEY, str(first))
+    return found
 
 
 _COLUMNS = (F.id, F.remote_path, F.local_md5sum, F.remote_md5sum, F.ignore, F.removed,
