@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 
 from .catalog.engine import CatalogBusy
+from .childpids import end_stale_children
 from .catalog.store import SupRsyncFilesManager
 from .copying import (
     CopyReport,
@@ -28,6 +29,7 @@ from .copying import (
 )
 from .deletion import delete_due
 from .handler import SupRsyncFileHandler
+from .procs import child_ledger
 from .session import SessionData
 from .transport import SshOptions, TransferOptions, TransportError, make_transport
 
@@ -138,12 +140,14 @@ class Agent:
         try:
             self._release_dead_claims()
             remove_stale_temp_dirs()
-            while not self.stop_event.is_set():
-                self._serve_requests()
-                ok = self.iterate()
-                if once:
-                    break
-                self._sleep(self._pause(ok))
+            end_stale_children()
+            with child_ledger():
+                while not self.stop_event.is_set():
+                    self._serve_requests()
+                    ok = self.iterate()
+                    if once:
+                        break
+                    self._sleep(self._pause(ok))
         finally:
             with self._request_lock:
                 self.running = False

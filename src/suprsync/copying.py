@@ -19,7 +19,7 @@ from .hashing import md5_file
 from .paths import check_local_file, normalize_remote_path
 from .procs import ProcResult
 from .transport.base import PARTIAL_EXIT_CODES, Transport, TransportError
-from .transport.ssh import CONTROL_PREFIX
+from .transport.ssh import CONTROL_PREFIX, end_connection_master
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,10 @@ def _remove_if_stale(root: str, name: str, prefixes: tuple[str, ...]) -> int:
             continue
         if int(pid) == os.getpid() or _alive(int(pid)):
             continue
-        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        folder = os.path.join(root, name)
+        if prefix == CONTROL_PREFIX:
+            end_connection_master(folder)
+        shutil.rmtree(folder, ignore_errors=True)
         return 1
     return 0
 
