@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import SQLAlchemyError
 
 from .catalog.engine import CatalogBusy
-from .childpids import end_stale_children
 from .catalog.store import SupRsyncFilesManager
+from .childpids import end_stale_children
 from .copying import (
     CopyReport,
     Pipeline,
