@@ -25,7 +25,9 @@ RATIO_IDS = {
     "small_files_ssh", "large_files_ssh", "large_files_local", "register_add_file",
     "register_add_local_files", "latency_parallel",
 }
-VALUE_IDS = {"history_1m_peak_rss", "history_100k_peak_rss", "history_empty_peak_rss"}
+VALUE_IDS = {"history_1m_peak_rss", "history_100k_peak_rss", "history_empty_peak_rss",
+             "pending_local_seconds", "pending_local_peak_rss", "pending_ssh_seconds",
+             "pending_ssh_peak_rss"}
 
 
 def _md5s(root: Path) -> dict[str, str]:
