@@ -44,6 +44,7 @@ class ChildLedger:
         self.path = os.path.join(directory, f"{LEDGER_PREFIX}{me}-{start_time(me)}")
         self._lock = threading.Lock()
         self._children: dict[int, int] = {}
+        self._warned = False
         self._write()
 
     def add(self, pid: int) -> None:
@@ -69,7 +70,10 @@ class ChildLedger:
                 f.write(text)
             os.replace(tmp, self.path)
         except OSError as exc:
-            log.warning("cannot record child processes in %s: %s", self.path, exc.strerror)
+            if not self._warned:  # once: every child start would say it again
+                log.warning("cannot record child processes in %s: %s", self.path,
+                            exc.strerror)
+                self._warned = True
 
     def close(self) -> None:
         """Remove the file (every child has ended)."""
