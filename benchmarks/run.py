@@ -32,6 +32,7 @@ from benchmarks.workloads import (  # noqa: E402
     history,
     large_files,
     latency,
+    pending,
     registration,
     small_files,
 )
@@ -42,6 +43,7 @@ WORKLOADS: dict[str, Callable[[Context], list[dict[str, Any]]]] = {
     "large": large_files.run,
     "registration": registration.run,
     "latency": latency.run,
+    "pending": pending.run,
 }
 
 

@@ -193,7 +193,8 @@ def test_run_once_exits_zero_after_one_iteration(
         assert (remote_dir / row.remote_path).read_bytes() == data
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
+                         ids=["SIGTERM", "SIGINT", "SIGHUP"])
 def test_signal_stops_a_running_agent_with_status_zero(
         signum: signal.Signals, manager: SupRsyncFilesManager, tmp_path: Path,
         tmp_catalog: Path, remote_dir: Path) -> None:

@@ -25,7 +25,9 @@ RATIO_IDS = {
     "small_files_ssh", "large_files_ssh", "large_files_local", "register_add_file",
     "register_add_local_files", "latency_parallel",
 }
-VALUE_IDS = {"history_1m_peak_rss", "history_100k_peak_rss", "history_empty_peak_rss"}
+VALUE_IDS = {"history_1m_peak_rss", "history_100k_peak_rss", "history_empty_peak_rss",
+             "pending_local_peak_rss", "pending_ssh_peak_rss"}
+SECONDS_IDS = {"pending_local_seconds", "pending_ssh_seconds"}
 
 
 def _md5s(root: Path) -> dict[str, str]:
@@ -53,7 +55,7 @@ def test_results_structure(quick_run: tuple[dict, Path, str]) -> None:
     for key in ("nproc", "cpu_model", "mem_total_gib", "rsync", "ssh", "disk"):
         assert key in meta["machine"]
     results = {r["id"]: r for r in doc["results"]}
-    assert set(results) == RATIO_IDS | VALUE_IDS
+    assert set(results) == RATIO_IDS | VALUE_IDS | SECONDS_IDS
     for rid in RATIO_IDS:
         r = results[rid]
         assert r["kind"] == "ratio" and r["verified"] is True and r["reps"] == 1
@@ -68,6 +70,10 @@ def test_results_structure(quick_run: tuple[dict, Path, str]) -> None:
         assert r["a"]["checked_files"] > 0, rid  # the suprsync side was verified file by file
     for rid in VALUE_IDS:
         assert results[rid]["kind"] == "value" and 10 < results[rid]["max"] < 10_000
+    for rid in SECONDS_IDS:
+        assert results[rid]["kind"] == "value" and results[rid]["unit"] == "s"
+        assert 0 < results[rid]["max"] < 300
+    assert results["pending_local_peak_rss"]["target"] == {"op": "<=", "value": 150.0}
     assert results["history_1m_peak_rss"]["target"] == {"op": "<", "value": 200.0}
     # The printed table has one row per result.
     assert doc["table"] in stdout

@@ -24,6 +24,7 @@ from .catalog.conflicts import conflict_count
 from .catalog.engine import CatalogBusy
 from .catalog.store import SupRsyncFilesManager
 from .catalog.watch import Action, CatalogLost, CatalogWatch
+from .childpids import end_stale_children
 from .clockcheck import ClockCheck
 from .copying import (
     CopyReport,
@@ -35,6 +36,7 @@ from .copying import (
 )
 from .deletion import delete_due
 from .handler import SupRsyncFileHandler
+from .procs import child_ledger
 from .quarantine_log import QuarantineLog
 from .session import SessionData
 from .transport import SshOptions, TransferOptions, TransportError, make_transport
@@ -164,12 +166,14 @@ class Agent:
         try:
             self._release_dead_claims()
             remove_stale_temp_dirs()
-            while not self.stop_event.is_set():
-                self._serve_requests()
-                ok = self.iterate()
-                if once:
-                    break
-                self._sleep(self._pause(ok))
+            end_stale_children()
+            with child_ledger():
+                while not self.stop_event.is_set():
+                    self._serve_requests()
+                    ok = self.iterate()
+                    if once:
+                        break
+                    self._sleep(self._pause(ok))
         finally:
             with self._request_lock:
                 self.running = False

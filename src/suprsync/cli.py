@@ -170,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     scan = None
+    if name == "cmd_run":
+        # Until the agent takes them over, a stop request ends the start-up cleanly.
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _exit_cleanly)
     if name == "cmd_add_local_files":
         # Unwind on SIGTERM or SIGHUP too, so that the scan's close() stops md5sum.
         for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -184,8 +188,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             scan.close()
 
 
+#: Signals that ask ``suprsync run`` to stop (exit status 0).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
+
+
+def _exit_cleanly(signum: int, _frame: object) -> None:
+    logging.getLogger("suprsync").info("received %s before the agent started, stopping",
+                                       signal.Signals(signum).name)
+    raise SystemExit(0)
 
 
 def _start_tree_scan(ns: argparse.Namespace) -> TreeScan | None:

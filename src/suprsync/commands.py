@@ -109,8 +109,9 @@ def cmd_run(ns: argparse.Namespace) -> int:
         log.info("received %s, stopping", signal.Signals(signum).name)
         agent.stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # The agent kills its children and closes its ssh connection on the way out.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     try:
         ok = agent.run(once=ns.once)
     except CatalogLost as exc:

@@ -22,7 +22,7 @@ from .procs import ProcResult
 from .screening import screen_batch
 from .transport.base import PARTIAL_EXIT_CODES, Transport, TransportError
 from .transport.rsync_errors import destination_failure
-from .transport.ssh import CONTROL_PREFIX
+from .transport.ssh import CONTROL_PREFIX, end_connection_master
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,10 @@ def _remove_if_stale(root: str, name: str, prefixes: tuple[str, ...]) -> int:
             continue
         if int(pid) == os.getpid() or _alive(int(pid)):
             continue
-        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        folder = os.path.join(root, name)
+        if prefix == CONTROL_PREFIX:
+            end_connection_master(folder)
+        shutil.rmtree(folder, ignore_errors=True)
         return 1
     return 0
 

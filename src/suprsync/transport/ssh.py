@@ -87,6 +87,25 @@ class SshOptions:
         return argv
 
 
+def end_connection_master(control_dir: str, ssh: str = "ssh") -> bool:
+    """Ask the connection master listening in a control dir to exit; True if it did.
+
+    The dir is private to the run that made it, so its master is that run's.
+    """
+    socket_path = os.path.join(control_dir, "c")
+    if not os.path.exists(socket_path):
+        return False
+    try:
+        option = f'ControlPath="{_escape_config(control_dir)}/c"'
+    except ValueError:
+        return False
+    try:
+        result = run([ssh, "-o", option, "-O", "exit", "--", "stale-connection"], timeout=10)
+    except OSError:
+        return False
+    return result.ok
+
+
 def config_value(value: str) -> str:
     """A path as an ssh -o value: quoted, with ssh's %-tokens escaped.
 
