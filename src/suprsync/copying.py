@@ -159,6 +159,8 @@ class Pipeline:
     chunk_files: int = 4000
     #: Seconds a claim on a batch lasts unless renewed (renewed while the batch runs).
     lease: float = 600.0
+    #: Files claimed, screened and staged at a time (memory is bounded by this).
+    slice_files: int = 10_000
 
 
 #: Staging dirs are named <prefix><pid>-<random> so that a dead run's can be found.
@@ -286,17 +288,34 @@ def copy_batch(
     pipeline = pipeline or Pipeline()
     agent_id = agent_id or default_agent_id("copy")
     report = CopyReport(start_time=clock())
+    notes = notes if notes is not None else set()
     # Reaching the destination (an ssh handshake) overlaps claiming and staging.
     with ThreadPoolExecutor(1, thread_name_prefix="connect") as connecting:
         ready = connecting.submit(transport.ensure_ready)
-        batch = manager.claim_copyable(archive_name, agent_id, pipeline.lease,
-                                       max_copy_attempts=max_copy_attempts,
-                                       num_files=num_files)
-        if batch:
-            return _copy_claimed(manager, transport, batch, ready, report, clock,
-                                 staging_root, pipeline, agent_id, max_copy_attempts,
-                                 notes if notes is not None else set())
-        ready.result()
+        # A large backlog goes in slices, so that memory stays bounded; a file that
+        # failed is not claimed again in the same call (the slices follow the order).
+        after: tuple[float, int] | None = None
+        remaining = num_files
+        claimed_any = False
+        while remaining is None or remaining > 0:
+            want = pipeline.slice_files if remaining is None else min(remaining,
+                                                                      pipeline.slice_files)
+            batch = manager.claim_copyable(archive_name, agent_id, pipeline.lease,
+                                           max_copy_attempts=max_copy_attempts,
+                                           num_files=want, after=after)
+            if not batch:
+                break
+            claimed_any = True
+            after = (float(batch[-1].timestamp), int(batch[-1].id))
+            _copy_claimed(manager, transport, batch, ready, report, clock, staging_root,
+                          pipeline, agent_id, max_copy_attempts, notes)
+            if remaining is not None:
+                remaining -= len(batch)
+            del batch
+            if report.failed or transport.children.aborted:
+                break  # the destination is in doubt: the rest waits for the next iteration
+        if not claimed_any:
+            ready.result()
     report.stop_time = clock()
     return report
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, delete, exists, func, inspect, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, inspect, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -120,6 +120,15 @@ def _copyable_query(archive_name: str, max_copy_attempts: int | None,
     if num_files is not None:
         query = query.limit(num_files)
     return query
+
+
+def _after(after: tuple[float, int] | None) -> list[Any]:
+    """SQL conditions: later than ``after`` in the copy order (none when it is None)."""
+    if after is None:
+        return []
+    timestamp, file_id = after
+    return [F.timestamp >= timestamp,
+            or_(F.timestamp > timestamp, and_(F.timestamp == timestamp, F.id > file_id))]
 
 
 _INSERT_FILE = F.__table__.insert()
@@ -519,8 +528,11 @@ class SupRsyncFilesManager:
 
     def claim_copyable(self, archive_name: str, agent_id: str, lease: float,
                        max_copy_attempts: int | None = None,
-                       num_files: int | None = None) -> list[SupRsyncFile]:
+                       num_files: int | None = None,
+                       after: tuple[float, int] | None = None) -> list[SupRsyncFile]:
         """Select copyable files no other agent holds, and lease them to agent_id.
+
+        ``after``: only files later in the copy order (timestamp, id) than this.
 
         Leases that expired (their agent died) are dropped first. On PostgreSQL the
         selection skips rows another agent is claiming at the same moment.
@@ -532,6 +544,7 @@ class SupRsyncFilesManager:
             session.execute(delete(FileClaim).where(
                 (FileClaim.expires < now) | (FileClaim.agent_id == agent_id)))
             query = _copyable_query(archive_name, max_copy_attempts, num_files).where(
+                *_after(after),
                 ~exists().where(FileClaim.file_id == F.id),
                 ~exists().where(Conflict.file_id == F.id))
             if self.is_postgresql:
