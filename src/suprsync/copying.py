@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from .blame import blames_the_place, describe
 from .catalog.schema import SupRsyncFile
@@ -33,7 +34,7 @@ class CopyReport:
 
     start_time: float
     stop_time: float = 0.0
-    files: list[tuple[str, bool]] = field(default_factory=list)
+    files: list[list[Any]] = field(default_factory=list)
     error: str | None = None
     timed_out: bool = False
     failed: bool = False
@@ -51,7 +52,7 @@ class CopyReport:
         data: dict = {
             "start_time": self.start_time,
             "stop_time": self.stop_time,
-            "files": [[path, ok] for path, ok in self.files],
+            "files": self.files,  # already [path, ok] lists: no copy of a long list
         }
         if self.error is not None:
             data["error"] = self.error
@@ -341,7 +342,7 @@ def _copy_claimed(manager: SupRsyncFilesManager, transport: Transport,
         staged = _stage(screened.send, staging, manager, max_copy_attempts, screened.strict,
                         screened.bad_dirs)
         staged_ids = {s.row.id for s in staged}
-        report.files += [(row.local_path, False) for row in screened.send
+        report.files += [[row.local_path, False] for row in screened.send
                          if row.id not in staged_ids]
         checks = [_Staged(row, rel, 0, "", True) for row, rel in screened.verify_only]
         ready.result()
@@ -461,7 +462,7 @@ def _verify_chunk(manager: SupRsyncFilesManager, transport: Transport, chunk: li
                       local_md5, remote, s.row.id)
         new_md5 = local_md5 if local_md5 != s.row.local_md5sum else None
         results.append(CopyResult(s.row.id, remote, copied_at, ok, new_md5))
-        verdicts.append((s.row.local_path, ok))
+        verdicts.append([s.row.local_path, ok])
     manager.record_results(results, agent_id)
     with lock:
         report.files += verdicts

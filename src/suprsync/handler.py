@@ -49,7 +49,6 @@ class SupRsyncFileHandler:
         self.transport = transport
         self.pipeline = pipeline or Pipeline()
         self.agent_id = agent_id or default_agent_id(archive_name)
-        self.last_report: CopyReport | None = None
         #: (file id, other id) of the waits already logged.
         self.notes: set[tuple[int, int | None]] = set()
         #: Local paths whose reason for being kept was logged already.
@@ -62,7 +61,6 @@ class SupRsyncFileHandler:
                             max_copy_attempts=max_copy_attempts, num_files=num_files,
                             clock=self.srfm.clock, pipeline=self.pipeline,
                             agent_id=self.agent_id, notes=self.notes)
-        self.last_report = report
         return report
 
     def copy_files(self, max_copy_attempts: int | None = None,
@@ -78,7 +76,7 @@ class SupRsyncFileHandler:
             raise subprocess.TimeoutExpired(["rsync"], self.copy_timeout or 0)
         if report.failed:
             raise subprocess.CalledProcessError(1, ["rsync"])
-        return report.files
+        return [(path, ok) for path, ok in report.files]
 
     def delete_files(self, delete_after: float) -> DeleteReport:
         """Delete local copies verified on the remote and older than delete_after s.
