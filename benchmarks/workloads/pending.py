@@ -5,9 +5,9 @@ registered with plain SQL into a catalog made by suprsync (untimed; the catalog
 is copied for each run). The real ``suprsync run --once`` process, every option
 at its default (--files-per-batch unset), copies and verifies them all, once to
 a local directory and once over ssh to the loopback sshd. Reported: its wall
-time and its own peak RSS (getrusage(RUSAGE_SELF) in the process, written when it
-ends, so rsync, ssh and md5sum, separate processes, are not counted; wait4's
-figure would be the largest of them); the target is a peak RSS of at most 150 MB.
+time and its own peak RSS (VmHWM of /proc/self/status, written by the process
+when it ends, so rsync, ssh and md5sum, separate processes, are not counted); the
+target is a peak RSS of at most 150 MB.
 """
 
 from __future__ import annotations
@@ -62,10 +62,12 @@ def pending_tree(db: Path, root: Path, count: int) -> dict[str, str]:
     return expected
 
 
-#: Runs the suprsync command line and writes the process's own peak RSS (KiB) to a file.
-#: wait4's figure would include the largest waited-for child (an rsync, say).
+#: Runs the suprsync command line and writes the process's own peak RSS (KiB) to a file:
+#: VmHWM, the high-water mark of its own memory since exec. Both wait4's and
+#: getrusage's ru_maxrss would also count the forking parent's size at exec and the
+#: largest waited-for child (an rsync, say).
 _SELF_PEAK = (
-    "import resource, sys\n"
+    "import sys\n"
     "out = sys.argv[1]\n"
     "sys.argv = ['suprsync', *sys.argv[2:]]\n"
     "from suprsync.cli import main\n"
@@ -73,7 +75,8 @@ _SELF_PEAK = (
     "    code = main()\n"
     "finally:\n"
     "    with open(out, 'w') as f:\n"
-    "        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))\n"
+    "        f.write(next(line.split()[1] for line in open('/proc/self/status')\n"
+    "                     if line.startswith('VmHWM:')))\n"
     "sys.exit(code)\n")
 
 
