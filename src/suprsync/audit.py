@@ -31,11 +31,12 @@ from typing import Any, TextIO
 from sqlalchemy import and_, func, or_, select
 
 from .catalog.conflicts import list_conflicts
+from .catalog.pathkeys import not_canonical_sql
 from .catalog.quarantine import HEALTHY
 from .catalog.schema import NOT_IGNORED, SYNCED, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .options import DEFAULT_BATCH, DEFAULT_LIST_LIMIT
-from .paths import normalize_remote_path
+from .paths import is_canonical, normalize_remote_path, normalized
 from .transport import SshOptions, TransferOptions, Transport, make_transport
 
 F = SupRsyncFile
@@ -163,31 +164,6 @@ def _key(path: str) -> bytes:
     return path.encode("utf-8", "surrogateescape")
 
 
-#: Remote paths written like these are changed or refused by normalize_remote_path.
-_ODD_WHOLE = ("", ".", "..")
-_ODD_START = ("/", "./", "../")
-_ODD_END = ("/", "/.", "/..")
-_ODD_INSIDE = ("//", "/./", "/../")
-
-
-def _is_canonical(path: str) -> bool:
-    """True when normalize_remote_path returns the path unchanged (a fast test)."""
-    return not (path in _ODD_WHOLE or path.startswith(_ODD_START) or path.endswith(_ODD_END)
-                or any(part in path for part in _ODD_INSIDE) or "\0" in path)
-
-
-def _not_canonical_sql():  # type: ignore[no-untyped-def]
-    """SQL condition for the remote paths _is_canonical refuses (NUL aside: never valid)."""
-    p = F.remote_path
-    return or_(p.in_(_ODD_WHOLE), *(p.startswith(x) for x in _ODD_START),
-               *(p.endswith(x) for x in _ODD_END), *(p.contains(x) for x in _ODD_INSIDE))
-
-
-def _normalized(path: str) -> str:
-    """normalize_remote_path, skipped for paths already canonical."""
-    return path if isinstance(path, str) and _is_canonical(path) else normalize_remote_path(path)
-
-
 def _stream(manager: SupRsyncFilesManager, query, batch: int) -> Iterator[Any]:  # type: ignore[no-untyped-def]
     """Rows of one query, fetched batch rows at a time (a server-side cursor on PostgreSQL)."""
     with manager.engine.connect() as conn:
@@ -211,7 +187,7 @@ def oddly_written_paths(manager: SupRsyncFilesManager, archive: str, batch: int)
     Their order in the catalog is not the order of the files they name, so the
     merge looks them up here. Catalogs normally have none.
     """
-    query = select(F.remote_path).where(F.archive_name == archive, _not_canonical_sql())
+    query = select(F.remote_path).where(F.archive_name == archive, not_canonical_sql())
     found = set()
     for (remote_path,) in _stream(manager, query, batch):
         try:
@@ -271,7 +247,7 @@ def unknown_files(remote: Iterable[str], known: Iterable[str],
     def advance() -> None:
         nonlocal current, exhausted
         for path in known_iter:
-            if not _is_canonical(path):
+            if not is_canonical(path):
                 continue
             key = _key(path)
             if current is not None and key < current:
@@ -341,7 +317,7 @@ def _check_page(rows: list[Any], transport: Transport, manager: SupRsyncFilesMan
     rels: dict[int, str] = {}
     for row in rows:
         try:
-            rels[row.id] = _normalized(row.remote_path)
+            rels[row.id] = normalized(row.remote_path)
         except (ValueError, TypeError) as exc:
             report.categories["invalid_path"].add(_entry(row, None, str(exc)))
     paths = sorted(set(rels.values()))

@@ -36,16 +36,16 @@ def normalize_remote_path(remote_path: str) -> str:
 
 
 #: Remote paths written like these are changed or refused by normalize_remote_path.
-_ODD_WHOLE = ("", ".", "..")
-_ODD_START = ("/", "./", "../")
-_ODD_END = ("/", "/.", "/..")
-_ODD_INSIDE = ("//", "/./", "/../")
+ODD_WHOLE = ("", ".", "..")
+ODD_START = ("/", "./", "../")
+ODD_END = ("/", "/.", "/..")
+ODD_INSIDE = ("//", "/./", "/../")
 
 
 def is_canonical(path: str) -> bool:
     """True when normalize_remote_path returns the path unchanged (a fast test)."""
-    return not (path in _ODD_WHOLE or path.startswith(_ODD_START) or path.endswith(_ODD_END)
-                or any(part in path for part in _ODD_INSIDE) or "\0" in path)
+    return not (path in ODD_WHOLE or path.startswith(ODD_START) or path.endswith(ODD_END)
+                or any(part in path for part in ODD_INSIDE) or "\0" in path)
 
 
 def normalized(path: str) -> str:

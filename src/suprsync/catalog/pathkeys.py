@@ -13,11 +13,11 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.orm import Session
 
 from ..collisions import Partner
-from ..paths import normalize_remote_path, parents
+from ..paths import ODD_END, ODD_INSIDE, ODD_START, ODD_WHOLE, normalize_remote_path, parents
 from .inserts import insert_missing
 from .meta import get_meta, set_meta
 from .schema import PathKey, SupRsyncFile
@@ -33,17 +33,17 @@ BACKFILL = 50_000
 #: Values per IN list.
 CHUNK = 500
 
-def _odd_spelling():  # type: ignore[no-untyped-def]
-    """SQL condition for remote paths that normalize to another spelling."""
+def not_canonical_sql():  # type: ignore[no-untyped-def]
+    """SQL condition for the remote paths is_canonical refuses (NUL aside: never valid)."""
     p = F.remote_path
-    return (p.contains("//") | p.contains("/./") | p.startswith("./") | p.endswith("/.")
-            | p.endswith("/"))
+    return or_(p.in_(ODD_WHOLE), *(p.startswith(x) for x in ODD_START),
+               *(p.endswith(x) for x in ODD_END), *(p.contains(x) for x in ODD_INSIDE))
 
 
 def _record(session: Session, low: int, high: int) -> int:
     """Record the oddly spelled rows with low <= id <= high; return how many."""
     rows = session.execute(select(F.id, F.archive_name, F.remote_path).where(
-        F.id >= low, F.id <= high, _odd_spelling())).all()
+        F.id >= low, F.id <= high, not_canonical_sql())).all()
     found: dict[int, tuple[str, str]] = {}
     for file_id, archive, remote in rows:
         try:
