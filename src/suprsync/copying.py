@@ -329,9 +329,10 @@ def _copy_claimed(manager: SupRsyncFilesManager, transport: Transport,
     """Stage, send and verify a claimed batch once the destination is ready."""
     try:
         staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=staging_root)
-    except OSError:
+    except OSError as exc:
         manager.release_claims(agent_id)
-        raise
+        where = staging_root or tempfile.gettempdir()
+        raise StagingFailed(f"cannot stage files in {where}: {describe(exc)}") from exc
     renewing = _LeaseRenewer(manager, agent_id, pipeline.lease)
     try:
         screened = screen_batch(manager, batch[0].archive_name, batch, max_copy_attempts,
