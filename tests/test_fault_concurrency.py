@@ -209,6 +209,9 @@ def test_agent_and_two_writers_share_the_catalog_without_lock_errors(tmp_path: P
         assert LOCKED not in text.lower(), f"{name} saw '{LOCKED}':\n{text[-3000:]}"
         assert "Traceback" not in text, f"{name} crashed:\n{text[-3000:]}"
     assert "catalog unavailable" not in stderr["agent"], stderr["agent"][-3000:]
+    # New files arrive all the time, yet iterations end (and finalize, delete, count):
+    # what is registered during a copy step waits for the next one.
+    assert stderr["agent"].count("] copied ") > 5, stderr["agent"][-3000:]
     assert stderr["api"] == "" and stderr["sql"] == "", stderr
 
     # Every registered row: on the destination, with the md5 of the local file.

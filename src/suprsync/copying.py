@@ -296,6 +296,9 @@ def copy_batch(
         # A large backlog goes in slices, so that memory stays bounded; a file that
         # failed is not claimed again in the same call (the slices follow the order).
         after: tuple[float, int] | None = None
+        # Files registered while this call runs wait for the next iteration, so
+        # that a steady stream of new files cannot keep one iteration going.
+        up_to = manager.max_file_id()
         remaining = num_files
         claimed_any = False
         while remaining is None or remaining > 0:
@@ -303,7 +306,7 @@ def copy_batch(
                                                                       pipeline.slice_files)
             batch = manager.claim_copyable(archive_name, agent_id, pipeline.lease,
                                            max_copy_attempts=max_copy_attempts,
-                                           num_files=want, after=after)
+                                           num_files=want, after=after, up_to=up_to)
             if not batch:
                 break
             claimed_any = True

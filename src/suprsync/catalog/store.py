@@ -521,6 +521,10 @@ class SupRsyncFilesManager:
         """True when the catalog is a PostgreSQL database."""
         return self._engine.dialect.name == "postgresql"
 
+    def max_file_id(self) -> int:
+        """Highest file id of the catalog (0 when it is empty)."""
+        return self.read(tc_rules.max_file_id, what="highest file id")
+
     def claim_holders(self) -> list[str]:
         """Ids of the agents holding at least one lease."""
         return self.read(lambda s: list(s.scalars(select(FileClaim.agent_id).distinct())),
@@ -529,10 +533,12 @@ class SupRsyncFilesManager:
     def claim_copyable(self, archive_name: str, agent_id: str, lease: float,
                        max_copy_attempts: int | None = None,
                        num_files: int | None = None,
-                       after: tuple[float, int] | None = None) -> list[SupRsyncFile]:
+                       after: tuple[float, int] | None = None,
+                       up_to: int | None = None) -> list[SupRsyncFile]:
         """Select copyable files no other agent holds, and lease them to agent_id.
 
         ``after``: only files later in the copy order (timestamp, id) than this.
+        ``up_to``: only files with an id up to this one.
         The rows are read-only records with the columns as attributes.
 
         Leases that expired (their agent died) are dropped first. On PostgreSQL the
@@ -546,6 +552,7 @@ class SupRsyncFilesManager:
                 (FileClaim.expires < now) | (FileClaim.agent_id == agent_id)))
             query = _copyable_query(archive_name, max_copy_attempts, num_files).where(
                 *_after(after),
+                *([] if up_to is None else [F.id <= up_to]),
                 ~exists().where(FileClaim.file_id == F.id),
                 ~exists().where(Conflict.file_id == F.id))
             # Plain rows (attribute access by column name), not ORM objects: a slice
