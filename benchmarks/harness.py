@@ -78,10 +78,11 @@ def summary(values: Sequence[float]) -> dict[str, Any]:
 
 def pair_result(rid: str, workload: str, name: str, title: str, a_label: str,
                 a: Sequence[Sample], b_label: str, b: Sequence[Sample], target: Target | None,
-                quick: bool, notes: str = "") -> dict[str, Any]:
+                quick: bool, notes: str = "", floor: str = "") -> dict[str, Any]:
     """The record of one A/B comparison; the ratio is A/B.
 
-    ``name`` is the short name shown in the table, ``title`` the full description.
+    ``name`` is the short name shown in the table, ``title`` the full description,
+    ``floor`` what this machine allows for the work (shown beside the result).
     """
     sa = summary([s.seconds for s in a])
     sb = summary([s.seconds for s in b])
@@ -101,12 +102,13 @@ def pair_result(rid: str, workload: str, name: str, title: str, a_label: str,
         "reps": len(a),
         "verified": True,
         "notes": notes,
+        "floor": floor,
     }
 
 
 def value_result(rid: str, workload: str, name: str, title: str, unit: str,
                  values: Sequence[float], target: Target | None, quick: bool, notes: str = "",
-                 use: str = "max") -> dict[str, Any]:
+                 use: str = "max", floor: str = "") -> dict[str, Any]:
     """The record of a measured value (judged on its max, or median, against the target)."""
     s = summary(values)
     passed = None if quick or target is None else target.holds(s[use])
@@ -114,7 +116,7 @@ def value_result(rid: str, workload: str, name: str, title: str, unit: str,
             "unit": unit,
             **s, "judged_on": use, "target": target.as_dict() if target else None,
             "pass": passed, "status": _status(passed, quick, target), "reps": len(values),
-            "notes": notes}
+            "notes": notes, "floor": floor}
 
 
 def _status(passed: bool | None, quick: bool, target: Target | None) -> str:
@@ -132,7 +134,7 @@ def _fmt_s(d: dict[str, Any]) -> str:
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     """The results as a Markdown table (readable as plain text too)."""
     head = ["benchmark", "A", "B", "A s: median (min-max)", "B s: median (min-max)",
-            "A/B: median (min, max)", "target", "result"]
+            "A/B: median (min, max)", "target", "result", "floor"]
     rows = [head]
     for r in results:
         target = f"{r['target']['op']} {r['target']['value']:g}" if r["target"] else "-"
@@ -140,12 +142,13 @@ def format_table(results: Sequence[dict[str, Any]]) -> str:
             q = r["ratio"]
             rows.append([r["name"], r["a"]["label"], r["b"]["label"], _fmt_s(r["a"]),
                          _fmt_s(r["b"]), f"{q['median']:.2f} ({q['min']:.2f}, {q['max']:.2f})",
-                         target, r["status"]])
+                         target, r["status"], r.get("floor", "")])
         else:
             value = (f"{r[r['judged_on']]:.1f} {r['unit']} ({r['judged_on']}; "
                      f"median {r['median']:.1f})")
             rows.append([r["name"], "agent process", "-", value, "-", "-",
-                         target + (f" {r['unit']}" if r["target"] else ""), r["status"]])
+                         target + (f" {r['unit']}" if r["target"] else ""), r["status"],
+                         r.get("floor", "")])
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = []
     for n, row in enumerate(rows):
