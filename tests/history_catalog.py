@@ -72,9 +72,21 @@ def _rows(n_rows: int) -> Iterator[tuple[Any, ...]]:
                None, None, 0, 1, 0)
 
 
+def _dir_rows(fins: list[tuple[int, str, str]]) -> list[tuple[int, str, int, int, int, Any]]:
+    """Timecode-dir rows: every dir of the history finalized, the open dirs not."""
+    rows: list[tuple[int, str, int, int, int, Any]] = [
+        (int(remote.rsplit("_", 2)[-2]), archive, 1, 1, 1, fid) for fid, archive, remote in fins]
+    return rows + [(OPEN_TC, ARCHIVE, 0, 0, 0, None), (OPEN_TC, OTHER, 0, 0, 0, None)]
+
+
+_FINS = ("SELECT id, archive_name, remote_path FROM supersync_v0 "
+         "WHERE remote_path LIKE '%/suprsync/%'")
+_DIR_COLUMNS = "timecode, archive_name, completed, synced, finalized, finalize_file_id"
+
+
 def build_history_catalog(path: Path, n_rows: int) -> None:
-    """Write the catalog at path with about n_rows rows, then open it with suprsync
-    (which creates its indexes and extra tables)."""
+    """Write the sqlite catalog at path with about n_rows rows, then open it with
+    suprsync (which creates its indexes and extra tables)."""
     SupRsyncFilesManager(str(path)).close()
     conn = sqlite3.connect(path)
     try:
@@ -83,17 +95,42 @@ def build_history_catalog(path: Path, n_rows: int) -> None:
         with conn:
             conn.executemany(f"INSERT INTO supersync_v0 ({', '.join(COLUMNS)}) "
                              f"VALUES ({', '.join('?' * len(COLUMNS))})", _rows(n_rows))
-            fins = conn.execute(
-                "SELECT id, archive_name, remote_path FROM supersync_v0 "
-                "WHERE remote_path LIKE '%/suprsync/%'").fetchall()
-            conn.executemany(
-                "INSERT INTO timecode_dirs_v0 (timecode, archive_name, completed, synced, "
-                "finalized, finalize_file_id) VALUES (?, ?, 1, 1, 1, ?)",
-                [(int(remote.rsplit("_", 2)[-2]), archive, fid)
-                 for fid, archive, remote in fins])
-            conn.executemany(
-                "INSERT INTO timecode_dirs_v0 (timecode, archive_name, completed, synced, "
-                "finalized) VALUES (?, ?, 0, 0, 0)", [(OPEN_TC, ARCHIVE), (OPEN_TC, OTHER)])
+            conn.executemany(f"INSERT INTO timecode_dirs_v0 ({_DIR_COLUMNS}) "
+                             "VALUES (?, ?, ?, ?, ?, ?)",
+                             _dir_rows(conn.execute(_FINS).fetchall()))
     finally:
         conn.close()
     SupRsyncFilesManager(str(path)).close()
+
+
+def build_pg_history_catalog(url: str, n_rows: int) -> None:
+    """The same history in a PostgreSQL database (COPY), indexed by suprsync, analyzed."""
+    manager = SupRsyncFilesManager(url)
+    try:
+        with manager.engine.begin() as conn:
+            for index in INDEXES:
+                conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index.name}")
+        raw = manager.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            with cur.copy(f"COPY supersync_v0 ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                for row in _rows(n_rows):
+                    copy.write_row(row)
+            dirs = _dir_rows(cur.execute(_FINS).fetchall())
+            with cur.copy(f"COPY timecode_dirs_v0 ({_DIR_COLUMNS}) FROM STDIN") as copy:
+                for dir_row in dirs:
+                    copy.write_row(dir_row)
+            cur.execute("SELECT setval(pg_get_serial_sequence('supersync_v0', 'id'), "
+                        "(SELECT max(id) FROM supersync_v0))")
+            raw.commit()
+        finally:
+            raw.close()
+    finally:
+        manager.close()
+    manager = SupRsyncFilesManager(url)
+    try:
+        with manager.engine.connect() as conn:
+            conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql(
+                "ANALYZE supersync_v0, timecode_dirs_v0")
+    finally:
+        manager.close()

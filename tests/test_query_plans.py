@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from history_catalog import ARCHIVE, ATTEMPTS, OPEN_TC, OTHER, build_history_catalog
+from history_catalog import (
+    ARCHIVE,
+    ATTEMPTS,
+    OPEN_TC,
+    OTHER,
+    build_history_catalog,
+    build_pg_history_catalog,
+)
+from pg_server import PgServer
 from sqlalchemy import event
 
 from suprsync.catalog import timecode as tc_rules
@@ -27,6 +35,7 @@ from suprsync.catalog.conflicts import conflict_count, conflicted_ids
 from suprsync.catalog.lateness import dir_bound, find_late_files
 from suprsync.catalog.pathkeys import partners
 from suprsync.catalog.quarantine import register_sqlite_functions
+from suprsync.catalog.schema import INDEXES
 from suprsync.catalog.store import SupRsyncFilesManager
 
 ROWS = 1_000_000
@@ -368,3 +377,141 @@ def test_agent_iterations_never_scan_the_archive(history_db: Path, tmp_path: Pat
     assert OPEN_TC + 1 in finalized
     assert not list((data / f"{OPEN_TC + 1}" / "ufm_mv1").iterdir())
     check(db, statements)
+
+
+# ------------------------------------------------------------------- PostgreSQL
+
+PG_ROWS = 200_000
+#: Indexes of the files table.
+FILE_INDEXES = {ix.name for ix in INDEXES if ix.table is not None and ix.table.name == FILES}
+FILE_INDEXES.add(f"{FILES}_pkey")
+
+
+@pytest.fixture(scope="session")
+def pg_history(pg: PgServer) -> str:
+    """A PostgreSQL catalog of the same shape, 200,000 rows, analyzed (the test owns it)."""
+    url = "postgresql://" + pg.create_database().split("://", 1)[1]
+    build_pg_history_catalog(url, PG_ROWS)
+    return url
+
+
+@pytest.fixture
+def pg_manager(pg_history: str) -> Iterator[SupRsyncFilesManager]:
+    m = SupRsyncFilesManager(pg_history, clock=lambda: NOW)
+    yield m
+    m.close()
+
+
+def pg_nodes(manager: SupRsyncFilesManager, statement: str, params: Any) -> list[dict]:
+    """Every node of the EXPLAIN (FORMAT JSON) plan of a statement."""
+    raw = manager.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute(f"EXPLAIN (FORMAT JSON) {statement}", params)
+        tree = cur.fetchone()[0][0]["Plan"]
+        raw.rollback()
+    finally:
+        raw.close()
+    nodes, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        nodes.append(node)
+        todo.extend(node.get("Plans", []))
+    return nodes
+
+
+def pg_unbounded(node: dict, limited: bool) -> bool:
+    """True for a plan node that may read every row of the archive (see unbounded())."""
+    if node["Node Type"] == "Seq Scan":
+        return node.get("Relation Name") == FILES
+    index = node.get("Index Name")
+    if index not in FILE_INDEXES:
+        return False
+    if index in PARTIAL or index == f"{FILES}_pkey":
+        return False
+    if (index == "ix_suprsync_archive_time" and limited
+            and node.get("Scan Direction") == "Backward"):
+        return False
+    cond = node.get("Index Cond", "")
+    return not any(column in cond for column in ("remote_path", "local_path", "timestamp"))
+
+
+def pg_check(manager: SupRsyncFilesManager, statements: list[Statement],
+             uses: tuple[str, ...] = ()) -> list[str]:
+    """Like check(), on PostgreSQL: no Seq Scan of the files table, no index walk over
+    the whole archive; with ``uses``, one of these indexes is used. Returns the indexes
+    of the files table that the plans use."""
+    assert statements
+    used: list[str] = []
+    for statement, params in statements:
+        if not statement.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE")):
+            continue
+        nodes = pg_nodes(manager, statement, params)
+        limited = any(n["Node Type"] == "Limit" for n in nodes)
+        bad = [n for n in nodes if pg_unbounded(n, limited)]
+        assert not bad, f"unbounded read of the archive: {bad}\n{statement}"
+        used += [n["Index Name"] for n in nodes if n.get("Index Name") in FILE_INDEXES]
+    if uses:
+        assert set(used) & set(uses), f"none of {uses} used: {used}"
+    return used
+
+
+def test_pg_copyable_and_claims_use_a_partial_index(pg_manager: SupRsyncFilesManager) -> None:
+    """get_copyable_files and claim_copyable read the unsynced rows or the rows not
+    removed, whichever index holds fewer (PostgreSQL knows their sizes)."""
+    m = pg_manager
+    statements = capture(m, lambda: m.get_copyable_files(ARCHIVE, max_copy_attempts=ATTEMPTS,
+                                                         num_files=100))
+    pg_check(m, statements, uses=PARTIAL)
+    top = m.max_file_id()
+    claimed = capture(m, lambda: m.claim_copyable(ARCHIVE, "plans", 60.0, ATTEMPTS, 5,
+                                                  after=(0.0, 0), up_to=top))
+    m.release_claims("plans")
+    pg_check(m, claimed, uses=PARTIAL)
+
+
+def test_pg_deletable_finalized_until_and_stats_are_bounded(
+        pg_manager: SupRsyncFilesManager) -> None:
+    """get_deletable_files on the present index, get_finalized_until and the uncopied
+    count on the unsynced index, the newest rows from the end of the time index."""
+    m = pg_manager
+    pg_check(m, capture(m, lambda: m.get_deletable_files(ARCHIVE, 3600.0, limit=1000)),
+             uses=("ix_suprsync_present",))
+    pg_check(m, capture(m, lambda: m.get_finalized_until(ARCHIVE)),
+             uses=("ix_suprsync_unsynced",))
+    m.get_archive_stats(ARCHIVE)  # the catalog's first count ever reads the archive
+    used = pg_check(m, capture(m, lambda: m.get_archive_stats(ARCHIVE)),
+                    uses=("ix_suprsync_unsynced",))
+    assert "ix_suprsync_archive_time" in used, used
+
+
+def test_pg_timecode_steps_are_bounded(pg_manager: SupRsyncFilesManager) -> None:
+    """Detection and late files by primary key; the sync check, the summary and the
+    finalization checks by the dir's range of the remote-path index (or the unsynced
+    rows); the newest timestamp from the end of the time index."""
+    from suprsync.catalog.anomalies import newest_timestamp
+
+    m = pg_manager
+    tc = OPEN_TC - 5
+    pg_check(m, capture(m, lambda: m.detect_timecode_dirs(ARCHIVE)),
+             uses=(f"{FILES}_pkey",))
+    top = m.max_file_id()
+    pg_check(m, capture(m, lambda: m.read(lambda s: find_late_files(s, ARCHIVE, top - 100))),
+             uses=(f"{FILES}_pkey",))
+    pg_check(m, capture(m, lambda: m.read(lambda s: (
+        tc_rules.unsynced_count(s, ARCHIVE, OPEN_TC), tc_rules.unsynced_count(s, OTHER, tc),
+        tc_rules.mark_completed(s, ARCHIVE, NOW), tc_rules.mark_synced(s, ARCHIVE)))),
+        uses=("ix_suprsync_unsynced", "ix_suprsync_remote_path"))
+    pg_check(m, capture(m, lambda: m.read(lambda s: (
+        tc_rules.dir_content(s, ARCHIVE, tc), tc_rules.rows_above(s, ARCHIVE, tc, 0)))),
+        uses=("ix_suprsync_remote_path",))
+    pg_check(m, capture(m, lambda: m.read(lambda s: newest_timestamp(s, ARCHIVE))),
+             uses=("ix_suprsync_archive_time",))
+
+
+def test_pg_collision_lookup_uses_the_path_indexes(pg_manager: SupRsyncFilesManager) -> None:
+    """partners() reads equal paths, parents and children by remote-path index ranges."""
+    m = pg_manager
+    keys = [f"{OPEN_TC}/ufm_mv1/x.g3", f"{OPEN_TC - 3}/ufm_mv2"]
+    pg_check(m, capture(m, lambda: m.read(lambda s: partners(s, ARCHIVE, keys))),
+             uses=("ix_suprsync_remote_path",))

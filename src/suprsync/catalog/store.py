@@ -399,9 +399,11 @@ class SupRsyncFilesManager:
         assert session is not None
         in_archive = F.archive_name == archive_name
         num_files = self._count_files(session, archive_name)
-        uncopied = session.scalar(
-            select(func.count()).select_from(F).where(in_archive, UNSYNCED, NOT_IGNORED)
-            .with_hint(F, UNSYNCED_ROWS, "sqlite"))
+        # In the partial index's order: PostgreSQL, which cannot tell how few rows are
+        # unsynced, then reads them from that index instead of reading the table.
+        unsynced = (select(F.id).where(in_archive, UNSYNCED, NOT_IGNORED)
+                    .with_hint(F, UNSYNCED_ROWS, "sqlite").order_by(F.timestamp).subquery())
+        uncopied = session.scalar(select(func.count()).select_from(unsynced))
         last_added = session.scalar(
             select(F.local_path).where(in_archive, HEALTHY)
             .order_by(F.timestamp.desc(), F.id.desc()).limit(1))
