@@ -3,6 +3,7 @@ system clock that jumps, files registered after the finalization file, ignored d
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,10 +21,11 @@ from conftest import run_cli
 from helpers import Clock, catalog_agent, make_file
 from invariants import check_invariants
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from suprsync import SupRsyncFilesManager
 from suprsync.agent import Agent
+from suprsync.catalog.lateness import RESCAN_IDS, load_late_scan
 from suprsync.catalog.timecode import timecode_at
 from suprsync.clockcheck import ClockCheck
 from suprsync.metrics import MetricsServer
@@ -356,6 +358,59 @@ def test_late_file_waits_for_its_copy_and_a_new_agent_finds_it(tmp_path: Path) -
     assert again.anomalies()["late_files_found"] == 1
     assert (ARCHIVE, "crate5", tc, INSTANCE) in downstream_records(tmp_path / "remote" / ARCHIVE)
     assert len(remote_yamls(tmp_path)) == 2
+    again.handler.close()
+    check(tmp_path)
+
+
+def test_a_new_agent_reads_the_dirs_left_with_late_files_not_the_history(
+        tmp_path: Path) -> None:
+    """What an agent scanned for late files is kept in the catalog: a new agent scans only
+    the ids above it (less RESCAN_IDS) and reads the dirs left with late files, and still
+    finds a late file registered long before."""
+    clock = Clock(NOW)
+    agent = agent_for(tmp_path, clock)
+    tc = NOW_TC - 3
+    add(agent, tmp_path, f"{tc}/crate1/a.g3")
+    iterate(agent, clock, 3)
+    ghost = tmp_path / "data" / f"{tc}/crate5/ghost.g3"  # not there: never copied
+    late_id = agent.manager.add_file(str(ghost), f"{tc}/crate5/ghost.g3", ARCHIVE,
+                                     local_md5sum="0" * 32, timestamp=NOW).id
+    db = tmp_path / "catalog.db"
+    with sqlite3.connect(db) as conn:  # another archive's rows since, given up on
+        conn.executemany(
+            "INSERT INTO supersync_v0 (local_path, local_md5sum, archive_name, remote_path, "
+            "timestamp, ignore) VALUES (?, ?, 'other', ?, ?, 1)",
+            [(f"/gone/{i}", f"{i:032x}", f"{NOW_TC}/bulk/{i}.g3", NOW)
+             for i in range(2 * RESCAN_IDS)])
+    iterate(agent, clock, 2)
+    assert [f["file_id"] for f in agent.anomalies()["late_files"]] == [late_id]
+    top = agent.manager.max_file_id()
+    agent.handler.close()
+    agent.manager.close()
+
+    again = agent_for(tmp_path, clock)
+    scans: list[tuple] = []
+
+    def listen(_conn, _cursor, statement, params, _context, _many) -> None:  # noqa: ANN001
+        # The late-file scan: new ids from a lower bound (detection also has an upper one).
+        if "substr(supersync_v0.remote_path" in statement and "id <=" not in statement:
+            scans.append(tuple(params))
+
+    event.listen(again.manager.engine, "before_cursor_execute", listen)
+    iterate(again, clock, 1)
+    assert [f["file_id"] for f in again.anomalies()["late_files"]] == [late_id]
+    assert len(scans) == 1 and top - RESCAN_IDS in scans[0], scans
+    assert top - RESCAN_IDS > late_id
+    # Once the file is there and copied, a further finalization file describes it.
+    make_file(tmp_path / "data", f"{tc}/crate5/ghost.g3", b"ghost")
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE supersync_v0 SET local_md5sum = ?, failed_copy_attempts = 0 "
+                     "WHERE id = ?", (hashlib.md5(b"ghost").hexdigest(), late_id))
+    iterate(again, clock, 3)
+    assert again.anomalies()["late_files"] == []
+    assert len(remote_yamls(tmp_path)) == 2
+    kept = again.manager.read(lambda s: load_late_scan(s, ARCHIVE))
+    assert kept is not None and kept.dirs == frozenset()
     again.handler.close()
     check(tmp_path)
 

@@ -32,7 +32,7 @@ from sqlalchemy import event
 
 from suprsync.catalog import timecode as tc_rules
 from suprsync.catalog.conflicts import conflict_count, conflicted_ids
-from suprsync.catalog.lateness import dir_bound, find_late_files
+from suprsync.catalog.lateness import dir_bound, find_late_files, keep_late_scan, late_in_dirs
 from suprsync.catalog.pathkeys import partners
 from suprsync.catalog.quarantine import register_sqlite_functions
 from suprsync.catalog.schema import INDEXES
@@ -317,6 +317,14 @@ def test_late_file_scan_reads_new_ids(history_db: Path,
     check(history_db, statements, uses="INTEGER PRIMARY KEY")
 
 
+def test_dirs_left_with_late_files_are_read_by_path_range(
+        history_db: Path, manager: SupRsyncFilesManager) -> None:
+    """A new agent reads the dirs left with late files by the remote-path index."""
+    statements = capture(manager, lambda: manager.read(
+        lambda s: late_in_dirs(s, ARCHIVE, {OPEN_TC - 7, OPEN_TC - 90})))
+    check(history_db, statements, uses="ix_suprsync_remote_path", pick="remote_path >=")
+
+
 def test_anomaly_checks_are_bounded(history_db: Path, manager: SupRsyncFilesManager) -> None:
     """The newest timestamp of the archive is read from the end of its time index."""
     from suprsync.catalog.anomalies import newest_timestamp
@@ -360,7 +368,10 @@ def test_agent_iterations_never_scan_the_archive(history_db: Path, tmp_path: Pat
     for i in range(20):
         rel = f"{OPEN_TC + 1 + i % 2}/ufm_mv1/new_{i}.g3"
         adder.add_file(str(make_file(data, rel)), rel, ARCHIVE, timestamp=NOW - 7200)
-    adder.get_archive_stats(ARCHIVE)  # a catalog in use keeps a count of its rows
+    # A catalog in use keeps a count of its rows and how far its late files were looked for.
+    adder.get_archive_stats(ARCHIVE)
+    top = adder.max_file_id()
+    adder.write(lambda s: keep_late_scan(s, ARCHIVE, top, set(), set()))
     adder.close()
     config = AgentConfig(archive_name=ARCHIVE, remote_basedir=str(remote), db_path=str(db),
                          suprsync_file_root=str(root), instance_id="plans", sleep_time=0,
@@ -377,6 +388,38 @@ def test_agent_iterations_never_scan_the_archive(history_db: Path, tmp_path: Pat
     assert OPEN_TC + 1 in finalized
     assert not list((data / f"{OPEN_TC + 1}" / "ufm_mv1").iterdir())
     check(db, statements)
+    # Run again, each read does work bounded by what it looks for, not by the history;
+    # sweeps of older ids read windows of a fixed size (both ends bound).
+    heavy = [(n, st) for st, params in statements
+             if st.lstrip().upper().startswith("SELECT") and not WINDOW.search(st)
+             and (n := work(db, st, params)) > MAX_WORK]
+    assert not heavy, heavy
+    assert any(WINDOW.search(st) for st, _ in statements)
+
+
+#: A read of a window of file ids.
+WINDOW = re.compile(r"\.id >=? \? AND supersync_v0\.id <= \?")
+
+
+#: Most sqlite VM instructions one read may take (in thousands). Reading every row of
+#: the archive takes over 10,000 (ten million instructions).
+MAX_WORK = 1000
+
+
+def work(db: Path, statement: str, params: Any) -> int:
+    """Thousands of sqlite VM instructions a statement takes to run to the end."""
+    steps = 0
+
+    def tick() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    with sqlite3.connect(db) as conn:
+        register_sqlite_functions(conn)
+        conn.set_progress_handler(tick, 1000)
+        conn.execute(statement, params or ()).fetchall()
+    return steps
 
 
 # ------------------------------------------------------------------- PostgreSQL
@@ -498,6 +541,8 @@ def test_pg_timecode_steps_are_bounded(pg_manager: SupRsyncFilesManager) -> None
     top = m.max_file_id()
     pg_check(m, capture(m, lambda: m.read(lambda s: find_late_files(s, ARCHIVE, top - 100))),
              uses=(f"{FILES}_pkey",))
+    pg_check(m, capture(m, lambda: m.read(lambda s: late_in_dirs(s, ARCHIVE, {tc}))),
+             uses=("ix_suprsync_remote_path",))
     pg_check(m, capture(m, lambda: m.read(lambda s: (
         tc_rules.unsynced_count(s, ARCHIVE, OPEN_TC), tc_rules.unsynced_count(s, OTHER, tc),
         tc_rules.mark_completed(s, ARCHIVE, NOW), tc_rules.mark_synced(s, ARCHIVE)))),

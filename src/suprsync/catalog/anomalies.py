@@ -79,6 +79,8 @@ class DirWatch:
     rows_ahead: bool = False
     #: Highest file id scanned for late files (None: never scanned).
     scanned_up_to: int | None = None
+    #: Dirs whose late files were all described since the state was last kept.
+    cleared: set[int] = field(default_factory=set)
     _logged_future: set[int] = field(default_factory=set)
 
     def saw_future(self, timecodes: list[int], now: float) -> None:
@@ -110,6 +112,8 @@ class DirWatch:
         for file_id, f in list(self.late.items()):
             if f.timecode == timecode and file_id <= up_to:
                 del self.late[file_id]
+        if not any(f.timecode == timecode for f in self.late.values()):
+            self.cleared.add(timecode)
 
     def saw_clock(self, newest: float | None, now: float) -> bool:
         """Record whether rows lie ahead of now; log once per episode. True while they do."""

@@ -10,12 +10,15 @@ files, which downstream skips) are never late.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from ..paths import timecode_of
+from .dirrows import in_dir
+from .meta import get_meta, set_meta
 from .quarantine import printable
 from .schema import NOT_IGNORED, Supplement, SupRsyncFile, TimecodeDir
 
@@ -28,6 +31,9 @@ SUPRSYNC_SUBDIR = "suprsync"
 #: Ids below the last scanned one that are read again: on PostgreSQL a row can
 #: commit after rows with higher ids.
 RESCAN_IDS = 5000
+#: Meta key prefix: highest file id of the archive scanned for late files, and the dirs
+#: holding late files no finalization file describes yet (see LateScan).
+LATE_SCAN_PREFIX = "late_scan:"
 
 
 @dataclass(frozen=True)
@@ -124,3 +130,58 @@ def dir_bound(session: Session, archive_name: str, timecode: int) -> int | None:
         more = session.scalar(select(func.max(S.covers_up_to)).where(
             S.archive_name == archive_name, S.timecode == timecode))
     return max(int(first), int(more or 0))
+
+
+def late_in_dirs(session: Session, archive_name: str, timecodes: set[int]) -> list[LateFile]:
+    """Late files of these finalized dirs, each dir read by its range of the remote-path
+    index (rows whose remote path is not text are left out, as find_late_files does)."""
+    bounds = described_bounds(session, archive_name)
+    late: list[LateFile] = []
+    for tc in sorted(timecodes & set(bounds)):
+        for file_id, remote, local in session.execute(
+                select(F.id, F.remote_path, F.local_path)
+                .where(in_dir(session, archive_name, tc), F.id > bounds[tc], NOT_IGNORED)
+                .order_by(F.id)):
+            if isinstance(remote, str) and not own_file(remote, tc):
+                late.append(LateFile(tc, int(file_id), str(printable(remote)),
+                                     str(printable(local))))
+    return late
+
+
+@dataclass(frozen=True)
+class LateScan:
+    """What the agents of an archive know of its late files, kept in the catalog.
+
+    ``scanned_up_to``: ids up to this one were scanned for late files; ``dirs``: the
+    dirs that held late files not yet described at the last look. A new process scans
+    only the ids above (less RESCAN_IDS) and reads the dirs listed, not the history.
+    """
+
+    scanned_up_to: int
+    dirs: frozenset[int]
+
+
+def load_late_scan(session: Session, archive_name: str) -> LateScan | None:
+    """The kept scan state, or None when there is none (or it is not what suprsync wrote)."""
+    value = get_meta(session, LATE_SCAN_PREFIX + archive_name)
+    if value is None:
+        return None
+    try:
+        d = json.loads(value)
+        return LateScan(int(d["scanned_up_to"]), frozenset(int(tc) for tc in d["dirs"]))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def keep_late_scan(session: Session, archive_name: str, scanned_up_to: int,
+                   dirs: set[int], cleared: set[int]) -> None:
+    """Merge this process's view into the kept state: the highest scan, the dirs kept
+    before except those it found described, and the dirs it holds late files of."""
+    there = load_late_scan(session, archive_name)
+    top = scanned_up_to if there is None else max(scanned_up_to, there.scanned_up_to)
+    merged = (set() if there is None else set(there.dirs) - cleared) | dirs
+    if there is not None and there == LateScan(top, frozenset(merged)):
+        return
+    set_meta(session, LATE_SCAN_PREFIX + archive_name,
+             json.dumps({"scanned_up_to": top, "dirs": sorted(merged)}))
+

@@ -33,6 +33,7 @@ from .schema import (
     SYNCED,
     UNSYNCED,
     Base,
+    CatalogMeta,
     Conflict,
     FileClaim,
     SupRsyncFile,
@@ -176,6 +177,8 @@ class SupRsyncFilesManager:
         # in the catalog.
         self._file_counts: dict[str, filecount.Count] = {}
         self._stored_tops: dict[str, int] = {}
+        self._create_all = create_all
+        self._meta_table: bool | None = None
         # Per archive, a full count running in the background (prefetch_file_count).
         self._count_jobs: dict[str, threading.Thread] = {}
         self._count_jobs_lock = threading.Lock()
@@ -443,7 +446,7 @@ class SupRsyncFilesManager:
         try:
             count, keep = self.read(lambda s: self._current_count(s, archive_name),
                                     what="count files")
-            if keep:
+            if keep and self._create_all:
                 self.write(lambda s: self._store_count(s, archive_name, count),
                            what="keep file count")
         except (SQLAlchemyError, CatalogBusy) as exc:  # the stats step counts again
@@ -458,21 +461,30 @@ class SupRsyncFilesManager:
         rows added since; only when it cannot be used are the archive's rows counted.
         """
         top = tc_rules.max_file_id(session)
-        mark = filecount.deletion_mark(session)
         now = self.clock()
+        kept = self._can_keep_count(session)
+        mark = filecount.deletion_mark(session) if kept else None
         known = self._file_counts.get(archive_name)
-        if known is None:
+        if known is None and kept:
             known = filecount.stored(session, archive_name)
             if known is not None:
                 self._stored_tops[archive_name] = known.top
         if known is None or not filecount.usable(session, known, top, mark, now):
             return filecount.Count(top, filecount.count_whole(session, archive_name, top),
-                                   mark, now), True
+                                   mark, now), kept
         count = filecount.Count(
             top, known.rows + filecount.rows_between(session, archive_name, known.top, top),
             mark, known.counted_at)
         stored_top = self._stored_tops.get(archive_name, -1)
-        return count, stored_top < 0 or top - stored_top >= filecount.STORE_STEP
+        return count, kept and (stored_top < 0 or top - stored_top >= filecount.STORE_STEP)
+
+    def _can_keep_count(self, session: Session) -> bool:
+        """True when counts are kept in the catalog: a manager that created the schema, or
+        read-only on a catalog that has the meta table (the count is read, not written)."""
+        if self._meta_table is None:
+            self._meta_table = self._create_all or inspect(session.get_bind()).has_table(
+                CatalogMeta.__tablename__)
+        return self._meta_table
 
     def _store_count(self, session: Session, archive_name: str,
                      count: filecount.Count) -> None:
@@ -489,7 +501,7 @@ class SupRsyncFilesManager:
         if job is not None:
             job.join()
         count, keep = self._current_count(session, archive_name)
-        if keep:
+        if keep and self._create_all:
             self._store_count(session, archive_name, count)
         self._file_counts[archive_name] = count
         return count.rows

@@ -19,15 +19,25 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from sqlalchemy import case, func, literal_column, or_, select, text, update
+from sqlalchemy import case, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from ..fsutil import write_atomic
 from ..hashing import md5_file
 from ..paths import subdir_of, timecode_of
 from .anomalies import DirWatch, future_dirs, future_limit, newest_timestamp, timecode_at
+from .dirrows import in_dir
 from .hints import UNSYNCED_ROWS
-from .lateness import RESCAN_IDS, SUPRSYNC_SUBDIR, dir_bound, find_late_files, own_file
+from .lateness import (
+    RESCAN_IDS,
+    SUPRSYNC_SUBDIR,
+    dir_bound,
+    find_late_files,
+    keep_late_scan,
+    late_in_dirs,
+    load_late_scan,
+    own_file,
+)
 from .quarantine import HEALTHY, QUARANTINED, printable
 from .schema import NOT_IGNORED, SYNCED, UNSYNCED, Supplement, SupRsyncFile, TimecodeDir
 
@@ -50,24 +60,6 @@ NOT_FINALIZED = or_(TD.finalized.is_(None), TD.finalized.is_(False))
 def finalization_name(now: float, archive_name: str, timecode: int) -> str:
     """File name of a finalization file written at ``now``."""
     return f"{int(now)}_{archive_name}_{timecode}_finalized.yaml"
-
-
-def in_dir(session: Session, archive_name: str, timecode: int):  # type: ignore[no-untyped-def]
-    """SQL condition: a row of this archive whose remote path lies under this timecode dir.
-
-    Both forms read only the dir's entries of the (archive, remote_path) index. On
-    PostgreSQL (a text_pattern_ops index) a prefix LIKE. On sqlite, whose LIKE is
-    no index range, the bytewise range ``[tc/, tc0)``, or a remote path stored as a
-    BLOB (quarantined; BLOBs sort after all text) that LIKE matches.
-    """
-    prefix = f"{int(timecode)}/"
-    if session.get_bind().dialect.name != "sqlite":
-        return (F.archive_name == archive_name) & F.remote_path.like(prefix + "%")
-    # archive_name inside each branch: sqlite then searches the index once per branch.
-    return or_((F.archive_name == archive_name) & (F.remote_path >= prefix)
-               & (F.remote_path < f"{int(timecode)}0"),
-               (F.archive_name == archive_name) & (F.remote_path >= literal_column("x''"))
-               & F.remote_path.like(prefix + "%"))
 
 
 def lock_dir_rows(session: Session, archive_name: str) -> None:
@@ -511,7 +503,18 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
 
     def look(session: Session) -> tuple[list[int], float | None, int, list]:
         top = max_file_id(session)
-        late = find_late_files(session, archive_name, after_id=after or 0)
+        if after is not None:
+            late = find_late_files(session, archive_name, after_id=after)
+        else:
+            # A new watch: scan what the agents of the archive have not scanned yet,
+            # and read the dirs they left with late files (the whole history once).
+            kept = load_late_scan(session, archive_name)
+            start = 0 if kept is None else max(0, kept.scanned_up_to - RESCAN_IDS)
+            late = find_late_files(session, archive_name, after_id=start)
+            if kept is not None:
+                late += late_in_dirs(session, archive_name, set(kept.dirs))
+                found = {f.timecode for f in late}
+                watch.cleared.update(tc for tc in kept.dirs if tc not in found)
         return (future_dirs(session, archive_name, now), newest_timestamp(session, archive_name),
                 top, late)
 
@@ -522,6 +525,8 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
     trusted = not watch.saw_clock(newest, now) and clock_ok
 
     def advance(session: Session) -> list[int]:
+        keep_late_scan(session, archive_name, top, {f.timecode for f in watch.late.values()},
+                       watch.cleared)
         mark_completed(session, archive_name, now, by_age=trusted)
         mark_synced(session, archive_name)
         return list(session.scalars(
@@ -530,6 +535,7 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
             .distinct().order_by(TD.timecode)))
 
     ready = manager.write(advance, what=f"update timecode dirs of {archive_name}")
+    watch.cleared.clear()
     finalized: list[TimecodeDir] = []
     if not trusted:
         return finalized

@@ -1,0 +1,28 @@
+"""The rows of one timecode dir, read through the (archive, remote_path) index."""
+
+from __future__ import annotations
+
+from sqlalchemy import literal_column, or_
+from sqlalchemy.orm import Session
+
+from .schema import SupRsyncFile
+
+F = SupRsyncFile
+
+
+def in_dir(session: Session, archive_name: str, timecode: int):  # type: ignore[no-untyped-def]
+    """SQL condition: a row of this archive whose remote path lies under this timecode dir.
+
+    Both forms read only the dir's entries of the (archive, remote_path) index. On
+    PostgreSQL (a text_pattern_ops index) a prefix LIKE. On sqlite, whose LIKE is
+    no index range, the bytewise range ``[tc/, tc0)``, or a remote path stored as a
+    BLOB (quarantined; BLOBs sort after all text) that LIKE matches.
+    """
+    prefix = f"{int(timecode)}/"
+    if session.get_bind().dialect.name != "sqlite":
+        return (F.archive_name == archive_name) & F.remote_path.like(prefix + "%")
+    # archive_name inside each branch: sqlite then searches the index once per branch.
+    return or_((F.archive_name == archive_name) & (F.remote_path >= prefix)
+               & (F.remote_path < f"{int(timecode)}0"),
+               (F.archive_name == archive_name) & (F.remote_path >= literal_column("x''"))
+               & F.remote_path.like(prefix + "%"))
