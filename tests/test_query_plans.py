@@ -355,7 +355,8 @@ def test_conflict_checks_use_primary_keys(history_db: Path,
 
 def test_agent_iterations_never_scan_the_archive(history_db: Path, tmp_path: Path) -> None:
     """Every statement of two iterations of an agent on (a copy of) the history catalog,
-    with new files to copy, verify, delete and a dir to finalize, is bounded."""
+    with new files to copy, verify, delete and a dir to finalize, is bounded, and the
+    finalization reads the rows of its dir once."""
     from helpers import make_file
 
     from suprsync.agent import Agent, AgentConfig
@@ -388,6 +389,10 @@ def test_agent_iterations_never_scan_the_archive(history_db: Path, tmp_path: Pat
     assert OPEN_TC + 1 in finalized
     assert not list((data / f"{OPEN_TC + 1}" / "ufm_mv1").iterdir())
     check(db, statements)
+    # The finalized dir's rows were checked one by one (the quarantine rule) once.
+    dir_reads = [st for st, _ in statements
+                 if "suprsync_text_ok" in st and "remote_path >=" in st]
+    assert len(dir_reads) == 1, dir_reads
     # Run again, each read does work bounded by what it looks for, not by the history;
     # sweeps of older ids read windows of a fixed size (both ends bound).
     heavy = [(n, st) for st, params in statements
@@ -395,6 +400,10 @@ def test_agent_iterations_never_scan_the_archive(history_db: Path, tmp_path: Pat
              and (n := work(db, st, params)) > MAX_WORK]
     assert not heavy, heavy
     assert any(WINDOW.search(st) for st, _ in statements)
+    # Statistics another program may have gathered do not lead sqlite astray either.
+    with sqlite3.connect(db) as conn:
+        conn.execute("ANALYZE")
+    check(db, statements)
 
 
 #: A read of a window of file ids.

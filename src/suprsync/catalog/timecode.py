@@ -148,33 +148,54 @@ def mark_completed(session: Session, archive_name: str, now: float, by_age: bool
     return int(result.rowcount or 0)
 
 
+def waiting_count(session: Session, archive_name: str, timecode: int) -> int:
+    """Non-ignored files of this archive's dir whose copy is not verified (a search of
+    the archive's few unsynced rows)."""
+    return int(session.scalar(
+        select(func.count()).select_from(F)
+        .where(in_dir(session, archive_name, timecode), UNSYNCED, NOT_IGNORED)
+        .with_hint(F, UNSYNCED_ROWS, "sqlite")) or 0)
+
+
 def unsynced_count(session: Session, archive_name: str, timecode: int) -> int:
     """Non-ignored files of this archive's dir that are not verified on the remote.
 
     A quarantined row is never counted as verified: it holds its dir back. It is
     looked for only once no other row is missing (the check reads the whole dir).
     """
-    def count(*conditions: Any, hint: str | None = None) -> int:
-        query = (select(func.count()).select_from(F)
-                 .where(in_dir(session, archive_name, timecode), *conditions, NOT_IGNORED))
-        if hint is not None:
-            query = query.with_hint(F, hint, "sqlite")
-        return int(session.scalar(query) or 0)
+    return waiting_count(session, archive_name, timecode) or int(session.scalar(
+        select(func.count()).select_from(F)
+        .where(in_dir(session, archive_name, timecode), SYNCED, QUARANTINED,
+               NOT_IGNORED)) or 0)
 
-    # The unsynced rows of the archive are few: find the dir's among them.
-    return count(UNSYNCED, hint=UNSYNCED_ROWS) or count(SYNCED, QUARANTINED)
+
+def sync_candidates(session: Session, archive_name: str) -> list[int]:
+    """Completed dirs not yet synced nor finalized with no unsynced file (quarantined
+    rows aside: see :func:`dir_content`)."""
+    candidates = list(session.scalars(
+        select(TD.timecode).where(TD.archive_name == archive_name, TD.completed.is_(True),
+                                  NOT_SYNCED, NOT_FINALIZED).distinct()))
+    return [tc for tc in candidates if waiting_count(session, archive_name, tc) == 0]
 
 
 def mark_synced(session: Session, archive_name: str) -> list[int]:
     """Mark completed dirs whose non-ignored files are all verified; return their timecodes."""
-    candidates = list(session.scalars(
-        select(TD.timecode).where(TD.archive_name == archive_name, TD.completed.is_(True),
-                                  NOT_SYNCED, NOT_FINALIZED)))
-    done = [tc for tc in candidates if unsynced_count(session, archive_name, tc) == 0]
+    done = [tc for tc in sync_candidates(session, archive_name)
+            if unsynced_count(session, archive_name, tc) == 0]
     if done:
         session.execute(update(TD).where(TD.archive_name == archive_name,
                                          TD.timecode.in_(done)).values(synced=True))
     return done
+
+
+def mark_dir_synced(session: Session, archive_name: str, timecode: int) -> bool:
+    """Mark a completed dir synced if it still has no unsynced file; True when marked."""
+    if waiting_count(session, archive_name, timecode):
+        return False
+    return bool(session.execute(
+        update(TD).where(TD.archive_name == archive_name, TD.timecode == timecode,
+                         TD.completed.is_(True), NOT_FINALIZED)
+        .values(synced=True)).rowcount)
 
 
 @dataclass
@@ -355,7 +376,8 @@ def _write_and_claim(manager: SupRsyncFilesManager, archive_name: str, timecode:
 
 
 def finalize_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: int,
-                 file_root: str, instance_id: str) -> TimecodeDir | None:
+                 file_root: str, instance_id: str,
+                 content: DirContent | None = None) -> TimecodeDir | None:
     """Write, register and record the finalization file of one synced dir.
 
     The YAML is written atomically before the catalog is touched; the row of the
@@ -363,12 +385,26 @@ def finalize_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: int
     dir only if no one finalized it meanwhile and no file was added to it since the
     YAML was made. A YAML left by a run killed before that commit is removed on the
     next attempt, so exactly one is ever registered.
+
+    ``content``: the dir as read just before (so it is not read twice). The dir's rows
+    are read once per finalization: the claim checks the unsynced rows and the ids,
+    not each row again.
     """
     now = manager.clock()
-    content, summary = manager.read(
-        lambda s: _content_and_summary(s, manager, archive_name, timecode, now,
-                                       instance_id, 0),
-        what="finalization summary")
+    if content is None:
+        content, summary = manager.read(
+            lambda s: _content_and_summary(s, manager, archive_name, timecode, now,
+                                           instance_id, 0),
+            what="finalization summary")
+    else:
+        known = content
+        summary = manager.read(lambda s: summary_of(known, manager, s, archive_name,
+                                                    timecode, now, instance_id),
+                               what="finalization summary")
+    if content.unsynced:
+        log.info("timecode dir %s of %s was not finalized: %d of its files are not verified",
+                 timecode, archive_name, content.unsynced)
+        return None
     this_dir = (TD.archive_name == archive_name) & (TD.timecode == timecode)
     result: list[TimecodeDir] = []
 
@@ -385,7 +421,7 @@ def finalize_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: int
         freeze_registrations(session)
         earlier = session.scalar(select(func.count()).select_from(TD).where(
             this_dir, TD.finalize_file_id.is_not(None)))
-        if (earlier or unsynced_count(session, archive_name, timecode) > 0
+        if (earlier or waiting_count(session, archive_name, timecode) > 0
                 or rows_above(session, archive_name, timecode, 0)
                 != (content.rows, content.max_id)):
             raise _NotFinalized
@@ -453,7 +489,7 @@ def supplement_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: i
             raise _NotFinalized
         freeze_registrations(session)
         if (dir_bound(session, archive_name, timecode) != bound
-                or unsynced_count(session, archive_name, timecode) > 0
+                or waiting_count(session, archive_name, timecode) > 0
                 or rows_above(session, archive_name, timecode, bound)
                 != (content.rows, content.max_id)):
             raise _NotFinalized
@@ -524,23 +560,34 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
     watch.scanned_up_to = top
     trusted = not watch.saw_clock(newest, now) and clock_ok
 
-    def advance(session: Session) -> list[int]:
+    def advance(session: Session) -> tuple[list[int], list[int]]:
         keep_late_scan(session, archive_name, top, {f.timecode for f in watch.late.values()},
                        watch.cleared)
         mark_completed(session, archive_name, now, by_age=trusted)
-        mark_synced(session, archive_name)
-        return list(session.scalars(
+        synced = list(session.scalars(
             select(TD.timecode).where(TD.archive_name == archive_name, TD.synced.is_(True),
                                       TD.completed.is_(True), NOT_FINALIZED)
-            .distinct().order_by(TD.timecode)))
+            .distinct()))
+        return synced, sync_candidates(session, archive_name)
 
-    ready = manager.write(advance, what=f"update timecode dirs of {archive_name}")
+    synced, candidates = manager.write(advance, what=f"update timecode dirs of {archive_name}")
     watch.cleared.clear()
+    # A candidate's rows are read once, outside any write: the read decides whether it
+    # is synced (a quarantined row holds it back) and is what its finalization describes.
+    contents: dict[int, DirContent | None] = dict.fromkeys(synced)
+    for timecode in candidates:
+        content = manager.read(lambda s, tc=timecode: dir_content(s, archive_name, tc),
+                               what="finalization summary")
+        if content.unsynced == 0 and manager.write(
+                lambda s, tc=timecode: mark_dir_synced(s, archive_name, tc),
+                what=f"update timecode dirs of {archive_name}"):
+            contents[timecode] = content
     finalized: list[TimecodeDir] = []
     if not trusted:
         return finalized
-    for timecode in ready:
-        tcdir = finalize_dir(manager, archive_name, timecode, file_root, instance_id)
+    for timecode in sorted(contents):
+        tcdir = finalize_dir(manager, archive_name, timecode, file_root, instance_id,
+                             contents[timecode])
         if tcdir is not None:
             finalized.append(tcdir)
     for timecode in sorted({f.timecode for f in watch.late.values()}):
