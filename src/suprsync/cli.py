@@ -190,8 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if scan is not None:
             scan.close()
         early = getattr(ns, "early", None)
-        if early is not None:
-            early[1].close()  # the agent closed it already, unless it never started
+        if early is not None:  # the agent closed it already, unless it never started
+            early[1].abort()  # an attempt to connect that still runs
+            early[1].close()
 
 
 #: Signals that ask ``suprsync run`` to stop (exit status 0).
