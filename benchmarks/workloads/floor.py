@@ -133,6 +133,19 @@ def _sshd_children_cpu(pid: int | None) -> float:
     return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
+def _wait_reaped(pid: int, limit: float = 5.0) -> None:
+    """Wait until the sshd has reaped its sessions (their CPU is then in its cutime)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            if not children.read_text().split():
+                return
+        except OSError:
+            return
+        time.sleep(0.01)
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -146,7 +159,7 @@ def _once(argv: list[str], what: str, stdin_path: Path | None,
         result = subprocess.run(argv, stdin=stdin, capture_output=True, timeout=3600)
     wall = time.perf_counter() - start
     if sshd_pid is not None:
-        time.sleep(0.05)  # let sshd reap its session process
+        _wait_reaped(sshd_pid)
     cpu = _children_cpu() + _sshd_children_cpu(sshd_pid) - cpu0
     if result.returncode != 0:
         raise BenchmarkError(f"{what} failed with exit {result.returncode}: "
