@@ -29,6 +29,7 @@ if __package__ in (None, ""):  # run as a script: python benchmarks/run.py
 from benchmarks.common import REPO  # noqa: E402
 from benchmarks.harness import Context, format_table, machine_info, source_state  # noqa: E402
 from benchmarks.workloads import (  # noqa: E402
+    floor,
     history,
     large_files,
     latency,
@@ -39,6 +40,7 @@ from benchmarks.workloads import (  # noqa: E402
 
 WORKLOADS: dict[str, Callable[[Context], list[dict[str, Any]]]] = {
     "history": history.run,
+    "floor": floor.run,
     "small": small_files.run,
     "large": large_files.run,
     "registration": registration.run,

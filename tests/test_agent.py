@@ -6,6 +6,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -18,9 +19,12 @@ from helpers import (
     clock_fixture,  # noqa: F401 - the clock fixture
     closing_agents,
     get_row,
+    logged_commands,
     manager_fixture,  # noqa: F401 - the manager fixture
     md5,
     new_agent,
+    running,
+    wrapped_sshd,
     write_file,
 )
 
@@ -191,6 +195,35 @@ def test_run_once_exits_zero_after_one_iteration(
         row = get_row(manager, file_id)
         assert row.remote_md5sum == md5(data)
         assert (remote_dir / row.remote_path).read_bytes() == data
+
+
+def test_run_once_over_ssh_prepares_the_destination_once_and_closes_its_connection(
+        manager: SupRsyncFilesManager, tmp_path: Path, tmp_catalog: Path) -> None:
+    # The command line starts reaching the host while the catalog code loads; the copy
+    # step then uses that connection instead of preparing the destination again.
+    files = register(manager, tmp_path / "local", 3)
+    remote = tmp_path / "remote"
+    server = wrapped_sshd(tmp_path / "sshd")
+    before = set(_control_dirs())
+    with running(server):
+        result = run_cli(*run_args(tmp_path, tmp_catalog, remote, "--once",
+                                   *server.agent_flags()), timeout=60)
+        commands = logged_commands(server)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert [c for c in commands if c.startswith("mkdir ")] == [f"mkdir -p -- {remote}"]
+    for file_id, data in files.items():
+        row = get_row(manager, file_id)
+        assert row.remote_md5sum == md5(data)
+        assert (remote / row.remote_path).read_bytes() == data
+    # The shared connection ended with the process: no control dir of a dead run is left.
+    left = [d.name for d in set(_control_dirs()) - before
+            if not Path(f"/proc/{d.name.removeprefix('suprsync-ssh-').split('-')[0]}").exists()]
+    assert left == []
+
+
+def _control_dirs() -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob("suprsync-ssh-*"))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],

@@ -24,10 +24,15 @@ RATIO_IDS = {
     "history_1m_first", "history_1m_steady", "history_100k_first", "history_100k_steady",
     "small_files_ssh", "large_files_ssh", "large_files_local", "register_add_file",
     "register_add_local_files", "latency_parallel",
+    *(f"{base}{suffix}" for base in ("small_files_ssh", "large_files_ssh", "large_files_local")
+      for suffix in ("_process", "_floor", "_process_floor")),
 }
 VALUE_IDS = {"history_1m_peak_rss", "history_100k_peak_rss", "history_empty_peak_rss",
              "pending_local_peak_rss", "pending_ssh_peak_rss"}
 SECONDS_IDS = {"pending_local_seconds", "pending_ssh_seconds"}
+FLOOR_IDS = {"floor_cores", "floor_ssh_connect", "floor_ssh_stream_default", "floor_ssh_stream",
+             "floor_md5", "floor_write", "floor_large_ssh", "floor_large_local",
+             "floor_small_ssh"}
 
 
 def _md5s(root: Path) -> dict[str, str]:
@@ -55,7 +60,7 @@ def test_results_structure(quick_run: tuple[dict, Path, str]) -> None:
     for key in ("nproc", "cpu_model", "mem_total_gib", "rsync", "ssh", "disk"):
         assert key in meta["machine"]
     results = {r["id"]: r for r in doc["results"]}
-    assert set(results) == RATIO_IDS | VALUE_IDS | SECONDS_IDS
+    assert set(results) == RATIO_IDS | VALUE_IDS | SECONDS_IDS | FLOOR_IDS
     for rid in RATIO_IDS:
         r = results[rid]
         assert r["kind"] == "ratio" and r["verified"] is True and r["reps"] == 1
@@ -73,6 +78,12 @@ def test_results_structure(quick_run: tuple[dict, Path, str]) -> None:
     for rid in SECONDS_IDS:
         assert results[rid]["kind"] == "value" and results[rid]["unit"] == "s"
         assert 0 < results[rid]["max"] < 300
+    for rid in FLOOR_IDS:
+        assert results[rid]["kind"] == "value" and results[rid]["median"] > 0, rid
+    for rid in RATIO_IDS:
+        if rid.endswith("_floor"):  # a side against the floor measured before it
+            assert results[rid]["b"]["label"] == "floor" and results[rid]["floor"], rid
+            assert results[rid]["target"] == {"op": "<=", "value": 1.5}
     assert results["pending_local_peak_rss"]["target"] == {"op": "<=", "value": 150.0}
     assert results["history_1m_peak_rss"]["target"] == {"op": "<", "value": 200.0}
     # The printed table has one row per result.
@@ -81,9 +92,10 @@ def test_results_structure(quick_run: tuple[dict, Path, str]) -> None:
 
 
 @pytest.mark.parametrize("workload,source,copies", [
-    ("small", "src", ["run-agent/remote", "run-rsync/remote"]),
-    ("large", "src", ["run-ssh-agent/remote", "run-ssh-rsync/remote",
-                      "run-local-agent/remote", "run-local-rsync/remote"]),
+    ("small", "src", ["run-agent/remote", "run-process/remote", "run-rsync/remote"]),
+    ("large", "src", ["run-ssh-agent/remote", "run-ssh-process/remote", "run-ssh-rsync/remote",
+                      "run-local-agent/remote", "run-local-process/remote",
+                      "run-local-rsync/remote"]),
     ("latency", "src", ["run-parallel4-shared/remote", "run-parallel1-separate/remote"]),
 ])
 def test_copies_arrived_intact(quick_run: tuple[dict, Path, str], workload: str, source: str,

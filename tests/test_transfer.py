@@ -585,3 +585,22 @@ def test_unreachable_host_on_first_iteration_charges_no_attempts(
         assert (get_row(manager, row.id).failed_copy_attempts or 0) == 0
     assert agent.iterate() is True
     assert_synced(manager, dest, row.id, data)
+
+
+# --------------------------------------------------------------- preparing early
+
+
+def test_a_failed_early_prepare_is_raised_once_then_tried_again(tmp_path: Path) -> None:
+    from suprsync.transport import LocalTransport, TransferOptions, TransportError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    transport = LocalTransport(str(blocker / "base"), TransferOptions())
+    transport.prepare_soon()
+    with pytest.raises(TransportError, match="cannot create base dir"):
+        transport.ensure_ready()  # the early attempt's own error
+    blocker.unlink()
+    transport.ensure_ready()  # a new attempt, which now succeeds
+    assert (blocker / "base").is_dir()
+    transport.prepare_soon()  # ready already: nothing more happens
+    transport.ensure_ready()

@@ -31,7 +31,9 @@ from ..common import (
     timed,
 )
 from ..harness import Context, Target, alternate, pair_result
-from .small_files import agent_side, rsync_ssh_side
+from .floor import floor_result
+from .floor import measure as measure_floor
+from .small_files import agent_side, process_side, rsync_ssh_side
 
 
 def local_rsync_side(base: Path, src: Path, expected: dict[str, str], tag: str):  # type: ignore[no-untyped-def]
@@ -65,25 +67,45 @@ def run(ctx: Context) -> list[dict[str, Any]]:
     subprocess.run(["cat", *[str(src / rel) for rel in expected]], stdout=subprocess.DEVNULL,
                    check=True)
     server = ctx.server()
-    ssh_agent = agent_side(ctx, base, template, expected, "ssh-agent", **ssh_fields(server))
-    ssh_bare = rsync_ssh_side(ctx, base, src, expected, "ssh-rsync")
-    local_agent = agent_side(ctx, base, template, expected, "local-agent")
-    local_bare = local_rsync_side(base, src, expected, "local-rsync")
-    samples = alternate([("ssh-agent", ssh_agent), ("ssh-rsync", ssh_bare),
-                         ("local-agent", local_agent), ("local-rsync", local_bare)],
-                        ctx.reps, ctx.log)
+    floor, _ = measure_floor(ctx)
+    flags = server.agent_flags()
+    sides = {
+        "ssh-agent": agent_side(ctx, base, template, expected, "ssh-agent", **ssh_fields(server)),
+        "ssh-process": process_side(ctx, base, template, expected, "ssh-process", *flags),
+        "ssh-rsync": rsync_ssh_side(ctx, base, src, expected, "ssh-rsync"),
+        "local-agent": agent_side(ctx, base, template, expected, "local-agent"),
+        "local-process": process_side(ctx, base, template, expected, "local-process"),
+        "local-rsync": local_rsync_side(base, src, expected, "local-rsync"),
+    }
+    samples = alternate(list(sides.items()), ctx.reps, ctx.log)
     if ctx.profile_dir is not None:
-        ssh_agent(0, profile=ctx.profile_dir / "large-files-ssh")
-        local_agent(0, profile=ctx.profile_dir / "large-files-local")
+        sides["ssh-agent"](0, profile=ctx.profile_dir / "large-files-ssh")
+        sides["local-agent"](0, profile=ctx.profile_dir / "large-files-local")
     mib = size >> 20
     cache = "source warm in the page cache for both sides; copies land in the page cache"
-    return [
-        pair_result("large_files_ssh", "large", f"4 x {mib} MiB, ssh",
-                    f"Large files over ssh: 4 x {mib} MiB, one iteration",
-                    "agent iteration", samples["ssh-agent"], "rsync -a + md5sum",
-                    samples["ssh-rsync"], Target("<=", 0.8), ctx.quick, notes=cache),
-        pair_result("large_files_local", "large", f"4 x {mib} MiB, local",
-                    f"Large files to a local dir: 4 x {mib} MiB, one iteration",
-                    "agent iteration", samples["local-agent"], "rsync -a + md5sum",
-                    samples["local-rsync"], Target("<=", 0.6), ctx.quick, notes=cache),
-    ]
+    results = []
+    for where, target in (("ssh", 0.75), ("local", 0.55)):
+        name = f"4 x {mib} MiB, {where}"
+        title = ("Large files over ssh" if where == "ssh" else "Large files to a local dir") \
+            + f": 4 x {mib} MiB"
+        key = f"large_{where}"
+        results += [
+            pair_result(f"large_files_{where}", "large", name, f"{title}, one iteration",
+                        "agent iteration", samples[f"{where}-agent"], "rsync -a + md5sum",
+                        samples[f"{where}-rsync"], Target("<=", target), ctx.quick,
+                        notes=cache, floor=floor.text(key)),
+            pair_result(f"large_files_{where}_process", "large", f"{name}, run --once",
+                        f"{title}, one suprsync run --once process", "suprsync run --once",
+                        samples[f"{where}-process"], "rsync -a + md5sum",
+                        samples[f"{where}-rsync"], Target("<=", target), ctx.quick,
+                        notes=cache, floor=floor.text(key)),
+            floor_result(f"large_files_{where}_floor", "large", f"{name}: iteration / floor",
+                         f"{title}: one iteration against the floor", "agent iteration",
+                         samples[f"{where}-agent"], floor, key, ctx.quick),
+            floor_result(f"large_files_{where}_process_floor", "large",
+                         f"{name}: run --once / floor",
+                         f"{title}: one suprsync run --once against the floor",
+                         "suprsync run --once", samples[f"{where}-process"], floor, key,
+                         ctx.quick),
+        ]
+    return results

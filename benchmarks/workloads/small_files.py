@@ -36,6 +36,8 @@ from ..common import (
 )
 from ..harness import Context, Target, alternate, pair_result
 from ..sshd import plain_ssh_argv, plain_ssh_shell
+from .floor import floor_result
+from .floor import measure as measure_floor
 
 SIZE = 16 << 10
 
@@ -60,6 +62,27 @@ def agent_side(ctx: Context, base: Path, template: Path, expected: dict[str, str
         cfg = agent_config(db, dest, run_dir / "suprsync-files", **config)
         seconds = run_agent_iteration(cfg, profile=profile)
         checked = check_tree(dest, expected, f"{tag}: agent copies")
+        check_catalog_synced(db, expected, f"{tag}: catalog")
+        return Sample(seconds, checked)
+
+    return one
+
+
+def process_side(ctx: Context, base: Path, template: Path, expected: dict[str, str], tag: str,
+                 *flags: str):  # type: ignore[no-untyped-def]
+    """A side that runs one whole ``suprsync run --once`` process on a fresh catalog copy.
+
+    Timed from the fork to the exit: interpreter start-up, imports, engine,
+    schema check, the iteration and closing the shared ssh connection.
+    """
+    from .pending import run_once
+
+    def one(rep: int) -> Sample:
+        run_dir = clear_dir(base / f"run-{tag}")
+        dest = run_dir / "remote"
+        db = copy_catalog(template, run_dir / "catalog.db")
+        seconds, _ = run_once(run_dir, db, dest, *flags)
+        checked = check_tree(dest, expected, f"{tag}: copies")
         check_catalog_synced(db, expected, f"{tag}: catalog")
         return Sample(seconds, checked)
 
@@ -99,14 +122,30 @@ def run(ctx: Context) -> list[dict[str, Any]]:
     added = register_tree(template, src, ARCHIVE)
     ctx.log(f"  {added} files of {SIZE >> 10} KiB registered")
     server = ctx.server()
+    floor, _ = measure_floor(ctx)
     agent = agent_side(ctx, base, template, expected, "agent", **ssh_fields(server))
+    process = process_side(ctx, base, template, expected, "process", *server.agent_flags())
     bare = rsync_ssh_side(ctx, base, src, expected, "rsync")
-    samples = alternate([("agent", agent), ("rsync", bare)], ctx.reps, ctx.log)
+    samples = alternate([("agent", agent), ("process", process), ("rsync", bare)], ctx.reps,
+                        ctx.log)
     if ctx.profile_dir is not None:
         agent(0, profile=ctx.profile_dir / "small-files-ssh")
-    return [pair_result(
-        "small_files_ssh", "small", f"{n} x 16 KiB, ssh",
-        f"Many small files over ssh: {n} x 16 KiB in 4 timecode dirs, one iteration",
-        "agent iteration", samples["agent"],
-        "rsync -a + md5sum", samples["rsync"], Target("<=", 1.15), ctx.quick,
-        notes="verification included on both sides; registration not timed")]
+    name = f"{n} x 16 KiB, ssh"
+    title = f"Many small files over ssh: {n} x 16 KiB in 4 timecode dirs"
+    notes = "verification included on both sides; registration not timed"
+    return [
+        pair_result("small_files_ssh", "small", name, f"{title}, one iteration",
+                    "agent iteration", samples["agent"], "rsync -a + md5sum", samples["rsync"],
+                    Target("<=", 1.15), ctx.quick, notes=notes, floor=floor.text("small_ssh")),
+        pair_result("small_files_ssh_process", "small", f"{name}, run --once",
+                    f"{title}, one suprsync run --once process",
+                    "suprsync run --once", samples["process"], "rsync -a + md5sum",
+                    samples["rsync"], Target("<=", 1.0), ctx.quick, notes=notes,
+                    floor=floor.text("small_ssh")),
+        floor_result("small_files_ssh_floor", "small", f"{name}: iteration / floor",
+                     f"{title}: one iteration against the floor", "agent iteration",
+                     samples["agent"], floor, "small_ssh", ctx.quick),
+        floor_result("small_files_ssh_process_floor", "small", f"{name}: run --once / floor",
+                     f"{title}: one suprsync run --once against the floor",
+                     "suprsync run --once", samples["process"], floor, "small_ssh", ctx.quick),
+    ]

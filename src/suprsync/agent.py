@@ -12,11 +12,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from .agent_config import AgentConfig
 from .blame import describe
 from .catalog import timecode as tc_rules
 from .catalog.anomalies import DirWatch
@@ -39,9 +39,11 @@ from .handler import SupRsyncFileHandler
 from .procs import child_ledger
 from .quarantine_log import QuarantineLog
 from .session import SessionData
-from .transport import SshOptions, TransferOptions, TransportError, make_transport
+from .transport import Transport, TransportError, make_transport
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Agent", "AgentConfig"]
 
 #: transfer_stats are published at most this often (seconds).
 TRANSFER_STATS_INTERVAL = 600.0
@@ -50,54 +52,6 @@ MAX_BACKOFF = 300.0
 
 Publisher = Callable[[str, dict[str, Any]], None]
 T = TypeVar("T")
-
-
-@dataclass
-class AgentConfig:
-    """Everything one agent needs; field names follow the command-line flags."""
-
-    archive_name: str
-    remote_basedir: str
-    db_path: str
-    suprsync_file_root: str
-    ssh_host: str | None = None
-    ssh_key: str | None = None
-    delete_local_after: float | None = None
-    max_copy_attempts: int = 5
-    copy_timeout: float | None = None
-    cmd_timeout: float | None = None
-    files_per_batch: int | None = None
-    sleep_time: float = 60.0
-    compression: bool = False
-    bwlimit: str | None = None
-    chmod: str | None = "g+rwX,o+rX"
-    db_echo: bool = False
-    db_pool_size: int = 5
-    db_pool_max_overflow: int = 10
-    instance_id: str = "suprsync"
-    ssh_port: int | None = None
-    ssh_known_hosts: str | None = None
-    ssh_options: tuple[str, ...] = field(default_factory=tuple)
-    verify_before_delete: bool = False
-    parallel: int = 1
-    ssh_reuse_connection: bool = True
-    claim_timeout: float = 600.0
-
-    def transfer_options(self) -> TransferOptions:
-        """rsync settings of this config."""
-        return TransferOptions(compression=self.compression, bwlimit=self.bwlimit,
-                               chmod=self.chmod, copy_timeout=self.copy_timeout,
-                               cmd_timeout=self.cmd_timeout)
-
-    def ssh(self) -> SshOptions | None:
-        """ssh settings, or None for a local destination."""
-        if not self.ssh_host:
-            return None
-        return SshOptions(host=self.ssh_host, key=self.ssh_key, port=self.ssh_port,
-                          known_hosts=self.ssh_known_hosts,
-                          connect_timeout=self.cmd_timeout or 20.0,
-                          extra_options=tuple(self.ssh_options),
-                          reuse_connection=self.ssh_reuse_connection)
 
 
 class Agent:
@@ -111,7 +65,9 @@ class Agent:
         publish: Publisher | None = None,
         on_session_change: Callable[[dict[str, Any], bool], None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        transport: Transport | None = None,
     ) -> None:
+        """``transport``: one made from ``config`` already (reaching its host, say)."""
         self.config = config
         self.clock = clock
         #: Compares ``clock`` with ``monotonic`` at each timecode step.
@@ -122,8 +78,8 @@ class Agent:
         sqlite_file = self.manager.sqlite_path()
         #: The catalog file opened, when it is sqlite (a server's database cannot vanish).
         self._watch = CatalogWatch(sqlite_file) if sqlite_file else None
-        transport = make_transport(config.remote_basedir, config.transfer_options(),
-                                   config.ssh())
+        transport = transport or make_transport(config.remote_basedir,
+                                                config.transfer_options(), config.ssh())
         self.handler = SupRsyncFileHandler(self.manager, config.archive_name,
                                            config.remote_basedir, transport=transport,
                                            pipeline=Pipeline(parallel=config.parallel,

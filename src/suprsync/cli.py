@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 from .options import add_audit_arguments, add_run_arguments, at_least_one
 
 if TYPE_CHECKING:
+    from .agent_config import AgentConfig
+    from .transport import Transport
     from .treescan import TreeScan
 
 
@@ -174,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Until the agent takes them over, a stop request ends the start-up cleanly.
         for signum in STOP_SIGNALS:
             signal.signal(signum, _exit_cleanly)
+        ns.early = _reach_destination(ns)
     if name == "cmd_add_local_files":
         # Unwind on SIGTERM or SIGHUP too, so that the scan's close() stops md5sum.
         for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -186,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if scan is not None:
             scan.close()
+        early = getattr(ns, "early", None)
+        if early is not None:  # the agent closed it already, unless it never started
+            early[1].abort()  # an attempt to connect that still runs
+            early[1].close()
 
 
 #: Signals that ask ``suprsync run`` to stop (exit status 0).
@@ -200,6 +207,26 @@ def _exit_cleanly(signum: int, _frame: object) -> None:
     logging.getLogger("suprsync").info("received %s before the agent started, stopping",
                                        signal.Signals(signum).name)
     raise SystemExit(0)
+
+
+def _reach_destination(ns: argparse.Namespace) -> tuple[AgentConfig, Transport] | None:
+    """For run over ssh: (config, transport) whose host is reached while the catalog code loads.
+
+    None when there is no ssh host or the settings are wrong (the command says why).
+    """
+    if not getattr(ns, "ssh_host", None):
+        return None
+    from .options import ConfigError, check_environment, config_from_args
+    from .transport import make_transport
+
+    try:
+        config = config_from_args(ns)
+        check_environment(config)
+    except ConfigError:
+        return None
+    transport = make_transport(config.remote_basedir, config.transfer_options(), config.ssh())
+    transport.prepare_soon()
+    return config, transport
 
 
 def _start_tree_scan(ns: argparse.Namespace) -> TreeScan | None:

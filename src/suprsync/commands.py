@@ -90,11 +90,14 @@ def _warn_homeless(manager: SupRsyncFilesManager, command: str) -> None:
 def cmd_run(ns: argparse.Namespace) -> int:
     from .agent import Agent
 
+    # The config and a transport already reaching the host, when the command line made them.
+    config, transport = getattr(ns, "early", None) or (None, None)
     try:
-        config = config_from_args(ns)
-        check_environment(config)
+        if config is None:
+            config = config_from_args(ns)
+            check_environment(config)
         metrics = _start_metrics(ns) if ns.metrics_port is not None else None
-        agent = Agent(config)
+        agent = Agent(config, transport=transport)
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     except (SQLAlchemyError, CatalogBusy) as exc:

@@ -12,7 +12,7 @@ import subprocess
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .agent import AgentConfig
+    from .agent_config import AgentConfig
 
 DEFAULT_CHMOD = "g+rwX,o+rX"
 #: Rows per catalog page and per remote call.
@@ -130,7 +130,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
 
 def config_from_args(ns: argparse.Namespace) -> AgentConfig:
     """Build and check the agent config; raise ConfigError with a one-line reason."""
-    from .agent import AgentConfig
+    from .agent_config import AgentConfig
 
     db_url = getattr(ns, "db_url", None)
     if db_url and ns.db_path and ns.db_path != os.environ.get("SUPRSYNC_DB"):

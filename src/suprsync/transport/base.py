@@ -110,13 +110,42 @@ class Transport(abc.ABC):
         self.children = ProcGroup()
         self._ready = False
         self._ready_lock = threading.Lock()
+        #: A prepare() started by prepare_soon(), and how it failed.
+        self._early: threading.Thread | None = None
+        self._early_error: Exception | None = None
 
     def ensure_ready(self) -> None:
-        """prepare() once (again after a failure); raise TransportError if it fails."""
+        """prepare() once (again after a failure); raise TransportError if it fails.
+
+        After prepare_soon(), the first call waits for that attempt and raises
+        its error, rather than trying again at once.
+        """
+        early = self._early
+        if early is not None and early is not threading.current_thread():
+            early.join()
+            with self._ready_lock:
+                self._early = None
+                error, self._early_error = self._early_error, None
+            if error is not None:
+                raise error
         with self._ready_lock:
             if not self._ready:
                 self.prepare()
                 self._ready = True
+
+    def prepare_soon(self) -> None:
+        """Start ensure_ready() in the background (reaching a host while code loads)."""
+        def attempt() -> None:
+            try:
+                self.ensure_ready()
+            except Exception as exc:  # raised again by the next ensure_ready()
+                self._early_error = exc
+
+        with self._ready_lock:
+            if self._ready or self._early is not None:
+                return
+            self._early = threading.Thread(target=attempt, name="connect", daemon=True)
+            self._early.start()
 
     def abort(self) -> None:
         """Kill running transfers and checks now (copies are atomic, so this is safe)."""

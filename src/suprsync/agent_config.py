@@ -1,0 +1,55 @@
+"""The settings of one agent, light to import (no catalog code)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .transport import SshOptions, TransferOptions
+
+
+@dataclass
+class AgentConfig:
+    """Everything one agent needs; field names follow the command-line flags."""
+
+    archive_name: str
+    remote_basedir: str
+    db_path: str
+    suprsync_file_root: str
+    ssh_host: str | None = None
+    ssh_key: str | None = None
+    delete_local_after: float | None = None
+    max_copy_attempts: int = 5
+    copy_timeout: float | None = None
+    cmd_timeout: float | None = None
+    files_per_batch: int | None = None
+    sleep_time: float = 60.0
+    compression: bool = False
+    bwlimit: str | None = None
+    chmod: str | None = "g+rwX,o+rX"
+    db_echo: bool = False
+    db_pool_size: int = 5
+    db_pool_max_overflow: int = 10
+    instance_id: str = "suprsync"
+    ssh_port: int | None = None
+    ssh_known_hosts: str | None = None
+    ssh_options: tuple[str, ...] = field(default_factory=tuple)
+    verify_before_delete: bool = False
+    parallel: int = 1
+    ssh_reuse_connection: bool = True
+    claim_timeout: float = 600.0
+
+    def transfer_options(self) -> TransferOptions:
+        """rsync settings of this config."""
+        return TransferOptions(compression=self.compression, bwlimit=self.bwlimit,
+                               chmod=self.chmod, copy_timeout=self.copy_timeout,
+                               cmd_timeout=self.cmd_timeout)
+
+    def ssh(self) -> SshOptions | None:
+        """ssh settings, or None for a local destination."""
+        if not self.ssh_host:
+            return None
+        return SshOptions(host=self.ssh_host, key=self.ssh_key, port=self.ssh_port,
+                          known_hosts=self.ssh_known_hosts,
+                          connect_timeout=self.cmd_timeout or 20.0,
+                          extra_options=tuple(self.ssh_options),
+                          reuse_connection=self.ssh_reuse_connection)
