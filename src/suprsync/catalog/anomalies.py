@@ -77,6 +77,8 @@ class DirWatch:
     rows_ahead: bool = False
     #: Highest file id scanned for late files (None: never scanned).
     scanned_up_to: int | None = None
+    #: Further finalization files written for late files since this watch began.
+    supplements_written: int = 0
     _logged_future: set[int] = field(default_factory=set)
 
     def saw_future(self, timecodes: list[int], now: float) -> None:
