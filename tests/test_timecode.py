@@ -357,3 +357,26 @@ def test_duplicate_dir_rows_are_finalized_once(tmp_path: Path) -> None:
     assert len({r[1] for r in rows}) == 1 and rows[0][1] is not None
     assert registered == 1
     assert len(finalization_files(tmp_path / "remote" / "smurf")) == 1
+
+
+def test_finalization_file_is_shipped_in_the_iteration_that_writes_it(tmp_path: Path) -> None:
+    """One iteration copies a past dir, finalizes it and ships its finalization file:
+    the file is on the destination and verified in the catalog when it returns."""
+    clock = Clock(NOW)
+    now_tc = timecode_at(NOW)
+    agent = agent_for(tmp_path, "smurf", clock)
+    tree = {f"{now_tc - 1}/crate1/a.g3": os.urandom(100), f"{now_tc}/crate1/b.g3": b"b"}
+    for rel, path in make_files(tmp_path / "data", tree).items():
+        agent.manager.add_file(str(path), rel, "smurf", timestamp=NOW - 1000)
+
+    iterate(agent, 1)
+
+    found = finalization_files(tmp_path / "remote" / "smurf")
+    assert len(found) == 1
+    assert yaml.safe_load(found[0].read_text())["timecode"] == now_tc - 1
+    file_id = tcdirs(tmp_path / "catalog.db", "smurf")[now_tc - 1][3]
+    with sqlite3.connect(tmp_path / "catalog.db") as conn:
+        local_md5, remote_md5 = conn.execute(
+            "SELECT local_md5sum, remote_md5sum FROM supersync_v0 WHERE id = ?",
+            (file_id,)).fetchone()
+    assert remote_md5 == local_md5

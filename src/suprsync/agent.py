@@ -234,7 +234,10 @@ class Agent:
                     self.session.count("errors_timeout" if deleted.timed_out
                                        else "errors_nonzero")
                     ok = False
-            self._timecode_step()
+            if self._timecode_step() and ok and not self.stop_event.is_set():
+                # Ship the finalization files just written: downstream learns that a
+                # day is complete in this iteration, and `run --once` leaves none behind.
+                ok = self._copy_step()
             self.session.degraded = False
             return ok
         except (SQLAlchemyError, CatalogBusy) as exc:
@@ -255,12 +258,16 @@ class Agent:
         finally:
             self.session.set("activity", "idle")
 
-    def _timecode_step(self) -> None:
+    def _timecode_step(self) -> bool:
+        """Advance the timecode dirs; True when finalization files were registered."""
         cfg = self.config
         clock_ok = self.clock_check.check()
         self.manager.detect_timecode_dirs(cfg.archive_name)
-        tc_rules.update_timecode_dirs(self.manager, cfg.archive_name, cfg.suprsync_file_root,
-                                      cfg.instance_id, watch=self.dir_watch, clock_ok=clock_ok)
+        before = self.dir_watch.supplements_written
+        finalized = tc_rules.update_timecode_dirs(
+            self.manager, cfg.archive_name, cfg.suprsync_file_root, cfg.instance_id,
+            watch=self.dir_watch, clock_ok=clock_ok)
+        return bool(finalized) or self.dir_watch.supplements_written > before
 
     def anomalies(self) -> dict[str, Any]:
         """What the agent noticed about its timecode dirs and its clock (for /status)."""

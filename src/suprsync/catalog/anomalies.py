@@ -81,6 +81,8 @@ class DirWatch:
     scanned_up_to: int | None = None
     #: Dirs whose late files were all described since the state was last kept.
     cleared: set[int] = field(default_factory=set)
+    #: Further finalization files written for late files since this watch began.
+    supplements_written: int = 0
     _logged_future: set[int] = field(default_factory=set)
 
     def saw_future(self, timecodes: list[int], now: float) -> None:

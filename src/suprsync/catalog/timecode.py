@@ -608,6 +608,7 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
             continue
         written = supplement_dir(manager, archive_name, timecode, file_root, instance_id)
         if written is not None:
+            watch.supplements_written += 1
             watch.described(timecode, written[1])
     return finalized
 
