@@ -168,11 +168,10 @@ def test_full_catalog_disk_fails_the_iteration_then_recovers(
     first = add(db, tmp_path / "local", "a.g3", clock)
     agent = recorder.agent
     filler = catalog_dir / "filler"
-    with open(filler, "wb") as f:
+    with open(filler, "wb", buffering=0) as f:
         try:
             while True:
-                f.write(b"\0" * 65536)
-                f.flush()
+                f.write(b"\0" * 65536)  # unbuffered: nothing is left to flush at close
         except OSError:
             pass
     caplog.clear()
