@@ -25,10 +25,12 @@ from helpers import (
     write_file,
 )
 from invariants import check_invariants
+from sqlalchemy import update
 
-from suprsync import SupRsyncFilesManager
+from suprsync import SupRsyncFile, SupRsyncFilesManager
 from suprsync.agent import Agent
 from suprsync.catalog.meta import DELETE_RULE_PREFIX, get_meta
+from suprsync.deletion import candidate_rows, kept_newest
 from suprsync.emptydirs import QUIET
 from suprsync.retention import (
     Candidate,
@@ -360,3 +362,50 @@ def test_preview_matches_what_the_next_iteration_deletes(
     after = {i for i in ids.values() if get_row(manager, i).removed is None}
     assert before - after == would == {ids["map1"]}
     invariants(manager, remote_dir)
+
+
+def test_ocs_agent_arguments_take_the_retention_flags(tmp_path: Path, policy_file: Path) -> None:
+    from suprsync.ocs_agent import make_parser
+    from suprsync.options import config_from_args
+
+    (tmp_path / "data").mkdir()
+    ns = make_parser().parse_args([
+        "--archive-name", ARCHIVE, "--remote-basedir", str(tmp_path / "remote"),
+        "--db-path", str(tmp_path / "c.db"), "--suprsync-file-root", str(tmp_path / "srf"),
+        "--retention", str(policy_file), "--min-free", "10%", "--remove-empty-dirs",
+        "--local-root", str(tmp_path / "data")])
+    config = config_from_args(ns)
+    assert config.policy() == parse_policy(EXAMPLE, str(policy_file))
+    assert config.min_free.percent == 10
+    assert config.remove_empty_dirs and config.local_root == str(tmp_path / "data")
+
+
+def test_keep_newest_and_candidate_pages_on_both_backends(catalog_url: str, clock: Clock,
+                                                          tmp_path: Path) -> None:
+    """LIKE pre-filter (its _ escaped) and keyset pages on sqlite and PostgreSQL."""
+    policy = parse_policy(EXAMPLE, "p.yaml")
+    manager = SupRsyncFilesManager(catalog_url, clock=clock, create_all=True)
+    try:
+        made = {}
+        for n, remote in enumerate(["s/bias_group_map_1.npy", "s/biasXgroupXmap_2.npy",
+                                    "s/bias_group_map_3.npy", "s/bias_group_map_4.npy",
+                                    "s/BIAS_GROUP_MAP_5.npy", "s/bias_group_map_6.npy",
+                                    "s/other.g3"]):
+            path = write_file(tmp_path / remote, remote.encode())
+            made[remote] = manager.add_file(str(path), remote, ARCHIVE,
+                                            timestamp=clock() + n).id
+        unverified = made.pop("s/bias_group_map_6.npy")
+        manager.write(lambda s: s.execute(update(SupRsyncFile)
+                                          .where(SupRsyncFile.id != unverified)
+                                          .values(remote_md5sum=SupRsyncFile.local_md5sum)))
+        assert kept_newest(manager, ARCHIVE, policy) == {
+            made["s/bias_group_map_4.npy"], made["s/bias_group_map_3.npy"],
+            made["s/bias_group_map_1.npy"]}
+        pages, after = [], None
+        while rows := manager.read(lambda s, a=after: candidate_rows(s, ARCHIVE, a, None, 2)):
+            pages.append([r.id for r in rows])
+            after = (float(rows[-1].timestamp), rows[-1].id)
+        assert [i for page in pages for i in page] == sorted(made.values())
+        assert max(len(p) for p in pages) == 2
+    finally:
+        manager.close()

@@ -357,11 +357,13 @@ class Agent:
         state.short = [s.as_dict() for s in report.short]
         for space in report.short:
             log.error("[%s] disk pressure: %s has %d bytes free, below --min-free %s "
-                      "(%d bytes); only unverified or protected local files are left, so "
-                      "the disk is filling with data not deleted: check the transfers and "
-                      "the retention rules", cfg.instance_id, space.path, space.free,
+                      "(%d bytes); only unverified or protected local files are left: the "
+                      "disk is filling with data not shipped yet or kept by the retention "
+                      "rules", cfg.instance_id, space.path, space.free,
                       cfg.min_free.text if cfg.min_free else "", space.wanted)
-        self.session.set("retention", state.as_dict())
+        if cfg.retention is not None or cfg.min_free is not None or cfg.remove_empty_dirs:
+            # Only then: with the original's flags the session data keeps its keys.
+            self.session.set("retention", state.as_dict())
         shorts = sorted(s.path for s in report.short)
         now = self.clock()
         if shorts != state.published_shorts or (shorts and now >= state.next_publish):
@@ -454,6 +456,8 @@ class Agent:
             report.failed, report.timed_out, report.error = False, False, None
         for observe in self.observers:
             observe(report)
+        for path, _ in report.files:
+            self.disks.device(path)
         self.session.count("copies", len(report.files))
         if report.failed:
             self.session.count("errors_timeout" if report.timed_out else "errors_nonzero")

@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session
 
 from .catalog.conflicts import CHANGED, NewConflict, conflicted_ids, record_conflicts
@@ -146,8 +146,9 @@ def candidate_rows(session: Session, archive_name: str, after: tuple[float, int]
     if cutoff is not None:
         query = query.where(F.timestamp < cutoff)
     if after is not None:
-        query = query.where(or_(F.timestamp > after[0],
-                                and_(F.timestamp == after[0], F.id > after[1])))
+        # The plain bound lets the (archive, timestamp) index start the page there.
+        query = query.where(F.timestamp >= after[0],
+                            or_(F.timestamp > after[0], F.id > after[1]))
     return list(session.scalars(query.order_by(F.timestamp, F.id).limit(limit)))
 
 
@@ -166,6 +167,20 @@ def kept_newest(manager: SupRsyncFilesManager, archive_name: str, policy: Policy
         return newest_kept(policy, ((i, p) for i, p in rows))
 
     return manager.read(read, what="newest files kept by the retention rules")
+
+
+def note_filesystems(manager: SupRsyncFilesManager, archive_name: str,
+                     disks: DiskWatch) -> None:
+    """Show ``disks`` the file systems of the archive's oldest and newest local files."""
+
+    def read(session: Session) -> list[str]:
+        present = select(F.local_path).where(F.archive_name == archive_name,
+                                             F.removed.is_(None))
+        return [*session.scalars(present.order_by(F.timestamp).limit(CHUNK)),
+                *session.scalars(present.order_by(F.timestamp.desc()).limit(CHUNK))]
+
+    for path in manager.read(read, what="local files of the archive"):
+        disks.device(path)
 
 
 def _candidate(row: SupRsyncFile, disks: DiskWatch | None) -> Candidate:
@@ -265,7 +280,10 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
     manager.write(lambda s: publish_policy(s, archive_name, text), what="publish deletion rule")
     now = manager.clock()
     newest = kept_newest(manager, archive_name, policy)
-    need = disks.short() if disks is not None else {}
+    need = {}
+    if disks is not None:
+        note_filesystems(manager, archive_name, disks)
+        need = disks.short()
     shortest = policy.shortest_delay
     after: tuple[float, int] | None = None
     while shortest is not None or need:

@@ -61,7 +61,8 @@ class DiskWatch:
     def measure(self) -> dict[int, Space]:
         """Free, total and wanted bytes of every file system seen so far."""
         out: dict[int, Space] = {}
-        for dev, top in sorted(self.filesystems.items(), key=lambda kv: kv[1]):
+        # A copy: the metrics server measures from its own thread.
+        for dev, top in sorted(dict(self.filesystems).items(), key=lambda kv: kv[1]):
             try:
                 st = os.statvfs(top)
             except OSError as exc:

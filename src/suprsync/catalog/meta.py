@@ -13,7 +13,6 @@ from .schema import CatalogMeta
 
 #: Meta key prefix: the retention policy an archive's agent runs with.
 DELETE_RULE_PREFIX = "delete_after:"
-NEVER = "never"
 #: Meta key prefix: the file systems an archive's agent last found below --min-free (JSON).
 DISK_PRESSURE_PREFIX = "disk_pressure:"
 
