@@ -1,10 +1,12 @@
-"""The deletion step: remove local copies whose remote copies are verified and old enough.
+"""The deletion step: remove local copies whose remote copies are verified and that the
+retention policy (:mod:`suprsync.retention`) lets go.
 
 A local file is deleted only when every row that names it (in any archive) is
-verified, deletable, free of conflicts and old enough for its own archive's
-rule (other archives' rules are the ones their agents published in the
-catalog; an archive that published none keeps the file). Ignored rows and rows
-already marked removed do not need the file.
+verified, deletable, free of conflicts and due under its own archive's rules
+(other archives' rules are the ones their agents published in the catalog; an
+archive that published none keeps the file). Under disk pressure this archive's
+rules let verified files go before their delay. Ignored rows and rows already
+marked removed do not need the file.
 
 Before a local file is deleted, the destination is asked again for each of
 this archive's rows that name it: the remote copy must still exist with the
@@ -311,11 +313,11 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
         removed = []
         early = False
         for path in groups:
-            when = _delete_one(manager, path, report, dirs)
+            verdict = plan.verdicts[path]
+            when = _delete_one(manager, path, report, dirs, verdict.reason)
             if when is None:
                 continue
             removed += [(file_id, when) for file_id in plan.delete[path][1]]
-            verdict = plan.verdicts[path]
             if when:
                 rule = verdict.rule or ""
                 report.bytes_by_rule[rule] = (report.bytes_by_rule.get(rule, 0)
@@ -323,8 +325,6 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
             if verdict.for_space:
                 early = True
                 report.for_space.append(path)
-                log.info("deleted %s before its rule's delay: its file system is below "
-                         "--min-free", path)
         manager.mark_removed_many(removed)
         if disks is not None and (early or need):
             need = disks.short()
@@ -418,7 +418,7 @@ def _changed(manager: SupRsyncFilesManager, row: SupRsyncFile, detail: str,
 
 
 def _delete_one(manager: SupRsyncFilesManager, path: str, report: DeleteReport,
-                dirs: EmptyDirs | None = None) -> float | None:
+                dirs: EmptyDirs | None = None, why: str = "verified") -> float | None:
     """Delete one local file; the removed time to record, or None if kept.
 
     The times of a chunk are recorded together; if the agent dies before that, the
@@ -440,6 +440,6 @@ def _delete_one(manager: SupRsyncFilesManager, path: str, report: DeleteReport,
         log.error("cannot delete %s, keeping it: %s", path, exc)
         report.kept.append((path, str(exc)))
         return None
-    log.info("deleted local copy %s: verified on the remote", path)
+    log.info("deleted local copy %s: %s", path, why)
     report.deleted.append(path)
     return manager.clock()
