@@ -60,9 +60,9 @@ def data(tmp_path: Path) -> Iterator[Path]:
 @pytest.fixture
 def make_agent(tmp_path: Path, remote_dir: Path, manager: SupRsyncFilesManager, clock: Clock):
     def make(**overrides) -> Agent:
-        return new_agent(manager, clock, tmp_path, remote_dir,
-                         retention=parse_policy(POLICY, "p.yaml"),
-                         min_free=parse_min_free("3M"), **overrides)
+        overrides.setdefault("retention", parse_policy(POLICY, "p.yaml"))
+        overrides.setdefault("min_free", parse_min_free("3M"))
+        return new_agent(manager, clock, tmp_path, remote_dir, **overrides)
 
     yield from closing_agents(make)
 
@@ -185,3 +185,34 @@ def test_preview_shows_early_deletions_under_disk_pressure(
     assert shown["filesystems"][0]["short"] > 0
     assert all(os.path.exists(data / name) for name in names), "the preview deleted a file"
     check_invariants(manager.db_path, {ARCHIVE: remote_dir})
+
+
+def test_disk_pressure_keeps_every_deletion_check(
+        data: Path, make_agent, manager: SupRsyncFilesManager, clock: Clock,
+        remote_dir: Path, tmp_path: Path) -> None:
+    """Early deletion still needs the remote copy checked and every sharer's consent."""
+    def add(name: str) -> int:
+        fill(data / name, 1)
+        row = manager.add_file(str(data / name), name, ARCHIVE, timestamp=clock())
+        clock.advance(10)
+        return row.id
+
+    lost, shared, plain = add("lost.dat"), add("shared.dat"), add("plain.dat")
+    other_remote = tmp_path / "remote-other"
+    manager.add_file(str(data / "shared.dat"), "shared.dat", "other", timestamp=clock())
+    other = make_agent(archive_name="other", remote_basedir=str(other_remote), min_free=None)
+    assert other.iterate() is True                 # publishes its rules: delete after a week
+    agent = make_agent()
+    assert agent.iterate() is True
+    assert all(get_row(manager, i).removed is None for i in (lost, shared, plain))
+    (remote_dir / "lost.dat").unlink()             # its verified copy disappears
+    fill(data / "new.raw", 6)                      # 1 MiB free: all three would be needed
+    assert agent.iterate() is True
+    assert get_row(manager, plain).removed is not None and not (data / "plain.dat").exists()
+    assert (data / "lost.dat").exists(), "deleted for space although its copy was gone"
+    assert get_row(manager, lost).remote_md5sum is None, "not queued to be sent again"
+    assert (data / "shared.dat").exists(), "deleted before the other archive's rule allows"
+    assert get_row(manager, shared).removed is None
+    assert agent.session.snapshot()["retention"]["disk_pressure"], "no pressure reported"
+    check_invariants(manager.db_path, {ARCHIVE: remote_dir, "other": other_remote},
+                     absent_ok=[str(remote_dir / "lost.dat")])

@@ -202,24 +202,53 @@ def _candidate(row: SupRsyncFile, disks: DiskWatch | None) -> Candidate:
 def plan_batch(manager: SupRsyncFilesManager, archive_name: str, rows: list[SupRsyncFile],
                policy: Policy, now: float, newest: set[int], need: dict[int, int],
                disks: DiskWatch | None = None, notes: set[str] | None = None,
-               record: bool = True) -> Plan:
-    """Decide on a batch of this archive's rows (oldest first); ``need`` (bytes to free
-    per file system) is reduced by what the early deletions free. The same decisions
-    serve the deletion step and ``suprsync retention``."""
+               record: bool = True, refused: set[int] | None = None) -> Plan:
+    """Decide on a batch of this archive's rows (oldest first), leaving out ``refused``
+    ids; ``need`` (bytes to free per file system) is reduced by what the early
+    deletions free. A file another row still needs takes no share of ``need``. The
+    same decisions serve the deletion step and ``suprsync retention``."""
     plan = Plan()
-    cands = {row.id: _candidate(row, disks) for row in rows}
-    verdicts = {v.id: v for v in decide(list(cands.values()), policy, now, newest, need)}
-    due = []
-    for row in rows:
-        verdict = verdicts[row.id]
-        plan.verdicts[row.local_path] = verdict
-        if verdict.delete:
-            due.append(row)
-            plan.sizes[row.local_path] = cands[row.id].size
-        else:
-            plan.kept.append((row.local_path, verdict.reason))
+    live = [r for r in rows if refused is None or r.id not in refused]
+    cands = {row.id: _candidate(row, disks) for row in live}
+    # First, what could go at all (early too where a file system is short) ...
+    short = {fs: 1 << 62 for fs, n in need.items() if n > 0}
+    maybe = {v.id: v for v in decide(list(cands.values()), policy, now, newest, short)}
+    possible = [r for r in live if maybe[r.id].delete]
+    blocked, by_path = _blocked(manager, archive_name, possible, policy, now, newest, maybe,
+                                record)
+    # ... then the share of the space to free, among the files nothing else holds back.
+    paths = {row.id: row.local_path for row in live}
+    final = {v.id: v for v in decide([c for i, c in cands.items() if paths[i] not in blocked],
+                                     policy, now, newest, need)}
+    for row in live:
+        path = row.local_path
+        if path in blocked:
+            plan.verdicts[path] = maybe[row.id]
+            plan.kept.append((path, blocked[path]))
+            if notes is not None and path not in notes:
+                notes.add(path)
+                log.info("keeping %s for now: %s", path, blocked[path])
+            continue
+        verdict = final[row.id]
+        plan.verdicts[path] = verdict
+        if not verdict.delete:
+            plan.kept.append((path, verdict.reason))
+            continue
+        plan.sizes[path] = cands[row.id].size
+        plan.delete[path] = ([r for r in by_path[path] if r.archive_name == archive_name
+                              and r.removed is None and not r.ignore],
+                             [r.id for r in by_path[path] if r.removed is None])
+    return plan
+
+
+def _blocked(manager: SupRsyncFilesManager, archive_name: str, due: list[SupRsyncFile],
+             policy: Policy, now: float, newest: set[int], verdicts: dict[int, Verdict],
+             record: bool) -> tuple[dict[str, str], dict[str, list[SupRsyncFile]]]:
+    """Local paths of these rows that another row still needs (path -> why), and every
+    row naming each path."""
+    by_path: dict[str, list[SupRsyncFile]] = defaultdict(list)
     if not due:
-        return plan
+        return {}, by_path
 
     def read(session: Session):  # type: ignore[no-untyped-def]
         sharers = _sharers(session, [r.local_path for r in due])
@@ -230,9 +259,9 @@ def plan_batch(manager: SupRsyncFilesManager, archive_name: str, rows: list[SupR
     sharers, rules, conflicted = manager.read(read, what="rows sharing local files")
     bad_dirs = check_local_dirs(manager, [(r.local_path, r.timestamp) for r in due],
                                 record=record)
-    by_path: dict[str, list[SupRsyncFile]] = defaultdict(list)
     for row in sharers:
         by_path[row.local_path].append(row)
+    blocked: dict[str, str] = {}
     for path in dict.fromkeys(r.local_path for r in due):
         reasons = []
         for row in by_path[path]:
@@ -244,22 +273,15 @@ def plan_batch(manager: SupRsyncFilesManager, archive_name: str, rows: list[SupR
                 why = f"file id {row.id} is in conflict"
             else:
                 mine = verdicts.get(row.id) or decide([_candidate(row, None)], policy, now,
-                                                      newest, dict(need))[0]
+                                                      newest)[0]
                 why = None if mine.delete else f"file id {row.id}: {mine.reason}"
             if why:
                 reasons.append(why)
         if os.path.dirname(path) in bad_dirs:
             reasons.insert(0, bad_dirs[os.path.dirname(path)])
         if reasons:
-            plan.kept.append((path, reasons[0]))
-            if notes is not None and path not in notes:
-                notes.add(path)
-                log.info("keeping %s for now: %s", path, reasons[0])
-            continue
-        plan.delete[path] = ([r for r in by_path[path] if r.archive_name == archive_name
-                              and r.removed is None and not r.ignore],
-                             [r.id for r in by_path[path] if r.removed is None])
-    return plan
+            blocked[path] = reasons[0]
+    return blocked, by_path
 
 
 def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: float | None,
@@ -288,6 +310,7 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
         need = disks.short()
     shortest = policy.shortest_delay
     after: tuple[float, int] | None = None
+    refused: set[int] = set()
     while shortest is not None or need:
         cutoff = None if need else now - shortest  # type: ignore[operator]
         due = manager.read(lambda s, a=after, c=cutoff: candidate_rows(s, archive_name, a, c,
@@ -295,10 +318,12 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
                            what="files due for deletion")
         if not due:
             break
-        after = (float(due[-1].timestamp), due[-1].id)
-        plan = plan_batch(manager, archive_name, due, policy, now, newest, need, disks, notes)
+        plan = plan_batch(manager, archive_name, due, policy, now, newest, need, disks, notes,
+                          refused=refused)
         # Files the rules keep are not reported; those kept for another reason are.
         report.kept += [k for k in plan.kept if plan.verdicts[k[0]].delete]
+        refused.update(r.id for r in due if plan.verdicts.get(r.local_path) is not None
+                       and plan.verdicts[r.local_path].delete)
         groups = {p: g for p, (g, _) in plan.delete.items()}
         rows = [r for group in groups.values() for r in group]
         if transport is not None and rows:
@@ -311,7 +336,6 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
                 break
             groups = {p: g for p, g in groups.items() if all(r.id in good for r in g)}
         removed = []
-        early = False
         for path in groups:
             verdict = plan.verdicts[path]
             when = _delete_one(manager, path, report, dirs, verdict.reason)
@@ -323,11 +347,15 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
                 report.bytes_by_rule[rule] = (report.bytes_by_rule.get(rule, 0)
                                               + plan.sizes.get(path, 0))
             if verdict.for_space:
-                early = True
                 report.for_space.append(path)
         manager.mark_removed_many(removed)
-        if disks is not None and (early or need):
+        failed_early = any(plan.verdicts[p].for_space and p not in groups for p in plan.delete)
+        if disks is not None and need:
             need = disks.short()
+        # A file chosen to free space that could not go leaves its share to the next
+        # files of the same page: read it again (without the files decided already).
+        if not (need and failed_early):
+            after = (float(due[-1].timestamp), due[-1].id)
     if dirs is not None:
         report.removed_dirs = dirs.sweep()
     if disks is not None:
