@@ -55,6 +55,11 @@ FAMILIES = {
     "suprsync_late_files": "counter",
     "suprsync_late_files_undescribed": "gauge",
     "suprsync_clock_in_doubt": "gauge",
+    "suprsync_deleted_bytes": "counter",
+    "suprsync_deleted_for_space_files": "counter",
+    "suprsync_free_bytes": "gauge",
+    "suprsync_min_free_bytes": "gauge",
+    "suprsync_disk_pressure": "gauge",
     "suprsync_transfer_duration_seconds": "histogram",
 }
 DASHBOARD = REPO / "docs" / "grafana-dashboard.json"
@@ -305,7 +310,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
     db = tmp / "catalog" / "suprsync.db"
     manager = SupRsyncFilesManager(str(db))
     register_round(manager, tmp / "local", int(time.time() // 100_000), 0, 2)
-    agent = launch(tmp / "agent", db, str(tmp / "remote"))
+    # A deletion rule that deletes nothing yet, so the retention metrics have samples.
+    agent = launch(tmp / "agent", db, str(tmp / "remote"), "--delete-local-after", "1e9")
     try:
         copied = agent.scrape_until("two files copied",
                                     lambda s: s.get("suprsync_files_copied_total") == 2)

@@ -18,7 +18,8 @@ from suprsync import SupRsyncFilesManager
 STATUS_KEYS = {"registered", "synced", "waiting", "failed_at_limit", "ignored", "bytes_waiting",
                "oldest_waiting_age", "finalized_until", "finalized_until_lag", "last_copy",
                "future_timecode_dirs", "late_files", "rows_ahead_of_clock",
-               "quarantined", "quarantined_rows", "conflicts"}
+               "quarantined", "quarantined_rows", "conflicts", "disk_pressure",
+               "disk_pressure_time"}
 HEADER = ("archive", "registered", "synced", "waiting", "failed", "ignored", "conflicts",
           "bytes waiting", "oldest waiting", "finalized until", "lag", "last copy")
 HOUR = 3600.0

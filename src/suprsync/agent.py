@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,6 +23,7 @@ from .catalog import timecode as tc_rules
 from .catalog.anomalies import DirWatch
 from .catalog.conflicts import conflict_count
 from .catalog.engine import CatalogBusy
+from .catalog.meta import publish_disk_pressure
 from .catalog.store import SupRsyncFilesManager
 from .catalog.watch import Action, CatalogLost, CatalogWatch
 from .childpids import end_stale_children
@@ -34,7 +36,9 @@ from .copying import (
     default_agent_id,
     remove_stale_temp_dirs,
 )
-from .deletion import delete_due
+from .deletion import DeleteReport, delete_due
+from .diskspace import DiskWatch
+from .emptydirs import EmptyDirs
 from .handler import SupRsyncFileHandler
 from .procs import child_ledger
 from .quarantine_log import QuarantineLog
@@ -52,6 +56,27 @@ MAX_BACKOFF = 300.0
 
 Publisher = Callable[[str, dict[str, Any]], None]
 T = TypeVar("T")
+
+
+@dataclass
+class RetentionState:
+    """What the deletion steps of this run freed, and the free space they left."""
+
+    deleted_bytes: dict[str, int] = field(default_factory=dict)
+    deleted_for_space: int = 0
+    removed_dirs: int = 0
+    filesystems: list[dict[str, Any]] = field(default_factory=list)
+    short: list[dict[str, Any]] = field(default_factory=list)
+    published_shorts: list[str] | None = None
+    next_publish: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The session-data entry ``retention``."""
+        return {"deleted_bytes_by_rule": dict(self.deleted_bytes),
+                "deleted_for_space": self.deleted_for_space,
+                "removed_dirs": self.removed_dirs,
+                "filesystems": list(self.filesystems),
+                "disk_pressure": list(self.short)}
 
 
 class Agent:
@@ -100,6 +125,11 @@ class Agent:
         self.observers: list[Callable[[CopyReport], None]] = []
         #: Recorded conflicts of the archive, as of the last stats step.
         self.conflicts = 0
+        #: The file systems local files were seen on, and their free space.
+        self.disks = DiskWatch(config.min_free)
+        self.empty_dirs = (EmptyDirs(config.local_root)
+                           if config.remove_empty_dirs and config.local_root else None)
+        self.retention = RetentionState()
 
     def _open_manager(self) -> SupRsyncFilesManager:
         cfg = self.config
@@ -223,13 +253,16 @@ class Agent:
             self._stats_step()
             self.quarantine.check()
             # After a failed copy step the destination is in doubt: delete nothing now.
-            if self.config.delete_local_after is not None and ok:
+            policy = self.config.policy()
+            if policy is not None and ok:
                 self.session.set("activity", "deleting")
                 deleted = delete_due(self.manager, self.config.archive_name,
                                      self.config.delete_local_after,
                                      transport=self.handler.transport,
                                      verify_md5=self.config.verify_before_delete,
-                                     notes=self.handler.delete_notes)
+                                     notes=self.handler.delete_notes, policy=policy,
+                                     disks=self.disks, dirs=self.empty_dirs)
+                self._retention_step(deleted)
                 if deleted.error is not None and not self.stop_event.is_set():
                     self.session.count("errors_timeout" if deleted.timed_out
                                        else "errors_nonzero")
@@ -257,6 +290,34 @@ class Agent:
             return False
         finally:
             self.session.set("activity", "idle")
+
+    def _retention_step(self, report: DeleteReport) -> None:
+        """Account what the deletion step freed; say loudly when a disk stays short."""
+        cfg = self.config
+        state = self.retention
+        for rule, n in report.bytes_by_rule.items():
+            state.deleted_bytes[rule] = state.deleted_bytes.get(rule, 0) + n
+        state.deleted_for_space += len(report.for_space)
+        state.removed_dirs += len(report.removed_dirs)
+        state.filesystems = [s.as_dict() for s in report.space]
+        state.short = [s.as_dict() for s in report.short]
+        for space in report.short:
+            log.error("[%s] disk pressure: %s has %d bytes free, below --min-free %s "
+                      "(%d bytes); only unverified or protected local files are left: the "
+                      "disk is filling with data not shipped yet or kept by the retention "
+                      "rules", cfg.instance_id, space.path, space.free,
+                      cfg.min_free.text if cfg.min_free else "", space.wanted)
+        if cfg.retention is not None or cfg.min_free is not None or cfg.remove_empty_dirs:
+            # Only then: with the original's flags the session data keeps its keys.
+            self.session.set("retention", state.as_dict())
+        shorts = sorted(s.path for s in report.short)
+        now = self.clock()
+        if shorts != state.published_shorts or (shorts and now >= state.next_publish):
+            data = {"time": now, "filesystems": state.short}
+            self.manager.write(lambda s: publish_disk_pressure(s, cfg.archive_name, data),
+                               what="publish disk pressure")
+            state.published_shorts = shorts
+            state.next_publish = now + TRANSFER_STATS_INTERVAL
 
     def _timecode_step(self) -> bool:
         """Advance the timecode dirs; True when finalization files were registered."""
@@ -345,6 +406,8 @@ class Agent:
             report.failed, report.timed_out, report.error = False, False, None
         for observe in self.observers:
             observe(report)
+        for path, _ in report.files:
+            self.disks.device(path)
         self.session.count("copies", len(report.files))
         if report.failed:
             self.session.count("errors_timeout" if report.timed_out else "errors_nonzero")

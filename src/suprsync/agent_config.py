@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .transport import SshOptions, TransferOptions
+
+if TYPE_CHECKING:
+    from .retention import MinFree, Policy
 
 
 @dataclass
@@ -37,6 +41,21 @@ class AgentConfig:
     parallel: int = 1
     ssh_reuse_connection: bool = True
     claim_timeout: float = 600.0
+    #: Retention rules (--retention); None: --delete-local-after for every file.
+    retention: Policy | None = None
+    min_free: MinFree | None = None
+    remove_empty_dirs: bool = False
+    local_root: str | None = None
+
+    def policy(self) -> Policy | None:
+        """The rules the deletion step applies; None when it does not run."""
+        if self.retention is not None:
+            return self.retention
+        if self.delete_local_after is not None or self.min_free is not None:
+            from .retention import Policy
+
+            return Policy.delete_after(self.delete_local_after)
+        return None
 
     def transfer_options(self) -> TransferOptions:
         """rsync settings of this config."""

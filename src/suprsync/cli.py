@@ -151,6 +151,23 @@ def build_parser() -> argparse.ArgumentParser:
                           "its tables must be empty")
     mig.set_defaults(func="cmd_migrate")
 
+    ret = sub.add_parser("retention", help="show what the retention policy would delete now "
+                                           "and why (deletes nothing)")
+    ret.add_argument("archive_name")
+    ret.add_argument("--retention", default=None, metavar="FILE",
+                     help="YAML file of retention rules (default: the rules the archive's "
+                          "agent published in the catalog)")
+    ret.add_argument("--delete-local-after", type=float, default=None, metavar="SEC",
+                     help="instead of a file: one rule deleting every file after SEC seconds")
+    ret.add_argument("--min-free", default=None, metavar="SIZE",
+                     help="free space wanted per file system (bytes with K/M/G/T, or N%%)")
+    ret.add_argument("--limit", type=at_least_one, default=1000, metavar="N",
+                     help="list at most N files deleted and N kept; counts stay exact "
+                          "(default: 1000)")
+    ret.add_argument("--json", action="store_true", help="print the result as JSON")
+    _db_argument(ret)
+    ret.set_defaults(func="cmd_retention")
+
     audit = sub.add_parser("audit", help="compare the catalog of an archive with its "
                                          "destination (exit 1 when they differ)")
     add_audit_arguments(audit)

@@ -284,6 +284,31 @@ def cmd_status(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention(ns: argparse.Namespace) -> int:
+    from .catalog.meta import DELETE_RULE_PREFIX, get_meta
+    from .options import retention_from_args
+    from .preview import format_preview, preview
+    from .retention import Policy
+
+    try:
+        policy, min_free = retention_from_args(ns)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    manager = open_catalog(ns.db)
+    _require_archive(manager, ns.archive_name)
+    if policy is None and ns.delete_local_after is not None:
+        policy = Policy.delete_after(ns.delete_local_after)
+    if policy is None:
+        policy = Policy.from_published(manager.read(
+            lambda s: get_meta(s, DELETE_RULE_PREFIX + ns.archive_name)))
+        if policy is None:
+            raise CliError(f"the agent of archive {ns.archive_name!r} published no retention "
+                           "rules: give --retention FILE or --delete-local-after SEC")
+    result = preview(manager, ns.archive_name, policy, min_free, manager.clock(), ns.limit)
+    print(json.dumps(result, indent=2) if ns.json else format_preview(result))
+    return 0
+
+
 def cmd_retry_failed(ns: argparse.Namespace) -> int:
     manager = open_catalog(ns.db, write=True)
     _require_archive(manager, ns.archive_name)

@@ -1,10 +1,12 @@
-"""The deletion step: remove local copies whose remote copies are verified and old enough.
+"""The deletion step: remove local copies whose remote copies are verified and that the
+retention policy (:mod:`suprsync.retention`) lets go.
 
 A local file is deleted only when every row that names it (in any archive) is
-verified, deletable, free of conflicts and old enough for its own archive's
-rule (other archives' rules are the ones their agents published in the
-catalog; an archive that published none keeps the file). Ignored rows and rows
-already marked removed do not need the file.
+verified, deletable, free of conflicts and due under its own archive's rules
+(other archives' rules are the ones their agents published in the catalog; an
+archive that published none keeps the file). Under disk pressure this archive's
+rules let verified files go before their delay. Ignored rows and rows already
+marked removed do not need the file.
 
 Before a local file is deleted, the destination is asked again for each of
 this archive's rows that name it: the remote copy must still exist with the
@@ -23,15 +25,19 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session
 
 from .catalog.conflicts import CHANGED, NewConflict, conflicted_ids, record_conflicts
-from .catalog.meta import delete_rules, publish_delete_rule
-from .catalog.schema import SupRsyncFile
+from .catalog.meta import DELETE_RULE_PREFIX, get_meta, publish_policy
+from .catalog.quarantine import HEALTHY
+from .catalog.schema import DELETABLE, SYNCED, Conflict, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
+from .diskspace import DiskWatch
+from .emptydirs import EmptyDirs
 from .hashing import md5_file
 from .paths import check_local_file, normalize_remote_path
+from .retention import Candidate, Policy, Space, Verdict, decide, like_pattern, newest_kept
 from .screening import check_local_dirs
 from .transport.base import Transport, TransportError
 
@@ -54,6 +60,33 @@ class DeleteReport:
     conflicts: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
     timed_out: bool = False
+    #: Local files deleted before their rule's delay, to free space.
+    for_space: list[str] = field(default_factory=list)
+    #: Bytes deleted per rule (its match text).
+    bytes_by_rule: dict[str, int] = field(default_factory=dict)
+    #: File systems measured at the end (with --min-free, the wanted free bytes).
+    space: list[Space] = field(default_factory=list)
+    #: Directories removed because the deletions left them empty.
+    removed_dirs: list[str] = field(default_factory=list)
+
+    @property
+    def short(self) -> list[Space]:
+        """File systems still below --min-free after the step."""
+        return [s for s in self.space if s.short > 0]
+
+
+@dataclass
+class Plan:
+    """The deletion step's decision on each local path of a batch."""
+
+    #: local path -> (this archive's rows to check on the remote, every row to mark removed)
+    delete: dict[str, tuple[list[SupRsyncFile], list[int]]] = field(default_factory=dict)
+    #: local path -> the verdict of its row in this archive
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    #: (local path, why) of the files kept
+    kept: list[tuple[str, str]] = field(default_factory=list)
+    #: local path -> bytes its deletion frees
+    sizes: dict[str, int] = field(default_factory=dict)
 
 
 def _verified(row: SupRsyncFile) -> bool:
@@ -68,9 +101,9 @@ def _sharers(session: Session, paths: Sequence[str]) -> list[SupRsyncFile]:
     return rows
 
 
-def why_kept(row: SupRsyncFile, now: float, rules: dict[str, float | None],
+def why_kept(row: SupRsyncFile, now: float, rules: dict[str, Policy],
              conflicted: set[int]) -> str | None:
-    """Why another row sharing a local file still needs it, or None when it does not."""
+    """Why a row of another archive sharing a local file still needs it, or None."""
     if row.removed is not None or row.ignore:
         return None
     who = f"file id {row.id} of archive {row.archive_name!r}"
@@ -82,36 +115,216 @@ def why_kept(row: SupRsyncFile, now: float, rules: dict[str, float | None],
         return f"{who} is not deletable"
     if row.archive_name not in rules:
         return f"{who}: its archive published no deletion rule"
-    after = rules[row.archive_name]
-    if after is None:
-        return f"{who}: its archive never deletes"
-    if not now > row.timestamp + after:
+    rule = rules[row.archive_name].rule_for(row.remote_path)
+    if rule is None or rule.delete_after is None:
+        return f"{who}: its archive never deletes it"
+    if rule.keep_newest:
+        return f"{who}: its archive keeps the newest files of rule {rule.describe()}"
+    if not now > row.timestamp + rule.delete_after:
         return f"{who} is not old enough for its archive's rule"
     return None
 
 
-def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: float,
+def published_policies(session: Session, archives: list[str]) -> dict[str, Policy]:
+    """The policy each of these archives' agents published; one that published none,
+    or one that cannot be read, is absent."""
+    out: dict[str, Policy] = {}
+    for archive in archives:
+        policy = Policy.from_published(get_meta(session, DELETE_RULE_PREFIX + archive))
+        if policy is not None:
+            out[archive] = policy
+    return out
+
+
+def candidate_rows(session: Session, archive_name: str, after: tuple[float, int] | None,
+                   cutoff: float | None, limit: int, verified_only: bool = True
+                   ) -> list[SupRsyncFile]:
+    """Local files of the archive, oldest registration first, after the (timestamp, id)
+    ``after``; registered before ``cutoff`` when given. ``verified_only``: only the
+    verified, deletable, sound rows free of conflicts (those the step may delete)."""
+    query = select(F).where(F.archive_name == archive_name, F.removed.is_(None), HEALTHY)
+    if verified_only:
+        query = query.where(SYNCED, DELETABLE, ~exists().where(Conflict.file_id == F.id))
+    if cutoff is not None:
+        query = query.where(F.timestamp < cutoff)
+    if after is not None:
+        # The plain bound lets the (archive, timestamp) index start the page there.
+        query = query.where(F.timestamp >= after[0],
+                            or_(F.timestamp > after[0], F.id > after[1]))
+    return list(session.scalars(query.order_by(F.timestamp, F.id).limit(limit)))
+
+
+def kept_newest(manager: SupRsyncFilesManager, archive_name: str, policy: Policy) -> set[int]:
+    """Ids of the verified local files that a ``keep_newest`` rule keeps."""
+    if not policy.keeps_newest:
+        return set()
+    likes = [F.remote_path.like(like_pattern(r.match), escape="\\")
+             for r in policy.rules if r.keep_newest]
+
+    def read(session: Session) -> set[int]:
+        rows = session.execute(
+            select(F.id, F.remote_path)
+            .where(F.archive_name == archive_name, F.removed.is_(None), SYNCED, or_(*likes))
+            .order_by(F.timestamp.desc(), F.id.desc()).execution_options(yield_per=2000))
+        return newest_kept(policy, ((i, p) for i, p in rows))
+
+    return manager.read(read, what="newest files kept by the retention rules")
+
+
+def note_filesystems(manager: SupRsyncFilesManager, archive_name: str,
+                     disks: DiskWatch) -> None:
+    """Show ``disks`` the file systems of the archive's oldest and newest local files."""
+
+    def read(session: Session) -> list[str]:
+        present = select(F.local_path).where(F.archive_name == archive_name,
+                                             F.removed.is_(None))
+        return [*session.scalars(present.order_by(F.timestamp).limit(CHUNK)),
+                *session.scalars(present.order_by(F.timestamp.desc()).limit(CHUNK))]
+
+    for path in manager.read(read, what="local files of the archive"):
+        disks.device(path)
+
+
+def _candidate(row: SupRsyncFile, disks: DiskWatch | None) -> Candidate:
+    size, dev = 0, None
+    try:
+        st = os.lstat(row.local_path)
+        size = st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+        dev = st.st_dev
+    except (OSError, TypeError, ValueError):
+        pass
+    if disks is not None and dev is not None:
+        disks.note(row.local_path, dev)
+    return Candidate(row.id, row.remote_path, float(row.timestamp), _verified(row),
+                     row.deletable is None or bool(row.deletable), size, dev)
+
+
+def plan_batch(manager: SupRsyncFilesManager, archive_name: str, rows: list[SupRsyncFile],
+               policy: Policy, now: float, newest: set[int], need: dict[int, int],
+               disks: DiskWatch | None = None, notes: set[str] | None = None,
+               record: bool = True, refused: set[int] | None = None) -> Plan:
+    """Decide on a batch of this archive's rows (oldest first), leaving out ``refused``
+    ids; ``need`` (bytes to free per file system) is reduced by what the early
+    deletions free. A file another row still needs takes no share of ``need``. The
+    same decisions serve the deletion step and ``suprsync retention``."""
+    plan = Plan()
+    live = [r for r in rows if refused is None or r.id not in refused]
+    cands = {row.id: _candidate(row, disks) for row in live}
+    # First, what could go at all (early too where a file system is short) ...
+    short = {fs: 1 << 62 for fs, n in need.items() if n > 0}
+    maybe = {v.id: v for v in decide(list(cands.values()), policy, now, newest, short)}
+    possible = [r for r in live if maybe[r.id].delete]
+    blocked, by_path = _blocked(manager, archive_name, possible, policy, now, newest, maybe,
+                                record)
+    # ... then the share of the space to free, among the files nothing else holds back.
+    paths = {row.id: row.local_path for row in live}
+    final = {v.id: v for v in decide([c for i, c in cands.items() if paths[i] not in blocked],
+                                     policy, now, newest, need)}
+    for row in live:
+        path = row.local_path
+        if path in blocked:
+            plan.verdicts[path] = maybe[row.id]
+            plan.kept.append((path, blocked[path]))
+            if notes is not None and path not in notes:
+                notes.add(path)
+                log.info("keeping %s for now: %s", path, blocked[path])
+            continue
+        verdict = final[row.id]
+        plan.verdicts[path] = verdict
+        if not verdict.delete:
+            plan.kept.append((path, verdict.reason))
+            continue
+        plan.sizes[path] = cands[row.id].size
+        plan.delete[path] = ([r for r in by_path[path] if r.archive_name == archive_name
+                              and r.removed is None and not r.ignore],
+                             [r.id for r in by_path[path] if r.removed is None])
+    return plan
+
+
+def _blocked(manager: SupRsyncFilesManager, archive_name: str, due: list[SupRsyncFile],
+             policy: Policy, now: float, newest: set[int], verdicts: dict[int, Verdict],
+             record: bool) -> tuple[dict[str, str], dict[str, list[SupRsyncFile]]]:
+    """Local paths of these rows that another row still needs (path -> why), and every
+    row naming each path."""
+    by_path: dict[str, list[SupRsyncFile]] = defaultdict(list)
+    if not due:
+        return {}, by_path
+
+    def read(session: Session):  # type: ignore[no-untyped-def]
+        sharers = _sharers(session, [r.local_path for r in due])
+        archives = sorted({r.archive_name for r in sharers} - {archive_name})
+        return (sharers, published_policies(session, archives),
+                conflicted_ids(session, [r.id for r in sharers]))
+
+    sharers, rules, conflicted = manager.read(read, what="rows sharing local files")
+    bad_dirs = check_local_dirs(manager, [(r.local_path, r.timestamp) for r in due],
+                                record=record)
+    for row in sharers:
+        by_path[row.local_path].append(row)
+    blocked: dict[str, str] = {}
+    for path in dict.fromkeys(r.local_path for r in due):
+        reasons = []
+        for row in by_path[path]:
+            if row.archive_name != archive_name:
+                why = why_kept(row, now, rules, conflicted)
+            elif row.removed is not None or row.ignore:
+                why = None
+            elif row.id in conflicted:
+                why = f"file id {row.id} is in conflict"
+            else:
+                mine = verdicts.get(row.id) or decide([_candidate(row, None)], policy, now,
+                                                      newest)[0]
+                why = None if mine.delete else f"file id {row.id}: {mine.reason}"
+            if why:
+                reasons.append(why)
+        if os.path.dirname(path) in bad_dirs:
+            reasons.insert(0, bad_dirs[os.path.dirname(path)])
+        if reasons:
+            blocked[path] = reasons[0]
+    return blocked, by_path
+
+
+def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: float | None,
                transport: Transport | None = None, verify_md5: bool = False,
-               notes: set[str] | None = None) -> DeleteReport:
+               notes: set[str] | None = None, *, policy: Policy | None = None,
+               disks: DiskWatch | None = None, dirs: EmptyDirs | None = None) -> DeleteReport:
     """Delete every local file due for deletion (see the module doc); report what happened.
 
-    With a transport, each remote copy is checked first. A file that cannot be
-    deleted is logged (once per ``notes``) and kept; the pass goes on.
+    ``policy`` (default: ``delete_after`` for every file) says when; with ``disks``
+    and its --min-free, verified files the policy would delete at all go early,
+    oldest first, while their file system is short of space. ``dirs`` removes the
+    directories left empty. With a transport, each remote copy is checked first. A
+    file that cannot be deleted is logged (once per ``notes``) and kept; the pass
+    goes on.
     """
     report = DeleteReport()
     notes = notes if notes is not None else set()
-    manager.write(lambda s: publish_delete_rule(s, archive_name, delete_after),
-                  what="publish deletion rule")
-    skip: set[int] = set()
-    while True:
-        due = [f for f in manager.get_deletable_files(archive_name, delete_after,
-                                                      limit=CHUNK + len(skip))
-               if f.id not in skip][:CHUNK]
+    policy = policy or Policy.delete_after(delete_after)
+    text = policy.published()
+    manager.write(lambda s: publish_policy(s, archive_name, text), what="publish deletion rule")
+    now = manager.clock()
+    newest = kept_newest(manager, archive_name, policy)
+    need = {}
+    if disks is not None:
+        note_filesystems(manager, archive_name, disks)
+        need = disks.short()
+    shortest = policy.shortest_delay
+    after: tuple[float, int] | None = None
+    refused: set[int] = set()
+    while shortest is not None or need:
+        cutoff = None if need else now - shortest  # type: ignore[operator]
+        due = manager.read(lambda s, a=after, c=cutoff: candidate_rows(s, archive_name, a, c,
+                                                                       CHUNK),
+                           what="files due for deletion")
         if not due:
-            return report
-        skip.update(f.id for f in due)
-        now = manager.clock()
-        groups, marks = _groups(manager, archive_name, due, now, delete_after, report, notes)
+            break
+        plan = plan_batch(manager, archive_name, due, policy, now, newest, need, disks, notes,
+                          refused=refused)
+        # Files the rules keep are not reported; those kept for another reason are.
+        report.kept += [k for k in plan.kept if plan.verdicts[k[0]].delete]
+        refused.update(r.id for r in due if plan.verdicts.get(r.local_path) is not None
+                       and plan.verdicts[r.local_path].delete)
+        groups = {p: g for p, (g, _) in plan.delete.items()}
         rows = [r for group in groups.values() for r in group]
         if transport is not None and rows:
             try:
@@ -120,48 +333,34 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
                 report.error = str(exc)
                 report.timed_out = exc.timed_out
                 log.error("not deleting anything now: cannot check the remote copies: %s", exc)
-                return report
+                break
             groups = {p: g for p, g in groups.items() if all(r.id in good for r in g)}
-        removed = [(file_id, when) for path in groups
-                   if (when := _delete_one(manager, path, report)) is not None
-                   for file_id in marks[path]]
+        removed = []
+        for path in groups:
+            verdict = plan.verdicts[path]
+            when = _delete_one(manager, path, report, dirs, verdict.reason)
+            if when is None:
+                continue
+            removed += [(file_id, when) for file_id in plan.delete[path][1]]
+            if when:
+                rule = verdict.rule or ""
+                report.bytes_by_rule[rule] = (report.bytes_by_rule.get(rule, 0)
+                                              + plan.sizes.get(path, 0))
+            if verdict.for_space:
+                report.for_space.append(path)
         manager.mark_removed_many(removed)
-
-
-def _groups(manager: SupRsyncFilesManager, archive_name: str, due: list[SupRsyncFile],
-            now: float, delete_after: float, report: DeleteReport,
-            notes: set[str]) -> tuple[dict[str, list[SupRsyncFile]], dict[str, list[int]]]:
-    """For the paths no other row still needs: local path -> this archive's rows to
-    check, and local path -> every row to mark removed once the file is deleted."""
-
-    def read(session: Session):  # type: ignore[no-untyped-def]
-        sharers = _sharers(session, [r.local_path for r in due])
-        archives = sorted({r.archive_name for r in sharers} - {archive_name})
-        rules = delete_rules(session, archives)
-        rules[archive_name] = float(delete_after)
-        return sharers, rules, conflicted_ids(session, [r.id for r in sharers])
-
-    sharers, rules, conflicted = manager.read(read, what="rows sharing local files")
-    bad_dirs = check_local_dirs(manager, [(r.local_path, r.timestamp) for r in due])
-    by_path: dict[str, list[SupRsyncFile]] = defaultdict(list)
-    for row in sharers:
-        by_path[row.local_path].append(row)
-    groups: dict[str, list[SupRsyncFile]] = {}
-    marks: dict[str, list[int]] = {}
-    for path in dict.fromkeys(r.local_path for r in due):
-        reasons = [why for row in by_path[path] if (why := why_kept(row, now, rules, conflicted))]
-        if os.path.dirname(path) in bad_dirs:
-            reasons.insert(0, bad_dirs[os.path.dirname(path)])
-        if reasons:
-            report.kept.append((path, reasons[0]))
-            if path not in notes:
-                notes.add(path)
-                log.info("keeping %s for now: %s", path, reasons[0])
-            continue
-        groups[path] = [r for r in by_path[path] if r.archive_name == archive_name
-                        and r.removed is None and not r.ignore]
-        marks[path] = [r.id for r in by_path[path] if r.removed is None]
-    return groups, marks
+        failed_early = any(plan.verdicts[p].for_space and p not in groups for p in plan.delete)
+        if disks is not None and need:
+            need = disks.short()
+        # A file chosen to free space that could not go leaves its share to the next
+        # files of the same page: read it again (without the files decided already).
+        if not (need and failed_early):
+            after = (float(due[-1].timestamp), due[-1].id)
+    if dirs is not None:
+        report.removed_dirs = dirs.sweep()
+    if disks is not None:
+        report.space = list(disks.measure().values())
+    return report
 
 
 def _confirmed_on_remote(manager: SupRsyncFilesManager, transport: Transport,
@@ -246,8 +445,8 @@ def _changed(manager: SupRsyncFilesManager, row: SupRsyncFile, detail: str,
                   row.local_path, row.id, detail)
 
 
-def _delete_one(manager: SupRsyncFilesManager, path: str,
-                report: DeleteReport) -> float | None:
+def _delete_one(manager: SupRsyncFilesManager, path: str, report: DeleteReport,
+                dirs: EmptyDirs | None = None, why: str = "verified") -> float | None:
     """Delete one local file; the removed time to record, or None if kept.
 
     The times of a chunk are recorded together; if the agent dies before that, the
@@ -256,7 +455,11 @@ def _delete_one(manager: SupRsyncFilesManager, path: str,
     try:
         if os.path.isdir(path) and not os.path.islink(path):
             raise IsADirectoryError(f"{path!r} is a directory")
+        folder = os.path.dirname(path)
+        before = dirs.before(folder) if dirs is not None else None
         os.remove(path)
+        if dirs is not None:
+            dirs.after(folder, before)
     except FileNotFoundError:
         log.info("%s was already gone; recording it as removed", path)
         report.already_gone.append(path)
@@ -265,6 +468,6 @@ def _delete_one(manager: SupRsyncFilesManager, path: str,
         log.error("cannot delete %s, keeping it: %s", path, exc)
         report.kept.append((path, str(exc)))
         return None
-    log.info("deleted local copy %s: verified on the remote", path)
+    log.info("deleted local copy %s: %s", path, why)
     report.deleted.append(path)
     return manager.clock()

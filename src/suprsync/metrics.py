@@ -72,6 +72,42 @@ class _SessionCollector:
         degraded.add_metric([], 1.0 if self.agent.session.degraded else 0.0)
         yield degraded
         yield from self._anomalies(self.agent)
+        yield from self._retention(self.agent)
+
+    @staticmethod
+    def _retention(agent: Agent) -> Iterator[Metric]:
+        state = agent.retention
+        policy = agent.config.policy()
+        deleted = CounterMetricFamily(
+            "suprsync_deleted_bytes", "Bytes of local files deleted, per retention rule "
+            "(its match glob).", labels=["rule"])
+        counts = dict.fromkeys(r.match for r in policy.rules) if policy else {}
+        counts = {rule: 0 for rule in counts} | state.deleted_bytes
+        for rule, n in sorted(counts.items()):
+            deleted.add_metric([rule], n)
+        yield deleted
+        early = CounterMetricFamily(
+            "suprsync_deleted_for_space_files",
+            "Local files deleted before their rule's delay because of --min-free.")
+        early.add_metric([], state.deleted_for_space)
+        yield early
+        free = GaugeMetricFamily("suprsync_free_bytes",
+                                 "Free bytes of each file system holding local files.",
+                                 labels=["filesystem"])
+        wanted = GaugeMetricFamily("suprsync_min_free_bytes",
+                                   "Free bytes wanted there (--min-free; 0 without it).",
+                                   labels=["filesystem"])
+        pressure = GaugeMetricFamily(
+            "suprsync_disk_pressure", "1 while a file system stays below --min-free with "
+            "only unverified or protected local files left.", labels=["filesystem"])
+        short = {fs["path"] for fs in state.short}
+        for space in agent.disks.measure().values():
+            free.add_metric([space.path], space.free)
+            wanted.add_metric([space.path], space.wanted)
+            pressure.add_metric([space.path], 1.0 if space.path in short else 0.0)
+        yield free
+        yield wanted
+        yield pressure
 
     @staticmethod
     def _anomalies(agent: Agent) -> Iterator[Metric]:

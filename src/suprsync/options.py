@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .agent_config import AgentConfig
+    from .retention import MinFree, Policy
 
 DEFAULT_CHMOD = "g+rwX,o+rX"
 #: Rows per catalog page and per remote call.
@@ -126,6 +127,43 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
                    help="known_hosts file to check the host key against (default: ssh's own)")
     s.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra ssh -o option; may be repeated")
+    r = parser.add_argument_group("retention options")
+    r.add_argument("--retention", default=None, metavar="FILE",
+                   help="YAML file of retention rules (first match wins); replaces "
+                        "--delete-local-after")
+    r.add_argument("--min-free", default=None, metavar="SIZE",
+                   help="free space wanted on each file system holding local files (bytes "
+                        "with K/M/G/T, or a percentage such as 10%%): below it, verified files "
+                        "the rules would delete go early, oldest first")
+    r.add_argument("--remove-empty-dirs", action="store_true",
+                   help="remove directories left empty by deletions (and their emptied "
+                        "parents), below --local-root")
+    r.add_argument("--local-root", default=None, metavar="DIR",
+                   help="top local data directory: never removed, nothing above it is "
+                        "(required with --remove-empty-dirs)")
+
+
+def retention_from_args(ns: argparse.Namespace) -> tuple[Policy | None, MinFree | None]:
+    """The policy and --min-free of the flags; ConfigError with a one-line reason."""
+    from .retention import PolicyError, load_policy, parse_min_free
+
+    policy = None
+    retention = getattr(ns, "retention", None)
+    if retention:
+        if getattr(ns, "delete_local_after", None) is not None:
+            raise ConfigError("give --retention or --delete-local-after, not both (the file's "
+                              "last rule can be match: \"**\")")
+        try:
+            policy = load_policy(retention)
+        except PolicyError as exc:
+            raise ConfigError(f"--retention {exc}") from None
+    min_free = None
+    if getattr(ns, "min_free", None):
+        try:
+            min_free = parse_min_free(ns.min_free)
+        except ValueError as exc:
+            raise ConfigError(f"--min-free: {exc}") from None
+    return policy, min_free
 
 
 def config_from_args(ns: argparse.Namespace) -> AgentConfig:
@@ -156,6 +194,14 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
     for opt in ns.ssh_option:
         if "=" not in opt:
             raise ConfigError(f"--ssh-option must look like KEY=VALUE, not {opt!r}")
+    policy, min_free = retention_from_args(ns)
+    local_root = getattr(ns, "local_root", None)
+    remove_empty_dirs = bool(getattr(ns, "remove_empty_dirs", False))
+    if remove_empty_dirs and not local_root:
+        raise ConfigError("--remove-empty-dirs needs --local-root DIR (the directory it never "
+                          "removes nor goes above)")
+    if local_root and not os.path.isdir(local_root):
+        raise ConfigError(f"--local-root {local_root!r} is not a directory")
     return AgentConfig(
         archive_name=ns.archive_name,
         remote_basedir=ns.remote_basedir,
@@ -183,6 +229,10 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
         parallel=ns.parallel,
         ssh_reuse_connection=ns.ssh_reuse_connection,
         claim_timeout=ns.claim_timeout,
+        retention=policy,
+        min_free=min_free,
+        remove_empty_dirs=remove_empty_dirs,
+        local_root=os.path.abspath(local_root) if local_root else None,
     )
 
 

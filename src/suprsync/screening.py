@@ -146,13 +146,14 @@ def _newer_link(folder: str, registered: float) -> str | None:
 
 
 def check_local_dirs(manager: SupRsyncFilesManager,
-                     files: Iterable[tuple[str, float]]) -> dict[str, str]:
+                     files: Iterable[tuple[str, float]], record: bool = True) -> dict[str, str]:
     """Directories of these files (local path, registration time) not to be read, with why.
 
     A directory is recorded with where it resolves the first time it is seen. A
     recorded one must still resolve there. One seen for the first time (a row
     another program wrote) is refused when a symlink on its way is younger than
     the oldest file registered in it: that link was not there at registration.
+    ``record=False`` only looks (nothing is written).
     """
     reals: dict[str, str] = {}
     oldest: dict[str, float] = {}
@@ -179,6 +180,6 @@ def check_local_dirs(manager: SupRsyncFilesManager,
                 bad[folder] = (f"{link!r} on the way to {folder!r} is a symbolic link made "
                                f"after the files in it were registered")
     new = {d: r for d, r in reals.items() if d not in known and d not in bad}
-    if new:
+    if new and record:
         manager.write(lambda s: record_dirs(s, new), what="record local dirs")
     return bad

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from .catalog.anomalies import catalog_anomalies
 from .catalog.conflicts import conflict_count
+from .catalog.meta import disk_pressure
 from .catalog.quarantine import (
     COPIED_IS_TIME,
     HEALTHY,
@@ -56,6 +57,7 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
             in_archive, SYNCED, COPIED_IS_TIME))
         finalized_until = manager.get_finalized_until(archive_name, session=session)
         conflicts = conflict_count(session, archive_name)
+        pressure = disk_pressure(session, archive_name) or {}
         listed = (quarantined_rows(session, in_archive, limit=LIST_LIMIT)
                   if quarantined else [])
         return {
@@ -73,6 +75,8 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
             "conflicts": conflicts,
             "quarantined": quarantined,
             "quarantined_rows": listed,
+            "disk_pressure": list(pressure.get("filesystems") or []),
+            "disk_pressure_time": pressure.get("time"),
         }
 
     return manager.read(query, what=f"status of {archive_name}")
@@ -149,6 +153,12 @@ def anomaly_lines(archive_name: str, status: dict[str, Any]) -> list[str]:
     for f in status.get("late_files", []):
         lines.append(f"{archive_name}: {f['local_path']} ({f['remote_path']}) was registered "
                      f"into timecode dir {f['timecode']} after its finalization file")
+    for fs in status.get("disk_pressure", []):
+        if isinstance(fs, dict):
+            lines.append(f"{archive_name}: disk pressure: {fs.get('path')} has "
+                         f"{human_bytes(fs.get('free', 0))} free, below --min-free "
+                         f"{human_bytes(fs.get('min_free', 0))}; only unverified or protected "
+                         "local files are left")
     if status.get("rows_ahead_of_clock"):
         lines.append(f"{archive_name}: rows were registered well after now: the clock is in "
                      "doubt, no dir is completed by age")

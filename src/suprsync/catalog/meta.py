@@ -1,8 +1,9 @@
-"""Small named values suprsync keeps in the catalog, and the deletion rules agents publish."""
+"""Small named values suprsync keeps in the catalog, and the retention policies agents publish."""
 
 from __future__ import annotations
 
-import math
+import json
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -10,9 +11,10 @@ from sqlalchemy.orm import Session
 from .inserts import insert_missing
 from .schema import CatalogMeta
 
-#: Meta key prefix: the --delete-local-after an archive's agent runs with.
+#: Meta key prefix: the retention policy an archive's agent runs with.
 DELETE_RULE_PREFIX = "delete_after:"
-NEVER = "never"
+#: Meta key prefix: the file systems an archive's agent last found below --min-free (JSON).
+DISK_PRESSURE_PREFIX = "disk_pressure:"
 
 
 def get_meta(session: Session, key: str) -> str | None:
@@ -26,26 +28,22 @@ def set_meta(session: Session, key: str, value: str | None) -> None:
     session.execute(update(CatalogMeta).where(CatalogMeta.key == key).values(value=value))
 
 
-def publish_delete_rule(session: Session, archive_name: str, delete_after: float | None) -> None:
-    """Record after how many seconds this archive's agent deletes verified files (None: never)."""
-    value = NEVER if delete_after is None else repr(float(delete_after))
-    if get_meta(session, DELETE_RULE_PREFIX + archive_name) != value:
-        set_meta(session, DELETE_RULE_PREFIX + archive_name, value)
+def publish_policy(session: Session, archive_name: str, text: str) -> None:
+    """Record the retention policy of this archive's agent, as text (see retention.py)."""
+    if get_meta(session, DELETE_RULE_PREFIX + archive_name) != text:
+        set_meta(session, DELETE_RULE_PREFIX + archive_name, text)
 
 
-def delete_rules(session: Session, archives: list[str]) -> dict[str, float | None]:
-    """Published delete_after per archive; an archive that published none is absent."""
-    keys = {DELETE_RULE_PREFIX + a: a for a in archives}
-    if not keys:
-        return {}
-    rules: dict[str, float | None] = {}
-    for key, value in session.execute(select(CatalogMeta.key, CatalogMeta.value)
-                                      .where(CatalogMeta.key.in_(list(keys)))):
-        try:
-            seconds = None if value == NEVER else float(value)
-        except (TypeError, ValueError):
-            continue
-        if seconds is not None and not math.isfinite(seconds):
-            continue
-        rules[keys[key]] = seconds
-    return rules
+def publish_disk_pressure(session: Session, archive_name: str, data: dict[str, Any]) -> None:
+    """Record the file systems this archive's agent finds short of free space."""
+    set_meta(session, DISK_PRESSURE_PREFIX + archive_name, json.dumps(data, sort_keys=True))
+
+
+def disk_pressure(session: Session, archive_name: str) -> dict[str, Any] | None:
+    """What publish_disk_pressure recorded for the archive, or None."""
+    text = get_meta(session, DISK_PRESSURE_PREFIX + archive_name)
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
