@@ -59,7 +59,7 @@ class CopyReport:
         return data
 
 
-@dataclass
+@dataclass(slots=True)
 class _Staged:
     row: SupRsyncFile
     rel: str
