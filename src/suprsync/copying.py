@@ -18,6 +18,7 @@ from .blame import blames_the_place, describe
 from .catalog.schema import SupRsyncFile
 from .catalog.store import CopyResult, SupRsyncFilesManager
 from .hashing import md5_file
+from .heap import release_free_memory
 from .paths import check_local_file, normalize_remote_path
 from .procs import ProcResult
 from .screening import screen_batch
@@ -59,7 +60,7 @@ class CopyReport:
         return data
 
 
-@dataclass
+@dataclass(slots=True)
 class _Staged:
     row: SupRsyncFile
     rel: str
@@ -316,6 +317,7 @@ def copy_batch(
             if remaining is not None:
                 remaining -= len(batch)
             del batch
+            release_free_memory()  # what the slice's threads freed, before the next one
             if report.failed or transport.children.aborted:
                 break  # the destination is in doubt: the rest waits for the next iteration
         if not claimed_any:

@@ -46,9 +46,16 @@ class SessionData:
             self._on_change(self.snapshot(), self._degraded)
 
     def snapshot(self) -> dict[str, Any]:
-        """A deep copy, safe to hand to another thread."""
+        """A deep copy, safe to hand to another thread.
+
+        The file list of ``last_copy`` is shared, not copied: it belongs to a copy
+        step that has ended and is replaced as a whole, never changed, and it can
+        hold one pair per file of a large backlog.
+        """
         with self._lock:
-            return copy.deepcopy(self._data)
+            files = self._data["last_copy"].get("files")
+            memo = {} if files is None else {id(files): files}
+            return copy.deepcopy(self._data, memo)
 
     def set(self, key: str, value: Any) -> None:
         """Replace one top-level entry."""

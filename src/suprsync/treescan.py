@@ -61,14 +61,14 @@ def _list_with_find(root: str, cutoff: float) -> list[str] | None:
             "(", "-type", "f", "!", "-newermt", f"@{cutoff:.9f}", "-printf", "%p\\0", ")",
             "-o", "(", "!", "-type", "f", "!", "-type", "d", "-printf", "\\0%y%Y %p\\0", ")"]
     try:
-        result = subprocess.run(argv, capture_output=True, check=False)
+        returncode, stdout, stderr = _run_to_files(argv)
     except OSError:
         return None
-    if result.returncode != 0 and not result.stdout:
+    if returncode != 0 and not stdout:
         return None  # not GNU find, or root unreadable: the Python walk says why
-    for line in result.stderr.decode("utf-8", "replace").splitlines():
+    for line in stderr.decode("utf-8", "replace").splitlines():
         log.warning("skipping: %s", line)
-    data = result.stdout[:-1]  # every record ends with a NUL
+    data = stdout[:-1]  # every record ends with a NUL
     if not data:
         return []
     try:
@@ -89,6 +89,20 @@ def _list_with_find(root: str, cutoff: float) -> list[str] | None:
         elif record is not None:
             listing.append(record)
     return listing
+
+
+def _run_to_files(argv: list[str]) -> tuple[int, bytes, bytes]:
+    """Run argv with its output in temporary files: (exit status, stdout, stderr).
+
+    Files, not pipes: reading a pipe takes the GIL for every few KiB, and while
+    other threads hold it (importing, say) the writer waits.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        returncode = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    check=False).returncode
+        out.seek(0)
+        err.seek(0)
+        return returncode, out.read(), err.read()
 
 
 def _decoded(raw: bytes) -> str | None:

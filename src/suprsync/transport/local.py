@@ -66,9 +66,17 @@ class LocalTransport(Transport):
             except OSError:
                 return rel, None
 
+        def some(rels: list[str]) -> list[tuple[str, str | None]]:
+            return [one(rel) for rel in rels]
+
+        # A few dozen tasks, not one per file (a Future each is a lot of memory for a
+        # chunk of thousands of small files), still small enough to spread large files.
         workers = min(4, max(1, len(rel_paths)))
+        size = max(1, -(-len(rel_paths) // (workers * 8)))
+        parts = [rel_paths[i:i + size] for i in range(0, len(rel_paths), size)]
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return {rel: md5 for rel, md5 in pool.map(one, rel_paths) if md5 is not None}
+            return {rel: md5 for part in pool.map(some, parts) for rel, md5 in part
+                    if md5 is not None}
 
     def list_files(self, expected_files: int = 0,
                    on_warning: Warn | None = None) -> Iterator[str]:
