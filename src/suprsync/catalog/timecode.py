@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from sqlalchemy import case, func, or_, select, text, update
+from sqlalchemy import case, func, literal_column, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from ..fsutil import write_atomic
 from ..hashing import md5_file
 from ..paths import subdir_of, timecode_of
 from .anomalies import DirWatch, future_dirs, future_limit, newest_timestamp, timecode_at
+from .hints import UNSYNCED_ROWS
 from .lateness import (
     SUPRSYNC_SUBDIR,
     dir_bound,
@@ -59,9 +60,22 @@ def finalization_name(now: float, archive_name: str, timecode: int) -> str:
     return f"{int(now)}_{archive_name}_{timecode}_finalized.yaml"
 
 
-def in_dir(timecode: int):  # type: ignore[no-untyped-def]
-    """SQL condition: the file's remote path lies under this timecode dir."""
-    return F.remote_path.like(f"{int(timecode)}/%")
+def in_dir(session: Session, archive_name: str, timecode: int):  # type: ignore[no-untyped-def]
+    """SQL condition: a row of this archive whose remote path lies under this timecode dir.
+
+    Both forms read only the dir's entries of the (archive, remote_path) index. On
+    PostgreSQL (a text_pattern_ops index) a prefix LIKE. On sqlite, whose LIKE is
+    no index range, the bytewise range ``[tc/, tc0)``, or a remote path stored as a
+    BLOB (quarantined; BLOBs sort after all text) that LIKE matches.
+    """
+    prefix = f"{int(timecode)}/"
+    if session.get_bind().dialect.name != "sqlite":
+        return (F.archive_name == archive_name) & F.remote_path.like(prefix + "%")
+    # archive_name inside each branch: sqlite then searches the index once per branch.
+    return or_((F.archive_name == archive_name) & (F.remote_path >= prefix)
+               & (F.remote_path < f"{int(timecode)}0"),
+               (F.archive_name == archive_name) & (F.remote_path >= literal_column("x''"))
+               & F.remote_path.like(prefix + "%"))
 
 
 def lock_dir_rows(session: Session, archive_name: str) -> None:
@@ -156,13 +170,15 @@ def unsynced_count(session: Session, archive_name: str, timecode: int) -> int:
     A quarantined row is never counted as verified: it holds its dir back. It is
     looked for only once no other row is missing (the check reads the whole dir).
     """
-    def count(*conditions: Any) -> int:
-        return int(session.scalar(
-            select(func.count()).select_from(F)
-            .where(F.archive_name == archive_name, in_dir(timecode), *conditions,
-                   NOT_IGNORED)) or 0)
+    def count(*conditions: Any, hint: str | None = None) -> int:
+        query = (select(func.count()).select_from(F)
+                 .where(in_dir(session, archive_name, timecode), *conditions, NOT_IGNORED))
+        if hint is not None:
+            query = query.with_hint(F, hint, "sqlite")
+        return int(session.scalar(query) or 0)
 
-    return count(UNSYNCED) or count(SYNCED, QUARANTINED)
+    # The unsynced rows of the archive are few: find the dir's among them.
+    return count(UNSYNCED, hint=UNSYNCED_ROWS) or count(SYNCED, QUARANTINED)
 
 
 def _dir_of_prefix(prefix: object) -> int | None:
@@ -173,27 +189,16 @@ def _dir_of_prefix(prefix: object) -> int | None:
     return None
 
 
-_BLOCKED_SQLITE = text(
-    f"SELECT DISTINCT substr(remote_path, 1, 6) FROM {F.__tablename__} "
-    # The partial index holds only unsynced rows; the planner would rather walk the
-    # archive's rows through another index on the archive name.
-    "INDEXED BY ix_suprsync_unsynced "
-    "WHERE archive_name = :archive AND (remote_md5sum IS NULL OR remote_md5sum != local_md5sum) "
-    "AND (ignore IS NULL OR ignore = 0)")
-
-
 def blocked_dirs(session: Session, archive_name: str) -> set[int]:
     """Timecode dirs of the archive that hold a non-ignored file not verified.
 
     One read of the archive's unsynced rows (a partial index: as many entries as
     files waiting or given up on, however long the history).
     """
-    if session.get_bind().dialect.name == "sqlite":
-        prefixes = session.scalars(_BLOCKED_SQLITE, {"archive": archive_name})
-    else:
-        prefixes = session.scalars(
-            select(func.substr(F.remote_path, 1, 6)).where(
-                F.archive_name == archive_name, UNSYNCED, NOT_IGNORED).distinct())
+    prefixes = session.scalars(
+        select(func.substr(F.remote_path, 1, 6))
+        .where(F.archive_name == archive_name, UNSYNCED, NOT_IGNORED).distinct()
+        .with_hint(F, UNSYNCED_ROWS, "sqlite"))
     return {tc for prefix in prefixes if (tc := _dir_of_prefix(prefix)) is not None}
 
 
@@ -245,7 +250,7 @@ def dir_content(session: Session, archive_name: str, timecode: int,
     rows = session.execute(
         select(F.id, F.remote_path, case((SYNCED & HEALTHY, 1), else_=0),
                case((NOT_IGNORED, 0), else_=1))
-        .where(F.archive_name == archive_name, in_dir(timecode)))
+        .where(in_dir(session, archive_name, timecode)))
     for file_id, raw_path, synced, ignored in rows:
         path = printable(raw_path) if isinstance(raw_path, str | bytes) else ""
         if synced:
@@ -268,7 +273,7 @@ def rows_above(session: Session, archive_name: str, timecode: int,
     """(count, highest id) of the dir's rows outside ``<tc>/suprsync/`` above an id."""
     count, top = session.execute(
         select(func.count(), func.max(F.id)).where(
-            F.archive_name == archive_name, in_dir(timecode), F.id > above,
+            in_dir(session, archive_name, timecode), F.id > above,
             ~F.remote_path.like(f"{int(timecode)}/{SUPRSYNC_SUBDIR}/%"))).one()
     return int(count or 0), int(top or 0)
 
