@@ -157,3 +157,30 @@ def test_quarantine_sweep_of_older_ids_follows_the_rows_added(tmp_path: Path) ->
         assert [r["id"] for r in watch.check()] == [200]
     finally:
         manager.close()
+
+
+def test_new_process_goes_on_with_the_backfill_of_timecode_dirs(tmp_path: Path) -> None:
+    """Rows written by other programs get their dir rows, TC_SCAN_CHUNK older ids per
+    call; a new manager goes on below where the last one stopped."""
+    from suprsync.catalog.store import TC_SCAN_CHUNK
+
+    db = tmp_path / "catalog.db"
+    SupRsyncFilesManager(str(db)).close()
+    # Ids 1..C in dir 16001, then C ids in 16002, then C in 16003.
+    with sqlite3.connect(db) as conn:
+        _rows(conn, [_row(f"{16001 + n // TC_SCAN_CHUNK}/f{n}.g3")
+                     for n in range(3 * TC_SCAN_CHUNK)])
+
+    def dirs() -> set[int]:
+        with sqlite3.connect(db) as conn:
+            return {r[0] for r in conn.execute("SELECT timecode FROM timecode_dirs_v0")}
+
+    seen = []
+    for _ in range(3):
+        manager = SupRsyncFilesManager(str(db))
+        try:
+            manager.detect_timecode_dirs(ARCHIVE)
+        finally:
+            manager.close()
+        seen.append(dirs())
+    assert seen == [{16003}, {16002, 16003}, {16001, 16002, 16003}]

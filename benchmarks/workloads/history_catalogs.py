@@ -152,19 +152,33 @@ def _fin_row(row_id: int, t: float, archive: str, tc: int, end: float) -> tuple:
 
 def _meta_rows(top: int, archives: tuple[str, ...]) -> list[tuple[str, str]]:
     """What a long-running agent has recorded: every id scanned for odd path spellings
-    and, per archive, for late files."""
+    and, per archive, for late files and for timecode dirs."""
     from suprsync.catalog.lateness import SCAN_MARK_PREFIX
     from suprsync.catalog.pathkeys import BACKFILLED_KEY, SCANNED_KEY
+    from suprsync.catalog.store import TC_SCAN_PREFIX
 
     return [(SCANNED_KEY, str(top)), (BACKFILLED_KEY, "1"),
-            *((SCAN_MARK_PREFIX + a, str(top)) for a in archives)]
+            *((SCAN_MARK_PREFIX + a, str(top)) for a in archives),
+            *((TC_SCAN_PREFIX + a, f"0 {top}") for a in archives)]
+
+
+def _open_as_agent(db: str, archives: tuple[str, ...]) -> None:
+    """Open the catalog as an agent does (its indexes are made) and take each archive's
+    stats once, as every agent iteration does (the row count it keeps is stored)."""
+    from suprsync.catalog.store import SupRsyncFilesManager
+
+    manager = SupRsyncFilesManager(db)
+    try:
+        for archive in archives:
+            manager.get_archive_stats(archive)
+    finally:
+        manager.close()
 
 
 def build_sqlite(path: Path, shape: Shape, n_rows: int, end: float,
                  scale: float = 1.0) -> dict[str, Any]:
     """A sqlite catalog of a shape, with suprsync's indexes; its row counts."""
     from suprsync.catalog.schema import INDEXES, CatalogMeta, TimecodeDir
-    from suprsync.catalog.store import SupRsyncFilesManager
 
     empty_catalog(path)
     conn = sqlite3.connect(path)
@@ -184,7 +198,7 @@ def build_sqlite(path: Path, shape: Shape, n_rows: int, end: float,
         n_dirs = conn.execute(f"SELECT count(*) FROM {TimecodeDir.__tablename__}").fetchone()[0]
     finally:
         conn.close()
-    SupRsyncFilesManager(str(path)).close()  # re-creates suprsync's indexes
+    _open_as_agent(str(path), shape.archive_names())
     checkpoint(path)
     return {"rows": total, "timecode_dirs": n_dirs, "mb": round(path.stat().st_size / 2**20)}
 
@@ -230,7 +244,7 @@ def build_postgresql(url: str, shape: Shape | None, n_rows: int, end: float,
                 cur.executemany(f"INSERT INTO {CatalogMeta.__tablename__} (key, value) "
                                 "VALUES (%s, %s)",
                                 _meta_rows(int(top[0]) if top else 0, shape.archive_names()))
-        SupRsyncFilesManager(url).close()  # re-creates suprsync's indexes
+        _open_as_agent(url, shape.archive_names() if shape is not None else ())
         conn.execute("VACUUM ANALYZE")
         total = conn.execute(f"SELECT count(*) FROM {files}").fetchone()
         n_dirs = conn.execute(f"SELECT count(*) FROM {tds}").fetchone()
