@@ -167,6 +167,18 @@ def record_tc_scan_state(session: Session, archive_name: str, state: tuple[int, 
     set_meta(session, TC_SCAN_PREFIX + archive_name, f"{state[0]} {state[1]}")
 
 
+def unsynced_rows(archive_name: str, *columns: Any):  # type: ignore[no-untyped-def]
+    """SELECT of columns of the archive's non-ignored rows not verified, through the
+    partial index of unsynced rows.
+
+    sqlite is told the index; PostgreSQL, which guesses that most rows are unsynced
+    (it cannot estimate ``remote_md5sum != local_md5sum``), would read the whole table
+    for a count, and takes the index when the rows are wanted in its order.
+    """
+    return (select(*columns).where(F.archive_name == archive_name, UNSYNCED, NOT_IGNORED)
+            .order_by(F.archive_name, F.timestamp).with_hint(F, UNSYNCED_ROWS, "sqlite"))
+
+
 class SupRsyncFilesManager:
     """The catalog: registers files and answers the agent's questions about them.
 
@@ -424,9 +436,8 @@ class SupRsyncFilesManager:
         assert session is not None
         in_archive = F.archive_name == archive_name
         num_files = self._count_files(session, archive_name)
-        uncopied = session.scalar(
-            select(func.count()).select_from(F).where(in_archive, UNSYNCED, NOT_IGNORED)
-            .with_hint(F, UNSYNCED_ROWS, "sqlite"))
+        uncopied = session.scalar(select(func.count()).select_from(
+            unsynced_rows(archive_name, F.id).subquery()))
         last_added = session.scalar(
             select(F.local_path).where(in_archive, HEALTHY)
             .order_by(F.timestamp.desc(), F.id.desc()).limit(1))

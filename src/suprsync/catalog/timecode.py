@@ -195,10 +195,10 @@ def blocked_dirs(session: Session, archive_name: str) -> set[int]:
     One read of the archive's unsynced rows (a partial index: as many entries as
     files waiting or given up on, however long the history).
     """
-    prefixes = session.scalars(
-        select(func.substr(F.remote_path, 1, 6))
-        .where(F.archive_name == archive_name, UNSYNCED, NOT_IGNORED).distinct()
-        .with_hint(F, UNSYNCED_ROWS, "sqlite"))
+    from .store import unsynced_rows
+
+    rows = unsynced_rows(archive_name, F.remote_path.label("path")).subquery()
+    prefixes = session.scalars(select(func.substr(rows.c.path, 1, 6)).distinct())
     return {tc for prefix in prefixes if (tc := _dir_of_prefix(prefix)) is not None}
 
 
