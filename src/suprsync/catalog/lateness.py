@@ -60,21 +60,24 @@ def has_supplements(session: Session) -> bool:
     return inspect(session.get_bind()).has_table(S.__tablename__)
 
 
-def described_bounds(session: Session, archive_name: str) -> dict[int, int]:
+def described_bounds(session: Session, archive_name: str,
+                     timecodes: set[int] | None = None) -> dict[int, int]:
     """Per finalized dir of the archive, the highest file id its finalization files describe.
 
     A dir finalized without a recorded file id (written so by another program) is left
-    out: what it described is unknown.
+    out: what it described is unknown. ``timecodes``: only these dirs.
     """
+    td_only = [] if timecodes is None else [TD.timecode.in_(sorted(timecodes))]
     bounds = {int(tc): int(fid) for tc, fid in session.execute(
         select(TD.timecode, func.max(TD.finalize_file_id))
         .where(TD.archive_name == archive_name, TD.finalized.is_(True),
-               TD.finalize_file_id.is_not(None))
+               TD.finalize_file_id.is_not(None), *td_only)
         .group_by(TD.timecode))}
     if bounds and has_supplements(session):
+        s_only = [] if timecodes is None else [S.timecode.in_(sorted(timecodes))]
         for tc, up_to in session.execute(
                 select(S.timecode, func.max(S.covers_up_to))
-                .where(S.archive_name == archive_name).group_by(S.timecode)):
+                .where(S.archive_name == archive_name, *s_only).group_by(S.timecode)):
             if int(tc) in bounds:
                 bounds[int(tc)] = max(bounds[int(tc)], int(up_to))
     return bounds
@@ -91,7 +94,7 @@ def _maybe_late(bounds: dict[int, int], low: int):  # type: ignore[no-untyped-de
     files, a dir's files before its finalization) are left out by SQL instead of being
     read one by one. A superset: the caller still checks each row it gets.
     """
-    head = func.substr(func.ltrim(F.remote_path, "/"), 1, 6)
+    head = _head()
     inside = {tc: b for tc, b in bounds.items() if b > low}
     if len(inside) > MAX_DIR_TERMS:  # a first scan: the prefix alone
         return head.in_([f"{tc}/" for tc in bounds])
@@ -101,6 +104,23 @@ def _maybe_late(bounds: dict[int, int], low: int):  # type: ignore[no-untyped-de
                false())
 
 
+def _head():  # type: ignore[no-untyped-def]
+    """SQL: the first 6 characters of the remote path after its leading slashes."""
+    return func.substr(func.ltrim(F.remote_path, "/"), 1, 6)
+
+
+def _dirs_above(session: Session, archive_name: str, after_id: int) -> dict[int, int]:
+    """{timecode: highest id} of the archive's non-ignored rows with an id above after_id."""
+    newest: dict[int, int] = {}
+    for h, top in session.execute(
+            select(_head(), func.max(F.id))
+            .where(F.id > after_id, F.archive_name.concat("") == archive_name, NOT_IGNORED)
+            .group_by(_head())):
+        if isinstance(h, str) and (tc := timecode_of(h)) is not None:
+            newest[tc] = max(newest.get(tc, 0), int(top))
+    return newest
+
+
 def find_late_files(session: Session, archive_name: str, after_id: int = 0,
                     only: set[int] | None = None) -> list[LateFile]:
     """Late files of the archive with an id above after_id (of the dirs in ``only``).
@@ -108,9 +128,18 @@ def find_late_files(session: Session, archive_name: str, after_id: int = 0,
     The scan is a primary-key range that reads 15 characters of the remote paths
     under finalized dirs; only the rows found late are read whole.
     """
-    bounds = described_bounds(session, archive_name)
+    newest: dict[int, int] | None = None
+    if after_id > 0:
+        # A scan of new ids: only the dirs they lie in (a few) can hold late files.
+        newest = _dirs_above(session, archive_name, after_id)
+        only = set(newest) if only is None else set(newest) & only
+        if not only:
+            return []
+    bounds = described_bounds(session, archive_name, only)
     if only is not None:
         bounds = {tc: b for tc, b in bounds.items() if tc in only}
+    if newest is not None:  # a dir whose newest row is described has no late row
+        bounds = {tc: b for tc, b in bounds.items() if newest[tc] > b}
     if not bounds:
         return []
     low = max(after_id, min(bounds.values()))
