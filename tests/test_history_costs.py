@@ -184,3 +184,30 @@ def test_new_process_goes_on_with_the_backfill_of_timecode_dirs(tmp_path: Path) 
             manager.close()
         seen.append(dirs())
     assert seen == [{16003}, {16002, 16003}, {16001, 16002, 16003}]
+
+
+def test_scan_of_new_ids_finds_a_late_file_on_each_backend(catalog_url: str) -> None:
+    """The scan from a given id (what every iteration after the first reads) finds the
+    late row of a finalized dir and nothing of a dir still open."""
+    from sqlalchemy import update
+
+    from suprsync.catalog.lateness import find_late_files
+    from suprsync.catalog.schema import TimecodeDir
+
+    manager = SupRsyncFilesManager(catalog_url)
+    try:
+        ids = [manager.add_file(f"/data/{rel}", rel, ARCHIVE, local_md5sum=md5(rel.encode()),
+                                timestamp=T0).id
+               for rel in ("16000/a/1.g3", "16000/a/2.g3", "16001/a/1.g3")]
+        manager.write(lambda s: s.execute(
+            update(TimecodeDir).where(TimecodeDir.timecode == 16000)
+            .values(completed=True, synced=True, finalized=True, finalize_file_id=ids[1])))
+        late = manager.add_file("/data/16000/b/3.g3", "16000/b/3.g3", ARCHIVE,
+                                local_md5sum="0" * 32, timestamp=T0).id
+        manager.add_file("/data/16001/a/2.g3", "16001/a/2.g3", ARCHIVE,
+                         local_md5sum="1" * 32, timestamp=T0)
+        found = manager.read(lambda s: find_late_files(s, ARCHIVE, after_id=ids[0]))
+        assert [(f.timecode, f.file_id) for f in found] == [(16000, late)]
+        assert manager.read(lambda s: find_late_files(s, ARCHIVE, after_id=late)) == []
+    finally:
+        manager.close()

@@ -112,10 +112,11 @@ def _head():  # type: ignore[no-untyped-def]
 def _dirs_above(session: Session, archive_name: str, after_id: int) -> dict[int, int]:
     """{timecode: highest id} of the archive's non-ignored rows with an id above after_id."""
     newest: dict[int, int] = {}
+    head = _head().label("head")  # grouped by its name: one expression on PostgreSQL
     for h, top in session.execute(
-            select(_head(), func.max(F.id))
+            select(head, func.max(F.id))
             .where(F.id > after_id, F.archive_name.concat("") == archive_name, NOT_IGNORED)
-            .group_by(_head())):
+            .group_by(head)):
         if isinstance(h, str) and (tc := timecode_of(h)) is not None:
             newest[tc] = max(newest.get(tc, 0), int(top))
     return newest
