@@ -25,6 +25,7 @@ from .conflicts import pin
 from .engine import CatalogBusy, configure_sqlite, make_engine, retry_busy
 from .hints import UNSYNCED_ROWS
 from .localdirs import record_dirs
+from .meta import get_meta, set_meta
 from .quarantine import HEALTHY, TIME_OK, is_valid_text
 from .schema import (
     DELETABLE,
@@ -141,6 +142,42 @@ _SQLITE_INSERT = (f"INSERT INTO {F.__tablename__} ({', '.join(_INSERT_COLUMNS)})
 
 #: File ids of older rows scanned for timecode dirs per detect_timecode_dirs call.
 TC_SCAN_CHUNK = 20_000
+
+
+#: Meta key prefix: ``low high`` of the file ids scanned for timecode dirs, per archive.
+TC_SCAN_PREFIX = "timecode_dirs_scanned:"
+
+
+def tc_scan_state(session: Session, archive_name: str, top: int) -> tuple[int, int]:
+    """(low, high] of the ids already scanned for timecode dirs; (top, top) when unknown.
+
+    A state above the highest id (the table was emptied and refilled) is not trusted.
+    """
+    value = get_meta(session, TC_SCAN_PREFIX + archive_name)
+    try:
+        low, high = (int(x) for x in (value or "").split())
+    except ValueError:
+        return top, top
+    if not 0 <= low <= high <= top:
+        return top, top
+    return low, high
+
+
+def record_tc_scan_state(session: Session, archive_name: str, state: tuple[int, int]) -> None:
+    """Keep how far the scans for timecode dirs got."""
+    set_meta(session, TC_SCAN_PREFIX + archive_name, f"{state[0]} {state[1]}")
+
+
+def unsynced_rows(archive_name: str, *columns: Any):  # type: ignore[no-untyped-def]
+    """SELECT of columns of the archive's non-ignored rows not verified, through the
+    partial index of unsynced rows.
+
+    sqlite is told the index; PostgreSQL, which guesses that most rows are unsynced
+    (it cannot estimate ``remote_md5sum != local_md5sum``), would read the whole table
+    for a count, and takes the index when the rows are wanted in its order.
+    """
+    return (select(*columns).where(F.archive_name == archive_name, UNSYNCED, NOT_IGNORED)
+            .order_by(F.archive_name, F.timestamp).with_hint(F, UNSYNCED_ROWS, "sqlite"))
 
 
 class SupRsyncFilesManager:
@@ -402,11 +439,8 @@ class SupRsyncFilesManager:
         assert session is not None
         in_archive = F.archive_name == archive_name
         num_files = self._count_files(session, archive_name)
-        # In the partial index's order: PostgreSQL, which cannot tell how few rows are
-        # unsynced, then reads them from that index instead of reading the table.
-        unsynced = (select(F.id).where(in_archive, UNSYNCED, NOT_IGNORED)
-                    .with_hint(F, UNSYNCED_ROWS, "sqlite").order_by(F.timestamp).subquery())
-        uncopied = session.scalar(select(func.count()).select_from(unsynced))
+        uncopied = session.scalar(select(func.count()).select_from(
+            unsynced_rows(archive_name, F.id).subquery()))
         last_added = session.scalar(
             select(F.local_path).where(in_archive, HEALTHY)
             .order_by(F.timestamp.desc(), F.id.desc()).limit(1))
@@ -528,20 +562,25 @@ class SupRsyncFilesManager:
     def detect_timecode_dirs(self, archive_name: str) -> int:
         """Create timecode-dir rows for files registered since the last call.
 
-        New rows are scanned at once; rows older than this manager's first call are
-        scanned backwards, TC_SCAN_CHUNK ids per call, so that no call reads the
-        whole archive. Returns the number of dir rows created.
+        New rows are scanned at once; older rows are scanned backwards, TC_SCAN_CHUNK
+        ids per call, so that no call reads the whole archive. How far the scans got
+        is kept in the catalog, so a new process goes on where the last one stopped
+        and a catalog is backfilled once. Returns the number of dir rows created.
         """
         scanned = self._tc_scanned.get(archive_name)
 
         def scan(session: Session) -> tuple[int, tuple[int, int]]:
             top = tc_rules.max_file_id(session)
-            low, high = scanned if scanned is not None else (top, top)
+            low, high = scanned if scanned is not None else tc_scan_state(session,
+                                                                          archive_name, top)
             created, _ = tc_rules.scan_timecodes(session, archive_name, high, top)
             new_low = max(0, low - TC_SCAN_CHUNK)
             if low > 0:
                 created += tc_rules.scan_timecodes(session, archive_name, new_low, low)[0]
-            return created, (new_low, max(high, top))
+            state = (new_low, max(high, top))
+            if state != (low, high) or scanned is None:
+                record_tc_scan_state(session, archive_name, state)
+            return created, state
 
         created, self._tc_scanned[archive_name] = self.write(scan, what="detect timecode dirs")
         return created

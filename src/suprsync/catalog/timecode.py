@@ -175,7 +175,34 @@ def sync_candidates(session: Session, archive_name: str) -> list[int]:
     candidates = list(session.scalars(
         select(TD.timecode).where(TD.archive_name == archive_name, TD.completed.is_(True),
                                   NOT_SYNCED, NOT_FINALIZED).distinct()))
-    return [tc for tc in candidates if waiting_count(session, archive_name, tc) == 0]
+    if not candidates:
+        return []
+    # Dirs held back by an unsynced file (one at the attempt limit stays so forever)
+    # are found by one query, not by reading each of them on every call.
+    blocked = blocked_dirs(session, archive_name)
+    return [tc for tc in candidates
+            if tc not in blocked and waiting_count(session, archive_name, tc) == 0]
+
+
+def _dir_of_prefix(prefix: object) -> int | None:
+    """The timecode of a 6-character remote path prefix ``NNNNN/`` (what in_dir matches)."""
+    if (isinstance(prefix, str) and len(prefix) == 6 and prefix[5] == "/"
+            and prefix[:5].isascii() and prefix[:5].isdigit()):
+        return int(prefix[:5])
+    return None
+
+
+def blocked_dirs(session: Session, archive_name: str) -> set[int]:
+    """Timecode dirs of the archive that hold a non-ignored file not verified.
+
+    One read of the archive's unsynced rows (a partial index: as many entries as
+    files waiting or given up on, however long the history).
+    """
+    from .store import unsynced_rows
+
+    rows = unsynced_rows(archive_name, F.remote_path.label("path")).subquery()
+    prefixes = session.scalars(select(func.substr(rows.c.path, 1, 6)).distinct())
+    return {tc for prefix in prefixes if (tc := _dir_of_prefix(prefix)) is not None}
 
 
 def mark_synced(session: Session, archive_name: str) -> list[int]:
