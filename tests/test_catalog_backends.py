@@ -729,19 +729,21 @@ def test_cli_run_once_copies_verifies_and_stats_reports_it(
     assert "Traceback" not in result.stderr, result.stderr
     for rel, data in contents.items():
         assert (remote_dir / rel).read_bytes() == data
-    assert result.stderr.count("copied and verified") == len(contents)
+    shipped = [line for line in result.stderr.splitlines() if "copied and verified" in line]
+    # The data files, then the finalization file of their (old) dir, in the same run.
+    assert len(shipped) == len(contents) + 1, result.stderr
+    assert "_finalized.yaml" in shipped[-1], shipped[-1]
 
     stats = run_cli("stats", "--db", catalog_url, "--json", timeout=60)
     assert stats.returncode == 0, stats.stderr
     out = json.loads(stats.stdout)
     assert list(out) == [ARCHIVE]
-    # The old dir 16750 was finalized in that iteration; its finalization file is new and
-    # is copied by the next one.
+    # The old dir 16750 was finalized in that iteration, and its finalization file shipped.
     assert out[ARCHIVE]["num_files"] == len(contents) + 1
-    assert out[ARCHIVE]["uncopied_files"] == 1
+    assert out[ARCHIVE]["uncopied_files"] == 0
     assert out[ARCHIVE]["timecode_dirs"]["finalized"] == [16750]
-    assert out[ARCHIVE]["last_file_copied"].endswith(".g3")
-    assert len(list(remote_dir.glob("*/suprsync/*/*_16750_finalized.yaml"))) == 0
+    assert out[ARCHIVE]["last_file_copied"].endswith("_finalized.yaml")
+    assert len(list(remote_dir.glob("*/suprsync/*/*_16750_finalized.yaml"))) == 1
 
 
 # -------------------------------------------------------------------- collisions
