@@ -35,6 +35,7 @@ from benchmarks.workloads import (  # noqa: E402
     pending,
     registration,
     small_files,
+    socs,
 )
 
 WORKLOADS: dict[str, Callable[[Context], list[dict[str, Any]]]] = {
@@ -44,6 +45,7 @@ WORKLOADS: dict[str, Callable[[Context], list[dict[str, Any]]]] = {
     "registration": registration.run,
     "latency": latency.run,
     "pending": pending.run,
+    "socs": socs.run,
 }
 
 
