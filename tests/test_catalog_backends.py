@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,10 @@ from helpers import (
     managed,
     md5,
 )
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from suprsync import SupRsyncFilesManager
-from suprsync.catalog import maintenance, pathkeys
+from suprsync.catalog import filecount, maintenance, pathkeys
 from suprsync.catalog.conflicts import list_conflicts, pinned_ids
 from suprsync.catalog.pathkeys import partners, scan_path_keys
 from suprsync.catalog.store import CopyResult
@@ -278,6 +279,76 @@ def test_archive_stats_values(manager: SupRsyncFilesManager, add: AddFn, clock: 
     assert stats["uncopied_files"] == 0
     assert stats["finalized_until"] == clock.now
     assert stats["last_file_copied"] == paths[third]
+
+
+def num_files(catalog: str, clock: Clock, archive: str = ARCHIVE) -> int:
+    """num_files as a fresh manager (a new process) reports it."""
+    fresh = SupRsyncFilesManager(catalog, clock=clock)
+    try:
+        return fresh.get_archive_stats(archive)["num_files"]
+    finally:
+        fresh.close()
+
+
+def wait_for(fn: Any, expected: Any, timeout: float = 15.0) -> Any:
+    """fn() once it returns expected (PostgreSQL publishes deletions to its statistics
+    views within about a second), or its last value after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while (got := fn()) != expected and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return got
+
+
+def test_num_files_is_kept_in_the_catalog_and_follows_other_programs(
+    manager: SupRsyncFilesManager, add: AddFn, catalog_url: str, clock: Clock,
+    tmp_path: Path
+) -> None:
+    """A fresh manager takes num_files from the count the catalog keeps, without counting
+    the archive again, and adds rows other programs inserted; rows others delete or move
+    to another archive are counted again, in this manager and in a fresh one."""
+    rows = [add(100 + t) for t in range(6)]
+    add(1, archive=OTHER)
+    assert manager.get_archive_stats(ARCHIVE)["num_files"] == 6
+    counts: list[str] = []
+
+    def listen(_conn, _cursor, statement, _params, _context, _many) -> None:  # noqa: ANN001
+        if "count(" in statement and "supersync_v0" in statement:
+            counts.append(statement)
+
+    fresh = SupRsyncFilesManager(catalog_url, clock=clock)
+    event.listen(fresh.engine, "before_cursor_execute", listen)
+    try:
+        assert fresh.get_archive_stats(ARCHIVE)["num_files"] == 6
+        insert_plain(manager, make_file(tmp_path, "plain.g3"), "16750/plain.g3", ARCHIVE, 7.0)
+        assert fresh.get_archive_stats(ARCHIVE)["num_files"] == 7
+    finally:
+        fresh.close()
+    archive_wide = [c for c in counts if " > " not in c and "remote_md5sum" not in c]
+    assert archive_wide == [], archive_wide
+
+    sql(manager, "DELETE FROM supersync_v0 WHERE id IN (:a, :b)", a=rows[0], b=rows[1])
+    assert wait_for(lambda: manager.get_archive_stats(ARCHIVE)["num_files"], 5) == 5
+    assert num_files(catalog_url, clock) == 5
+    sql(manager, "UPDATE supersync_v0 SET archive_name = :o WHERE id = :i", o=OTHER,
+        i=rows[2])
+    clock.advance(filecount.FULL_COUNT_INTERVAL + 1)  # PostgreSQL has no mark of a move
+    assert manager.get_archive_stats(ARCHIVE)["num_files"] == 4
+    assert num_files(catalog_url, clock) == 4
+    assert num_files(catalog_url, clock, OTHER) == 2
+
+
+def test_a_count_others_garbled_is_counted_again(
+    manager: SupRsyncFilesManager, add: AddFn, catalog_url: str, clock: Clock
+) -> None:
+    """A kept count that is not what suprsync wrote is ignored: the archive is counted."""
+    for t in range(3):
+        add(100 + t)
+    assert manager.get_archive_stats(ARCHIVE)["num_files"] == 3
+    for value in ("not json", '{"top": 99, "rows": "x", "mark": null, "counted_at": 1}',
+                  '{"top": 1}', None):
+        sql(manager, "UPDATE suprsync_meta_v0 SET value = :v WHERE key = :k", v=value,
+            k=filecount.COUNT_PREFIX + ARCHIVE)
+        assert num_files(catalog_url, clock) == 3
 
 
 def test_finalized_until_is_just_before_the_oldest_unsynced_non_ignored_file(

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .lateness import LateFile, find_late_files
@@ -49,8 +49,10 @@ def future_dirs(session: Session, archive_name: str, now: float) -> list[int]:
 def newest_timestamp(session: Session, archive_name: str) -> float | None:
     """The highest row timestamp of the archive; rows whose timestamp is no time are
     quarantined and left out."""
-    value = session.scalar(select(func.max(F.timestamp)).where(
-        F.archive_name == archive_name, TIME_OK))
+    # The first good value from the end of the (archive, timestamp) index: max() with
+    # a condition would read the whole archive.
+    value = session.scalar(select(F.timestamp).where(F.archive_name == archive_name, TIME_OK)
+                           .order_by(F.timestamp.desc()).limit(1))
     try:
         return None if value is None else float(value)
     except (TypeError, ValueError):

@@ -19,9 +19,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..hashing import md5_file
 from ..paths import check_local_file, normalize_remote_path, timecode_of
+from . import filecount
 from . import timecode as tc_rules
 from .conflicts import pin
 from .engine import CatalogBusy, configure_sqlite, make_engine, retry_busy
+from .hints import UNSYNCED_ROWS
 from .localdirs import record_dirs
 from .quarantine import HEALTHY, TIME_OK, is_valid_text
 from .schema import (
@@ -113,7 +115,7 @@ class CopyResult:
 def _copyable_query(archive_name: str, max_copy_attempts: int | None,
                     num_files: int | None):  # type: ignore[no-untyped-def]
     query = select(F).where(F.archive_name == archive_name, UNSYNCED, F.removed.is_(None),
-                            NOT_IGNORED, HEALTHY)
+                            NOT_IGNORED, HEALTHY).with_hint(F, UNSYNCED_ROWS, "sqlite")
     if max_copy_attempts is not None:
         query = query.where(func.coalesce(F.failed_copy_attempts, 0) < max_copy_attempts)
     query = query.order_by(F.timestamp, F.id)
@@ -136,16 +138,8 @@ _INSERT_COLUMNS = [c.name for c in F.__table__.columns if c.name != "id"]
 _SQLITE_INSERT = (f"INSERT INTO {F.__tablename__} ({', '.join(_INSERT_COLUMNS)}) "
                   f"VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)})")
 
-#: Seconds between full counts of an archive's rows (in between, new rows are added).
-FULL_COUNT_INTERVAL = 600.0
 #: File ids of older rows scanned for timecode dirs per detect_timecode_dirs call.
 TC_SCAN_CHUNK = 20_000
-
-
-def _count_up_to(session: Session, archive_name: str, top: int) -> int:
-    """Rows of the archive with an id up to top (a scan of the archive's index)."""
-    return int(session.scalar(select(func.count()).select_from(F).where(
-        F.archive_name == archive_name, F.id <= top)) or 0)
 
 
 class SupRsyncFilesManager:
@@ -178,8 +172,10 @@ class SupRsyncFilesManager:
         self._plain: sqlite3.Connection | None = None
         self._sqlite_file = self.sqlite_path()
         self._plain_lock = threading.Lock()
-        # Per archive: (highest id counted, rows, monotonic time of the full count).
-        self._file_counts: dict[str, tuple[int, int, float]] = {}
+        # Per archive: the row count last made, and the highest id of the one kept
+        # in the catalog.
+        self._file_counts: dict[str, filecount.Count] = {}
+        self._stored_tops: dict[str, int] = {}
         # Per archive, a full count running in the background (prefetch_file_count).
         self._count_jobs: dict[str, threading.Thread] = {}
         self._count_jobs_lock = threading.Lock()
@@ -230,6 +226,8 @@ class SupRsyncFilesManager:
         for index in INDEXES:
             if index.name not in existing:
                 index.create(self._engine, checkfirst=True)
+        with self.Session.begin() as session:
+            filecount.install_mark(session)
 
     def write(self, fn: Callable[[Session], T], what: str = "catalog write") -> T:
         """Run fn(session) in one short transaction, waiting while the catalog is locked."""
@@ -391,6 +389,7 @@ class SupRsyncFilesManager:
             .where(F.archive_name == archive_name, UNSYNCED, NOT_IGNORED, TIME_OK)
             .order_by(F.timestamp)
             .limit(1)
+            .with_hint(F, UNSYNCED_ROWS, "sqlite")
         )
         return self.clock() if oldest is None else float(oldest) - 1
 
@@ -400,8 +399,11 @@ class SupRsyncFilesManager:
         assert session is not None
         in_archive = F.archive_name == archive_name
         num_files = self._count_files(session, archive_name)
-        uncopied = session.scalar(
-            select(func.count()).select_from(F).where(in_archive, UNSYNCED, NOT_IGNORED))
+        # In the partial index's order: PostgreSQL, which cannot tell how few rows are
+        # unsynced, then reads them from that index instead of reading the table.
+        unsynced = (select(F.id).where(in_archive, UNSYNCED, NOT_IGNORED)
+                    .with_hint(F, UNSYNCED_ROWS, "sqlite").order_by(F.timestamp).subquery())
+        uncopied = session.scalar(select(func.count()).select_from(unsynced))
         last_added = session.scalar(
             select(F.local_path).where(in_archive, HEALTHY)
             .order_by(F.timestamp.desc(), F.id.desc()).limit(1))
@@ -417,60 +419,80 @@ class SupRsyncFilesManager:
         }
 
     def prefetch_file_count(self, archive_name: str) -> None:
-        """Start the archive's full row count in the background when one is due.
+        """Bring the archive's row count up to date in the background when it may be due.
 
-        The next get_archive_stats waits for it instead of counting, so the count
-        (a scan of every row of the archive) overlaps whatever the caller does
-        meanwhile; the agent starts it before copying.
+        The next get_archive_stats waits for it instead of counting, so a full count
+        (a scan of every row of the archive, needed only when the count kept in the
+        catalog cannot be used, see catalog.filecount) overlaps whatever the caller
+        does meanwhile; the agent starts it before copying.
         """
-        cached = self._file_counts.get(archive_name)
-        if cached is not None and time.monotonic() - cached[2] <= FULL_COUNT_INTERVAL:
+        known = self._file_counts.get(archive_name)
+        if known is not None and (
+                (known.mark is not None and self._engine.dialect.name == "sqlite")
+                or 0 <= self.clock() - known.counted_at <= filecount.FULL_COUNT_INTERVAL):
             return
         with self._count_jobs_lock:
             if archive_name in self._count_jobs:
                 return
-            job = threading.Thread(target=self._full_count, args=(archive_name,),
+            job = threading.Thread(target=self._background_count, args=(archive_name,),
                                    name="suprsync-count", daemon=True)
             self._count_jobs[archive_name] = job
         job.start()
 
-    def _full_count(self, archive_name: str) -> None:
-        def count(session: Session) -> tuple[int, int]:
-            top = tc_rules.max_file_id(session)
-            return top, _count_up_to(session, archive_name, top)
-
-        started = time.monotonic()
+    def _background_count(self, archive_name: str) -> None:
         try:
-            top, rows = self.read(count, what="count files")
+            count, keep = self.read(lambda s: self._current_count(s, archive_name),
+                                    what="count files")
+            if keep:
+                self.write(lambda s: self._store_count(s, archive_name, count),
+                           what="keep file count")
         except (SQLAlchemyError, CatalogBusy) as exc:  # the stats step counts again
             log.debug("background count of %s failed: %s", archive_name, exc)
             return
-        self._file_counts[archive_name] = (top, rows, started)
+        self._file_counts[archive_name] = count
+
+    def _current_count(self, session: Session, archive_name: str) -> tuple[filecount.Count, bool]:
+        """The archive's row count now, and whether the catalog should keep it.
+
+        A count known (in this process or in the catalog) is brought forward by the
+        rows added since; only when it cannot be used are the archive's rows counted.
+        """
+        top = tc_rules.max_file_id(session)
+        mark = filecount.deletion_mark(session)
+        now = self.clock()
+        known = self._file_counts.get(archive_name)
+        if known is None:
+            known = filecount.stored(session, archive_name)
+            if known is not None:
+                self._stored_tops[archive_name] = known.top
+        if known is None or not filecount.usable(session, known, top, mark, now):
+            return filecount.Count(top, filecount.count_whole(session, archive_name, top),
+                                   mark, now), True
+        count = filecount.Count(
+            top, known.rows + filecount.rows_between(session, archive_name, known.top, top),
+            mark, known.counted_at)
+        stored_top = self._stored_tops.get(archive_name, -1)
+        return count, stored_top < 0 or top - stored_top >= filecount.STORE_STEP
+
+    def _store_count(self, session: Session, archive_name: str,
+                     count: filecount.Count) -> None:
+        filecount.store(session, archive_name, count)
+        self._stored_tops[archive_name] = count.top
 
     def _count_files(self, session: Session, archive_name: str) -> int:
-        """Rows of the archive: a full count now and then, else only the rows added since.
+        """Rows of the archive, counting only the rows added since a count it knows.
 
-        Counting a million rows on every iteration is what made the original slow;
-        rows are only ever added by the programs sharing the catalog, and a full count
-        every FULL_COUNT_INTERVAL seconds picks up anything else.
+        Counting a million rows on every iteration is what made the original slow.
         """
         with self._count_jobs_lock:
             job = self._count_jobs.pop(archive_name, None)
         if job is not None:
             job.join()
-        top = tc_rules.max_file_id(session)
-        now = time.monotonic()
-        cached = self._file_counts.get(archive_name)
-        if cached is None or now - cached[2] > FULL_COUNT_INTERVAL or top < cached[0]:
-            count = _count_up_to(session, archive_name, top)
-            self._file_counts[archive_name] = (top, count, now)
-            return count
-        seen, count, counted_at = cached
-        # archive_name || '': scan the new ids by primary key, not the archive's index.
-        count += int(session.scalar(select(func.count()).select_from(F).where(
-            F.archive_name.concat("") == archive_name, F.id > seen, F.id <= top)) or 0)
-        self._file_counts[archive_name] = (top, count, counted_at)
-        return count
+        count, keep = self._current_count(session, archive_name)
+        if keep:
+            self._store_count(session, archive_name, count)
+        self._file_counts[archive_name] = count
+        return count.rows
 
     def create_all_timecode_dirs(self, archive_name: str, min_ctime: float | None = None) -> int:
         """Create the timecode-dir rows of every file of the archive (a full rebuild).

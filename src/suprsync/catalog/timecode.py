@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from sqlalchemy import case, func, or_, select, text, update
+from sqlalchemy import case, func, literal_column, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from ..fsutil import write_atomic
 from ..hashing import md5_file
 from ..paths import subdir_of, timecode_of
 from .anomalies import DirWatch, future_dirs, future_limit, newest_timestamp, timecode_at
+from .hints import UNSYNCED_ROWS
 from .lateness import RESCAN_IDS, SUPRSYNC_SUBDIR, dir_bound, find_late_files, own_file
 from .quarantine import HEALTHY, QUARANTINED, printable
 from .schema import NOT_IGNORED, SYNCED, UNSYNCED, Supplement, SupRsyncFile, TimecodeDir
@@ -51,9 +52,22 @@ def finalization_name(now: float, archive_name: str, timecode: int) -> str:
     return f"{int(now)}_{archive_name}_{timecode}_finalized.yaml"
 
 
-def in_dir(timecode: int):  # type: ignore[no-untyped-def]
-    """SQL condition: the file's remote path lies under this timecode dir."""
-    return F.remote_path.like(f"{int(timecode)}/%")
+def in_dir(session: Session, archive_name: str, timecode: int):  # type: ignore[no-untyped-def]
+    """SQL condition: a row of this archive whose remote path lies under this timecode dir.
+
+    Both forms read only the dir's entries of the (archive, remote_path) index. On
+    PostgreSQL (a text_pattern_ops index) a prefix LIKE. On sqlite, whose LIKE is
+    no index range, the bytewise range ``[tc/, tc0)``, or a remote path stored as a
+    BLOB (quarantined; BLOBs sort after all text) that LIKE matches.
+    """
+    prefix = f"{int(timecode)}/"
+    if session.get_bind().dialect.name != "sqlite":
+        return (F.archive_name == archive_name) & F.remote_path.like(prefix + "%")
+    # archive_name inside each branch: sqlite then searches the index once per branch.
+    return or_((F.archive_name == archive_name) & (F.remote_path >= prefix)
+               & (F.remote_path < f"{int(timecode)}0"),
+               (F.archive_name == archive_name) & (F.remote_path >= literal_column("x''"))
+               & F.remote_path.like(prefix + "%"))
 
 
 def lock_dir_rows(session: Session, archive_name: str) -> None:
@@ -148,13 +162,15 @@ def unsynced_count(session: Session, archive_name: str, timecode: int) -> int:
     A quarantined row is never counted as verified: it holds its dir back. It is
     looked for only once no other row is missing (the check reads the whole dir).
     """
-    def count(*conditions: Any) -> int:
-        return int(session.scalar(
-            select(func.count()).select_from(F)
-            .where(F.archive_name == archive_name, in_dir(timecode), *conditions,
-                   NOT_IGNORED)) or 0)
+    def count(*conditions: Any, hint: str | None = None) -> int:
+        query = (select(func.count()).select_from(F)
+                 .where(in_dir(session, archive_name, timecode), *conditions, NOT_IGNORED))
+        if hint is not None:
+            query = query.with_hint(F, hint, "sqlite")
+        return int(session.scalar(query) or 0)
 
-    return count(UNSYNCED) or count(SYNCED, QUARANTINED)
+    # The unsynced rows of the archive are few: find the dir's among them.
+    return count(UNSYNCED, hint=UNSYNCED_ROWS) or count(SYNCED, QUARANTINED)
 
 
 def mark_synced(session: Session, archive_name: str) -> list[int]:
@@ -197,7 +213,7 @@ def dir_content(session: Session, archive_name: str, timecode: int,
     rows = session.execute(
         select(F.id, F.remote_path, case((SYNCED & HEALTHY, 1), else_=0),
                case((NOT_IGNORED, 0), else_=1))
-        .where(F.archive_name == archive_name, in_dir(timecode)))
+        .where(in_dir(session, archive_name, timecode)))
     for file_id, raw_path, synced, ignored in rows:
         path = printable(raw_path) if isinstance(raw_path, str | bytes) else ""
         if synced:
@@ -220,7 +236,7 @@ def rows_above(session: Session, archive_name: str, timecode: int,
     """(count, highest id) of the dir's rows outside ``<tc>/suprsync/`` above an id."""
     count, top = session.execute(
         select(func.count(), func.max(F.id)).where(
-            F.archive_name == archive_name, in_dir(timecode), F.id > above,
+            in_dir(session, archive_name, timecode), F.id > above,
             ~F.remote_path.like(f"{int(timecode)}/{SUPRSYNC_SUBDIR}/%"))).one()
     return int(count or 0), int(top or 0)
 
