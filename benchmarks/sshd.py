@@ -11,14 +11,14 @@ import shlex
 import sys
 from pathlib import Path
 
-_PATH = Path(__file__).resolve().parent.parent / "tests" / "sshd_server.py"
+_TESTS = Path(__file__).resolve().parent.parent / "tests"
 
 
-def _load():  # type: ignore[no-untyped-def]
-    name = "sshd_server"
+def load_test_module(name: str):  # type: ignore[no-untyped-def]
+    """A module of tests/ (sshd_server, pg_server), loaded by file path."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _PATH)
+    spec = importlib.util.spec_from_file_location(name, _TESTS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -26,7 +26,7 @@ def _load():  # type: ignore[no-untyped-def]
     return module
 
 
-_sshd_server = _load()
+_sshd_server = load_test_module("sshd_server")
 SshServer = _sshd_server.SshServer
 start_sshd = _sshd_server.start_sshd
 free_port = _sshd_server.free_port

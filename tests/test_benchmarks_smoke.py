@@ -20,12 +20,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-RATIO_IDS = {
-    "history_1m_first", "history_1m_steady", "history_100k_first", "history_100k_steady",
+HISTORY_IDS = {f"history_{db}{mode}_{shape}_{which}"
+               for db, shapes in (("", "abcde"), ("pg_", "ae")) for mode in ("agent", "api")
+               for shape in shapes for which in ("first", "steady")}
+RATIO_IDS = HISTORY_IDS | {
     "small_files_ssh", "large_files_ssh", "large_files_local", "register_add_file",
     "register_add_local_files", "latency_parallel",
 }
-VALUE_IDS = {"history_1m_peak_rss", "history_100k_peak_rss", "history_empty_peak_rss",
+VALUE_IDS = {"history_1m_peak_rss", "history_empty_peak_rss",
              "pending_local_peak_rss", "pending_ssh_peak_rss"}
 SECONDS_IDS = {"pending_local_seconds", "pending_ssh_seconds"}
 
@@ -99,11 +101,16 @@ def test_copies_arrived_intact(quick_run: tuple[dict, Path, str], workload: str,
 
 def test_history_iterations_copied_and_deleted(quick_run: tuple[dict, Path, str]) -> None:
     _, work, _ = quick_run
-    for label in ("empty", "100k", "1M"):
-        run = work / "history" / f"run-{label}"
+    runs = sorted((work / "history").glob("run-*-*-*"))
+    assert {r.name for r in runs} == {
+        f"run-{db}-{mode}-{key}" for db, keys in (("sqlite", "abcde"), ("postgresql", "ae"))
+        for mode in ("agent", "api") for key in ("empty", *keys)}
+    for run in runs:
         copies = list((run / "remote").rglob("*.g3"))
-        assert len(copies) == 200, label
-        assert not list((run / "data").rglob("*.g3")), f"{label}: local copies not deleted"
+        assert len(copies) == 20, run.name  # 10 new files per iteration, two iterations
+        assert not list((run / "data").rglob("*.g3")), f"{run.name}: local copies not deleted"
+        if not run.name.startswith("run-sqlite"):
+            continue  # the PostgreSQL cluster is gone; the child checked its rows
         conn = sqlite3.connect(run / "catalog.db")
         try:
             done = conn.execute(
@@ -112,7 +119,7 @@ def test_history_iterations_copied_and_deleted(quick_run: tuple[dict, Path, str]
                 (f"{run / 'data'}%",)).fetchone()[0]
         finally:
             conn.close()
-        assert done == 200, label
+        assert done == 20, run.name
 
 
 def test_bulk_registration_catalog(quick_run: tuple[dict, Path, str]) -> None:

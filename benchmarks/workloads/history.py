@@ -1,46 +1,38 @@
-"""Workload 1: one agent iteration with a long history in the catalog vs an empty one.
+"""Workload 1: iterations with 1,000,000 old rows in the catalog vs an empty one.
 
-Catalogs of 1,000,000 and 100,000 old rows are built once with plain sqlite3
-(one transaction, executemany) and copied for each repetition. Each repetition
-runs one child process per catalog (empty, 100k, 1M, in turn), which
+For each history shape (see ``history_catalogs.SHAPES``) a catalog of 1,000,000
+old rows is built once per run with plain SQL and copied for each repetition
+(sqlite: the file; PostgreSQL: ``CREATE DATABASE ... TEMPLATE``). Each repetition
+runs, in turn, one child process on the empty catalog and one per shape, first
+through the agent and then through the original's API (see ``history_child``):
 
-1. writes 100 new 16 KiB files and registers them with ``add_file``
-   (registered two hours ago, so they are due for deletion after the copy);
-2. builds an Agent (local destination, --delete-local-after 3600) and times its
-   first ``iterate()``: copy + verify, archive stats, deletion pass, timecode
-   dirs. A fresh agent also scans the whole archive once for timecode dirs, as
-   ``suprsync run --once`` from cron does every time;
-3. registers 100 more new files and times a second ``iterate()`` of the same
-   agent (the steady state of a long-running agent);
-4. checks that all 200 files arrived with the right md5, are verified in the
-   catalog and were deleted locally, and reports its peak RSS (VmHWM).
+1. write 100 new 16 KiB files and register them with ``add_file``, dated two
+   hours ago (so they are due for deletion once verified);
+2. build the agent (or the manager and handler) and run the first iteration:
+   copy + verify, archive stats, deletion pass, timecode dirs; timed together,
+   as a fresh process (``suprsync run --once`` from cron) pays them;
+3. register 100 more files and time a second iteration (the steady state);
+4. check that all 200 files arrived with the right md5, are verified and removed
+   in the catalog, and are gone locally; report the peak RSS (VmHWM).
+
+On PostgreSQL (a cluster the workload starts and stops itself) the same runs for
+the empty catalog and shapes (a) and (e).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..common import (
-    ARCHIVE,
-    INSTANCE_ID,
-    REPO,
-    BenchmarkError,
-    Sample,
-    checkpoint,
-    clear_dir,
-    copy_catalog,
-    empty_catalog,
-    now_tc,
-)
+from ..common import REPO, BenchmarkError, Sample, clear_dir, copy_catalog, empty_catalog
 from ..harness import Context, Target, alternate, pair_result, value_result
+from .history_catalogs import SHAPES, Shape, build_postgresql, build_sqlite
 
 #: New files per iteration, their size, and the deletion delay of the agent.
 NEW_FILES = 100
@@ -48,101 +40,22 @@ NEW_SIZE = 16 << 10
 DELETE_AFTER = 3600.0
 #: Registration time of the new files: before now - DELETE_AFTER, so they are deleted.
 NEW_AGE = 7200.0
-#: Timecode dirs covered by the history (about a year).
-HISTORY_TCS = 365
-#: One old row in KEEP_EVERY is a keep-local file (synced, deletable=0, never removed);
-#: one in IGNORE_EVERY was given up on (ignored, never synced, not removed).
-KEEP_EVERY = 1000
-IGNORE_EVERY = 10_000
-
-COLUMNS = ("id", "local_path", "local_md5sum", "archive_name", "remote_path", "timestamp",
-           "remote_md5sum", "copied", "removed", "failed_copy_attempts", "deletable", "ignore")
-
-
-def _history_rows(n_rows: int, now: float, tcs: list[int]) -> Iterator[tuple]:
-    """Old rows in registration order: data files and one finalization file per dir."""
-    start = tcs[0] * 100_000
-    end = (tcs[-1] + 1) * 100_000
-    step = (end - start) / n_rows
-    # Dir tc was finalized 10 min into tc + 1 (its file lives in dir tc + 1).
-    fin_times = {tc: min((tc + 1) * 100_000 + 600, now - 3 * NEW_AGE) for tc in tcs}
-    pending = sorted((t, tc) for tc, t in fin_times.items())
-    row_id = 0
-    p = 0
-    for i in range(n_rows):
-        ts = start + i * step
-        while p < len(pending) and pending[p][0] <= ts:
-            t_fin, tc_fin = pending[p]
-            p += 1
-            row_id += 1
-            yield _fin_row(row_id, t_fin, tc_fin)
-        tc = int(ts // 100_000)
-        rel = f"{tc}/ufm_mv{i % 7}/{int(ts)}_{i % 1000:03d}.g3"
-        md5 = f"{i:032x}"
-        row_id += 1
-        if i % IGNORE_EVERY == IGNORE_EVERY - 1:
-            yield (row_id, "/data/smurf/" + rel, md5, ARCHIVE, rel, ts, None, None, None, 0, 1, 1)
-        elif i % KEEP_EVERY == KEEP_EVERY - 1:
-            yield (row_id, "/data/smurf/" + rel, md5, ARCHIVE, rel, ts, md5, ts + 30, None, 0, 0,
-                   0)
-        else:
-            yield (row_id, "/data/smurf/" + rel, md5, ARCHIVE, rel, ts, md5, ts + 30,
-                   ts + 86400, 0, 1, 0)
-    for t_fin, tc_fin in pending[p:]:
-        row_id += 1
-        yield _fin_row(row_id, t_fin, tc_fin)
+#: Old rows of a history catalog.
+HISTORY_ROWS = 1_000_000
+QUICK_ROWS = 3_000
+#: Shapes measured on PostgreSQL too.
+PG_SHAPES = ("a", "e")
+TARGET = Target("<=", 1.3)
+PG_TARGET = Target("<=", 1.5)
+MODES = {"agent": "agent (Agent.iterate)", "api": "original's API"}
 
 
-def _fin_row(row_id: int, t: float, tc: int) -> tuple:
-    name = f"{int(t)}_{ARCHIVE}_{tc}_finalized.yaml"
-    rel = f"{int(t // 100_000)}/suprsync/{INSTANCE_ID}/{name}"
-    md5 = f"f{row_id:031x}"
-    return (row_id, f"/data/suprsync/{rel}", md5, ARCHIVE, rel, t, md5, t + 30, t + 86400, 0, 1,
-            0)
-
-
-def build_history_catalog(path: Path, n_rows: int, now: float) -> dict[str, Any]:
-    """A catalog with n_rows old rows (plus finalization files), every dir finalized."""
-    from suprsync.catalog.schema import INDEXES
-
-    empty_catalog(path)
-    conn = sqlite3.connect(path)
-    current = now_tc(now)
-    tcs = list(range(current - HISTORY_TCS, current))
-    try:
-        for index in INDEXES:  # faster to index once at the end; the manager re-creates them
-            conn.execute(f"DROP INDEX IF EXISTS {index.name}")
-        fin_ids: dict[int, int] = {}
-        with conn:
-            marks = ", ".join("?" * len(COLUMNS))
-            conn.executemany(
-                f"INSERT INTO supersync_v0 ({', '.join(COLUMNS)}) VALUES ({marks})",
-                _history_rows(n_rows, now, tcs))
-            for row_id, remote in conn.execute(
-                    "SELECT id, remote_path FROM supersync_v0 WHERE remote_path LIKE "
-                    "'%/suprsync/%'"):
-                tc = int(remote.rsplit("_", 2)[-2])
-                fin_ids[tc] = row_id
-            conn.executemany(
-                "INSERT INTO timecode_dirs_v0 (timecode, archive_name, completed, synced, "
-                "finalized, finalize_file_id) VALUES (?, ?, 1, 1, 1, ?)",
-                [(tc, ARCHIVE, fin_ids[tc]) for tc in tcs])
-        total = conn.execute("SELECT count(*) FROM supersync_v0").fetchone()[0]
-    finally:
-        conn.close()
-    # Opening it as the agent would re-creates suprsync's indexes.
-    from suprsync.catalog.store import SupRsyncFilesManager
-
-    manager = SupRsyncFilesManager(str(path))
-    manager.close()
-    checkpoint(path)
-    return {"rows": total, "timecode_dirs": len(tcs), "bytes": path.stat().st_size}
-
-
-def _run_child(db: Path, run_dir: Path, profile: Path | None) -> dict[str, Any]:
-    argv = [sys.executable, "-m", "benchmarks.workloads.history_child", "--db", str(db),
-            "--run-dir", str(run_dir), "--new-files", str(NEW_FILES), "--size", str(NEW_SIZE),
-            "--delete-after", str(DELETE_AFTER), "--age", str(NEW_AGE)]
+def _run_child(db: str, mode: str, run_dir: Path, profile: Path | None,
+               new_files: int) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "benchmarks.workloads.history_child", "--db", db,
+            "--mode", mode, "--run-dir", str(run_dir), "--new-files", str(new_files),
+            "--size", str(NEW_SIZE), "--delete-after", str(DELETE_AFTER), "--age",
+            str(NEW_AGE)]
     if profile is not None:
         argv += ["--profile", str(profile)]
     out_path, err_path = run_dir / "child.out", run_dir / "child.err"
@@ -153,77 +66,158 @@ def _run_child(db: Path, run_dir: Path, profile: Path | None) -> dict[str, Any]:
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise BenchmarkError(f"history child on {db} failed ({proc.returncode}):\n"
+        raise BenchmarkError(f"history child ({mode}) on {db} failed ({proc.returncode}):\n"
                              f"{err_path.read_text(errors='replace')[-2000:]}")
     result = json.loads(out_path.read_text().strip().splitlines()[-1])
     result["ru_maxrss_mb"] = usage.ru_maxrss / 1024
     return result
 
 
+class SqliteCatalogs:
+    """Template catalog files, one per shape and one empty; copied per repetition."""
+
+    backend = "sqlite"
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.templates: dict[str, Path] = {}
+
+    def build(self, key: str, shape: Shape | None, n_rows: int, end: float,
+              scale: float) -> dict[str, Any]:
+        path = self.base / f"template-{key}.db"
+        self.templates[key] = path
+        if shape is None:
+            empty_catalog(path)
+            return {"rows": 0}
+        return build_sqlite(path, shape, n_rows, end, scale)
+
+    def fresh(self, key: str, run_dir: Path) -> str:
+        return str(copy_catalog(self.templates[key], run_dir / "catalog.db"))
+
+
+class PgCatalogs:
+    """Template databases of a PostgreSQL cluster; each run gets a copy."""
+
+    backend = "postgresql"
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.copies: dict[str, str] = {}
+
+    def build(self, key: str, shape: Shape | None, n_rows: int, end: float,
+              scale: float) -> dict[str, Any]:
+        self.server.psql(f"CREATE DATABASE tpl_{key}")
+        return build_postgresql(self.server.url(f"tpl_{key}"), shape, n_rows, end, scale)
+
+    def fresh(self, key: str, run_dir: Path) -> str:
+        name = f"run_{key}"
+        self.server.psql(f"DROP DATABASE IF EXISTS {name}")
+        self.server.psql(f"CREATE DATABASE {name} TEMPLATE tpl_{key} STRATEGY FILE_COPY")
+        return self.server.url(name)
+
+
+def _measure(ctx: Context, catalogs: Any, keys: list[str], base: Path,
+             new_files: int) -> dict[tuple[str, str], list[Sample]]:
+    """Alternate empty, shape, shape, ... for each mode; samples per (mode, key)."""
+    samples: dict[tuple[str, str], list[Sample]] = {}
+    for mode in MODES:
+        def side(key: str, mode: str = mode) -> Callable[[int], Sample]:
+            def one(rep: int) -> Sample:
+                run_dir = clear_dir(base / f"run-{catalogs.backend}-{mode}-{key}")
+                db = catalogs.fresh(key, run_dir)
+                out = _run_child(db, mode, run_dir, None, new_files)
+                return Sample(out["first_s"], checked=out["checked"], extra=out)
+            return one
+
+        ctx.log(f"  {catalogs.backend}, {MODES[mode]}")
+        got = alternate([(key, side(key)) for key in keys], ctx.reps, ctx.log)
+        for key, values in got.items():
+            samples[(mode, key)] = values
+    if ctx.profile_dir is not None:
+        for mode in MODES:
+            for key in keys:
+                run_dir = clear_dir(base / f"profile-{catalogs.backend}-{mode}-{key}")
+                db = catalogs.fresh(key, run_dir)
+                _run_child(db, mode, run_dir,
+                           ctx.profile_dir / f"history-{catalogs.backend}-{mode}-{key}",
+                           new_files)
+    return samples
+
+
+def _steady(samples: list[Sample]) -> list[Sample]:
+    return [Sample(s.extra["steady_s"], s.checked, loadavg=s.loadavg) for s in samples]
+
+
+def _pair_rows(ctx: Context, samples: dict[tuple[str, str], list[Sample]], backend: str,
+               shapes: list[Shape], target: Target, rows_label: str) -> list[dict[str, Any]]:
+    results = []
+    db = "" if backend == "sqlite" else "pg "
+    what = f"{NEW_FILES} new 16 KiB files, local destination, deletion on"
+    for mode, mode_text in MODES.items():
+        empty = samples[(mode, "empty")]
+        for shape in shapes:
+            one = samples[(mode, shape.key)]
+            for which, a, b, title in (
+                    ("first", one, empty, "first iteration of a fresh process (build + "
+                                          "iterate)"),
+                    ("steady", _steady(one), _steady(empty), "second iteration")):
+                rid = f"history_{'' if backend == 'sqlite' else 'pg_'}{mode}_{shape.key}_{which}"
+                results.append(pair_result(
+                    rid, "history",
+                    f"history {db}{mode} ({shape.key}) {shape.name}: "
+                    f"{'1st' if which == 'first' else '2nd'}",
+                    f"{backend}, {mode_text}, {title}: {rows_label} old rows "
+                    f"({shape.describe()}) vs an empty catalog ({what})",
+                    f"{rows_label} rows", a, "empty catalog", b, target, ctx.quick,
+                    floor="the same iteration on an empty catalog"))
+    return results
+
+
 def run(ctx: Context) -> list[dict[str, Any]]:
     base = clear_dir(ctx.work / "history")
-    now = time.time()
-    sizes = {"empty": 0, "100k": 2_000, "1M": 5_000} if ctx.quick else \
-        {"empty": 0, "100k": 100_000, "1M": 1_000_000}
-    templates: dict[str, Path] = {}
-    for label, n in sizes.items():
-        path = base / f"template-{label}.db"
-        start = time.perf_counter()
-        if n == 0:
-            empty_catalog(path)
-            info = {"rows": 0}
-        else:
-            info = build_history_catalog(path, n, now)
-        ctx.log(f"  catalog {label}: {info} built in {time.perf_counter() - start:.1f} s")
-        templates[label] = path
+    end = time.time() - 3 * NEW_AGE
+    n_rows = QUICK_ROWS if ctx.quick else HISTORY_ROWS
+    scale = n_rows / HISTORY_ROWS
+    new_files = 10 if ctx.quick else NEW_FILES
+    rows_label = f"{n_rows // 1000}k" if n_rows < 1_000_000 else f"{n_rows // 1_000_000}M"
+    keys = ["empty", *(s.key for s in SHAPES)]
 
-    def side(label: str):  # type: ignore[no-untyped-def]
-        def one(rep: int) -> Sample:
-            run_dir = clear_dir(base / f"run-{label}")
-            db = copy_catalog(templates[label], run_dir / "catalog.db")
-            out = _run_child(db, run_dir, None)
-            return Sample(out["first_s"], checked=out["checked"], extra=out)
-        return one
+    def build_all(catalogs: Any, shapes: list[Shape]) -> None:
+        for shape in [None, *shapes]:
+            start = time.perf_counter()
+            key = "empty" if shape is None else shape.key
+            info = catalogs.build(key, shape, n_rows, end, scale)
+            ctx.log(f"  {catalogs.backend} catalog {key}: {info} built in "
+                    f"{time.perf_counter() - start:.1f} s")
 
-    order = ["1M", "empty", "100k"]
-    samples = alternate([(label, side(label)) for label in order], ctx.reps, ctx.log)
+    sqlite = SqliteCatalogs(base)
+    build_all(sqlite, list(SHAPES))
+    samples = _measure(ctx, sqlite, keys, base, new_files)
+    results = _pair_rows(ctx, samples, "sqlite", list(SHAPES), TARGET, rows_label)
 
-    if ctx.profile_dir is not None:
-        for label in ("1M", "empty"):
-            run_dir = clear_dir(base / f"profile-{label}")
-            db = copy_catalog(templates[label], run_dir / "catalog.db")
-            _run_child(db, run_dir, ctx.profile_dir / f"history-{label}")
+    from ..pg import start_pg
 
-    def steady(label: str) -> list[Sample]:
-        return [Sample(s.extra["steady_s"], s.checked, loadavg=s.loadavg)
-                for s in samples[label]]
+    pg_shapes = [s for s in SHAPES if s.key in PG_SHAPES]
+    server = start_pg()
+    try:
+        pg = PgCatalogs(server)
+        build_all(pg, pg_shapes)
+        pg_samples = _measure(ctx, pg, ["empty", *PG_SHAPES], base, new_files)
+    finally:
+        server.stop()
+    results += _pair_rows(ctx, pg_samples, "postgresql", pg_shapes, PG_TARGET, rows_label)
 
-    n1, n2 = ("5k", "2k") if ctx.quick else ("1M", "100k")
-    what = f"{NEW_FILES} new 16 KiB files, local destination, deletion on"
-    results = []
-    for label, name in (("1M", n1), ("100k", n2)):
-        results.append(pair_result(
-            f"history_{label.lower()}_first", "history", f"history {name}: 1st iteration",
-            f"History {name} rows vs empty: first iteration of a new agent ({what})",
-            f"{name} rows", samples[label], "empty catalog", samples["empty"],
-            Target("<=", 2.0), ctx.quick,
-            notes="first iterate() of a fresh Agent: includes the one-time scan of the "
-                  "archive for timecode dirs (what `suprsync run --once` pays every run)"))
-        results.append(pair_result(
-            f"history_{label.lower()}_steady", "history", f"history {name}: 2nd iteration",
-            f"History {name} rows vs empty: second iteration of the same agent ({what})",
-            f"{name} rows", steady(label), "empty catalog", steady("empty"),
-            Target("<=", 2.0), ctx.quick, notes="steady state of a long-running agent"))
-    for label, name, target in (("1M", n1, Target("<", 200.0)), ("100k", n2, None),
-                                ("empty", "empty", None)):
+    for key, label, target in (("a", f"{rows_label} (a)", Target("<", 200.0)),
+                               ("empty", "empty", None)):
+        values = samples[("agent", key)]
         results.append(value_result(
-            f"history_{label.lower()}_peak_rss", "history", f"history {name}: peak RSS",
-            f"Peak RSS of the agent process, {name} {'catalog' if label == 'empty' else 'rows'}"
-            " (VmHWM, both iterations)", "MB",
-            [s.extra["vmhwm_mb"] for s in samples[label]], target, ctx.quick,
+            f"history_{'1m' if key == 'a' else key}_peak_rss", "history",
+            f"history {label}: peak RSS",
+            f"Peak RSS of the agent process, {label} catalog (VmHWM, both iterations)", "MB",
+            [s.extra["vmhwm_mb"] for s in values], target, ctx.quick,
             notes=f"RSS after imports, before the first iteration: "
-                  f"{max(s.extra['rss_before_mb'] for s in samples[label]):.1f} MB; "
+                  f"{max(s.extra['rss_before_mb'] for s in values):.1f} MB; "
                   f"ru_maxrss of the child from wait4: "
-                  f"{max(s.extra['ru_maxrss_mb'] for s in samples[label]):.1f} MB; "
+                  f"{max(s.extra['ru_maxrss_mb'] for s in values):.1f} MB; "
                   f"rsync and other programs it starts are separate processes, not counted"))
     return results

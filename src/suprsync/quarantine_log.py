@@ -22,8 +22,12 @@ log = logging.getLogger(__name__)
 
 F = SupRsyncFile
 
-#: Older ids read per check.
+#: Older ids read per check: MIN_SWEEP, or SWEEP_PER_NEW per id added since the last
+#: check, at most SCAN_CHUNK. The sweep's cost follows the work of the iteration, not
+#: the size of the catalog.
 SCAN_CHUNK = 10_000
+MIN_SWEEP = 1000
+SWEEP_PER_NEW = 4
 #: Rows logged one by one per process; beyond that, only how many more were found.
 MAX_LINES = 1000
 
@@ -57,14 +61,15 @@ class QuarantineLog:
             sweep = self._sweep if self._high is not None else top
             if sweep <= 0:
                 sweep = high  # start the sweep again from the newest row seen
-            ranges = [(high, top), (max(0, sweep - self.chunk), sweep)]
+            chunk = min(self.chunk, max(MIN_SWEEP, SWEEP_PER_NEW * max(0, top - high)))
+            ranges = [(high, top), (max(0, sweep - chunk), sweep)]
             found: list[dict] = []
             for low, up_to in ranges:
                 if up_to > low:
                     # archive_name || '': scan the id range, not the archive's index.
                     found += quarantined_rows(session, F.id > low, F.id <= up_to,
                                               F.archive_name.concat("") == archive)
-            return top, max(0, sweep - self.chunk), found
+            return top, max(0, sweep - chunk), found
 
         top, self._sweep, found = self.manager.read(scan, what="look for quarantined rows")
         self._high = max(top, self._high or 0)

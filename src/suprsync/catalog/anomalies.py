@@ -79,6 +79,8 @@ class DirWatch:
     rows_ahead: bool = False
     #: Highest file id scanned for late files (None: never scanned).
     scanned_up_to: int | None = None
+    #: The scan mark last recorded in the catalog (see lateness.scan_mark).
+    recorded_mark: int | None = None
     _logged_future: set[int] = field(default_factory=set)
 
     def saw_future(self, timecodes: list[int], now: float) -> None:
@@ -104,6 +106,14 @@ class DirWatch:
                         "finalization file will describe it once it is verified",
                         f.local_path, f.file_id, f.remote_path, f.timecode,
                         self.archive_name)
+
+    def scan_mark(self) -> int | None:
+        """Highest id below which every late file found is described (None: never scanned)."""
+        if self.scanned_up_to is None:
+            return None
+        if not self.late:
+            return self.scanned_up_to
+        return min(self.scanned_up_to, min(self.late) - 1)
 
     def described(self, timecode: int, up_to: int) -> None:
         """A further finalization file of this dir describes its rows up to this id."""

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, inspect, select
+from sqlalchemy import false, func, inspect, or_, select
 from sqlalchemy.orm import Session
 
 from ..paths import timecode_of
+from .meta import get_meta, set_meta
 from .quarantine import printable
 from .schema import NOT_IGNORED, Supplement, SupRsyncFile, TimecodeDir
 
@@ -25,9 +26,13 @@ S = Supplement
 
 #: Subdirectory of a timecode dir that holds finalization files.
 SUPRSYNC_SUBDIR = "suprsync"
-#: Ids below the last scanned one that are read again: on PostgreSQL a row can
-#: commit after rows with higher ids.
+#: Ids below the last scanned one that are read again on PostgreSQL, where a row can
+#: commit after rows with higher ids (sqlite hands out ids under its write lock, so
+#: they become visible in order).
 RESCAN_IDS = 5000
+#: Meta key prefix: the file id up to which an archive's rows were scanned for late
+#: files with every late one found there described since (a new process starts there).
+SCAN_MARK_PREFIX = "late_files_scanned_up_to:"
 
 
 @dataclass(frozen=True)
@@ -75,12 +80,33 @@ def described_bounds(session: Session, archive_name: str) -> dict[int, int]:
     return bounds
 
 
+#: Dirs finalized within a scanned id range that get a condition of their own.
+MAX_DIR_TERMS = 50
+
+
+def _maybe_late(bounds: dict[int, int], low: int):  # type: ignore[no-untyped-def]
+    """SQL condition that keeps every row with an id above ``low`` that may be late.
+
+    Only rows under a finalized dir, above its bound, can be late: the others (today's
+    files, a dir's files before its finalization) are left out by SQL instead of being
+    read one by one. A superset: the caller still checks each row it gets.
+    """
+    head = func.substr(func.ltrim(F.remote_path, "/"), 1, 6)
+    inside = {tc: b for tc, b in bounds.items() if b > low}
+    if len(inside) > MAX_DIR_TERMS:  # a first scan: the prefix alone
+        return head.in_([f"{tc}/" for tc in bounds])
+    below = [f"{tc}/" for tc, b in bounds.items() if b <= low]
+    return or_(*([head.in_(below)] if below else []),
+               *((head == f"{tc}/") & (F.id > b) for tc, b in inside.items()),
+               false())
+
+
 def find_late_files(session: Session, archive_name: str, after_id: int = 0,
                     only: set[int] | None = None) -> list[LateFile]:
     """Late files of the archive with an id above after_id (of the dirs in ``only``).
 
-    The scan is a primary-key range that reads 15 characters of each remote path;
-    only the rows found late are read whole.
+    The scan is a primary-key range that reads 15 characters of the remote paths
+    under finalized dirs; only the rows found late are read whole.
     """
     bounds = described_bounds(session, archive_name)
     if only is not None:
@@ -91,7 +117,8 @@ def find_late_files(session: Session, archive_name: str, after_id: int = 0,
     # archive_name || '' keeps the planner on the primary-key range.
     heads = session.execute(
         select(F.id, func.substr(F.remote_path, 1, 15))
-        .where(F.id > low, F.archive_name.concat("") == archive_name, NOT_IGNORED)
+        .where(F.id > low, F.archive_name.concat("") == archive_name, NOT_IGNORED,
+               _maybe_late(bounds, low))
         .execution_options(yield_per=5000))
     found: dict[int, int] = {}
     for file_id, head in heads:
@@ -111,6 +138,31 @@ def find_late_files(session: Session, archive_name: str, after_id: int = 0,
             late.append(LateFile(found[file_id], int(file_id), str(printable(remote)),
                                  str(printable(local))))
     return late
+
+
+def rescan_ids(session: Session) -> int:
+    """Ids below the last scanned one to read again on this catalog."""
+    return RESCAN_IDS if session.get_bind().dialect.name == "postgresql" else 0
+
+
+def scan_mark(session: Session, archive_name: str, top: int) -> int:
+    """Where a process that never scanned this archive starts its scan for late files.
+
+    Ids up to the recorded mark were scanned by an earlier process, and the late
+    files among them were described; the last rescan_ids() below it are read again.
+    A mark above the highest id (the table was emptied and refilled) is not trusted.
+    """
+    value = get_meta(session, SCAN_MARK_PREFIX + archive_name)
+    try:
+        mark = int(value) if value is not None else 0
+    except ValueError:
+        mark = 0
+    return max(0, mark - rescan_ids(session)) if 0 < mark <= top else 0
+
+
+def record_scan_mark(session: Session, archive_name: str, mark: int) -> None:
+    """Record that the archive's rows up to ``mark`` need no scan for late files again."""
+    set_meta(session, SCAN_MARK_PREFIX + archive_name, str(int(mark)))
 
 
 def dir_bound(session: Session, archive_name: str, timecode: int) -> int | None:

@@ -27,7 +27,15 @@ from ..hashing import md5_file
 from ..paths import subdir_of, timecode_of
 from .anomalies import DirWatch, future_dirs, future_limit, newest_timestamp, timecode_at
 from .hints import UNSYNCED_ROWS
-from .lateness import RESCAN_IDS, SUPRSYNC_SUBDIR, dir_bound, find_late_files, own_file
+from .lateness import (
+    SUPRSYNC_SUBDIR,
+    dir_bound,
+    find_late_files,
+    own_file,
+    record_scan_mark,
+    rescan_ids,
+    scan_mark,
+)
 from .quarantine import HEALTHY, QUARANTINED, printable
 from .schema import NOT_IGNORED, SYNCED, UNSYNCED, Supplement, SupRsyncFile, TimecodeDir
 
@@ -173,12 +181,41 @@ def unsynced_count(session: Session, archive_name: str, timecode: int) -> int:
     return count(UNSYNCED, hint=UNSYNCED_ROWS) or count(SYNCED, QUARANTINED)
 
 
+def _dir_of_prefix(prefix: object) -> int | None:
+    """The timecode of a 6-character remote path prefix ``NNNNN/`` (what in_dir matches)."""
+    if (isinstance(prefix, str) and len(prefix) == 6 and prefix[5] == "/"
+            and prefix[:5].isascii() and prefix[:5].isdigit()):
+        return int(prefix[:5])
+    return None
+
+
+def blocked_dirs(session: Session, archive_name: str) -> set[int]:
+    """Timecode dirs of the archive that hold a non-ignored file not verified.
+
+    One read of the archive's unsynced rows (a partial index: as many entries as
+    files waiting or given up on, however long the history).
+    """
+    prefixes = session.scalars(
+        select(func.substr(F.remote_path, 1, 6))
+        .where(F.archive_name == archive_name, UNSYNCED, NOT_IGNORED).distinct()
+        .with_hint(F, UNSYNCED_ROWS, "sqlite"))
+    return {tc for prefix in prefixes if (tc := _dir_of_prefix(prefix)) is not None}
+
+
 def mark_synced(session: Session, archive_name: str) -> list[int]:
-    """Mark completed dirs whose non-ignored files are all verified; return their timecodes."""
+    """Mark completed dirs whose non-ignored files are all verified; return their timecodes.
+
+    Dirs held back by an unsynced file (one at the attempt limit stays so forever)
+    are found by one query, not by reading each of them on every call.
+    """
     candidates = list(session.scalars(
         select(TD.timecode).where(TD.archive_name == archive_name, TD.completed.is_(True),
                                   NOT_SYNCED, NOT_FINALIZED)))
-    done = [tc for tc in candidates if unsynced_count(session, archive_name, tc) == 0]
+    if not candidates:
+        return []
+    blocked = blocked_dirs(session, archive_name)
+    done = [tc for tc in candidates
+            if tc not in blocked and unsynced_count(session, archive_name, tc) == 0]
     if done:
         session.execute(update(TD).where(TD.archive_name == archive_name,
                                          TD.timecode.in_(done)).values(synced=True))
@@ -507,11 +544,14 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
     """
     now = manager.clock()
     watch = watch if watch is not None else watch_of(manager, archive_name)
-    after = None if watch.scanned_up_to is None else max(0, watch.scanned_up_to - RESCAN_IDS)
+    scanned = watch.scanned_up_to
 
     def look(session: Session) -> tuple[list[int], float | None, int, list]:
         top = max_file_id(session)
-        late = find_late_files(session, archive_name, after_id=after or 0)
+        # A process new to the archive starts where the last one left off.
+        start = (scan_mark(session, archive_name, top) if scanned is None
+                 else max(0, scanned - rescan_ids(session)))
+        late = find_late_files(session, archive_name, after_id=start)
         return (future_dirs(session, archive_name, now), newest_timestamp(session, archive_name),
                 top, late)
 
@@ -521,7 +561,11 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
     watch.scanned_up_to = top
     trusted = not watch.saw_clock(newest, now) and clock_ok
 
+    mark = watch.scan_mark()
+
     def advance(session: Session) -> list[int]:
+        if mark is not None and mark != watch.recorded_mark:
+            record_scan_mark(session, archive_name, mark)
         mark_completed(session, archive_name, now, by_age=trusted)
         mark_synced(session, archive_name)
         return list(session.scalars(
@@ -530,6 +574,7 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
             .distinct().order_by(TD.timecode)))
 
     ready = manager.write(advance, what=f"update timecode dirs of {archive_name}")
+    watch.recorded_mark = mark
     finalized: list[TimecodeDir] = []
     if not trusted:
         return finalized
