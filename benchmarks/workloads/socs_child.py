@@ -1,6 +1,9 @@
 """Child process of the socs workload: register new files, time one iteration of the loop
 of the original agent through an implementation of its API.
 
+The same process then registers 100 more files and times a second iteration: the
+steady state of a long-running agent, which is how the original always runs.
+
 Run as a script by either interpreter: ``--impl socs`` imports ``socs.db.suprsync`` (the
 original, socs 0.6.4, in its own environment), ``--impl suprsync`` the compatibility
 layer of suprsync. It uses only the standard library besides that, so that both
@@ -10,8 +13,8 @@ One iteration is what the original agent's ``run`` loop does each time round, wi
 its defaults (every copyable file in one batch, 5 copy attempts): ``copy_files``,
 ``get_archive_stats``, ``delete_files`` and ``update_all_timecode_dirs``.
 
-Prints one JSON line: seconds, steps (seconds per call), copied (local path, md5 ok),
-expected ({remote path: md5}), impl_file.
+Prints one JSON line: first_s, steady_s, steps (per iteration, seconds per call),
+copied ([local path, md5 ok] of both), expected ({remote path: md5}), impl_file.
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=16 << 10)
     p.add_argument("--delete-after", type=float, default=3600)
     p.add_argument("--age", type=float, default=7200)
-    p.add_argument("--profile", type=Path, default=None, help="write cProfile data here")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="write profiles to <PROFILE>-iteration<N>.prof (suprsync: and .txt, "
+                        ".folded)")
     ns = p.parse_args(argv)
 
     api = _api(ns.impl)
@@ -62,25 +67,26 @@ def main(argv: list[str] | None = None) -> int:
     file_root = ns.run_dir / "suprsync-files"
     remote.mkdir(parents=True, exist_ok=True)
     manager = api.SupRsyncFilesManager(str(ns.db))
-    registered = time.time() - ns.age
-    tc = int(time.time() // 1e5)
-    expected = {}
-    for i in range(ns.new_files):
-        rel = f"{tc}/ufm_mv1/{int(registered)}_{i:03d}.g3"
-        md5 = _write_file(data / rel, ns.size)
-        manager.add_file(str(data / rel), rel, ARCHIVE, local_md5sum=md5, timestamp=registered)
-        expected[rel] = md5
     handler = api.SupRsyncFileHandler(manager, ARCHIVE, str(remote), chmod="g+rwX,o+rX")
+    expected: dict[str, str] = {}
 
-    steps: dict[str, float] = {}
+    def register(batch: str) -> None:
+        registered = time.time() - ns.age
+        tc = int(time.time() // 1e5)
+        for i in range(ns.new_files):
+            rel = f"{tc}/ufm_mv1/{int(registered)}_{batch}_{i:03d}.g3"
+            md5 = _write_file(data / rel, ns.size)
+            manager.add_file(str(data / rel), rel, ARCHIVE, local_md5sum=md5,
+                             timestamp=registered)
+            expected[rel] = md5
 
-    def step(name: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
-        start = time.perf_counter()
-        result = fn(*args, **kwargs)
-        steps[name] = time.perf_counter() - start
-        return result
+    def iteration(steps: dict[str, float]) -> list[tuple[str, bool]]:
+        def step(name: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+            start = time.perf_counter()
+            result = fn(*args, **kwargs)
+            steps[name] = time.perf_counter() - start
+            return result
 
-    def iteration() -> list[tuple[str, bool]]:
         copied = step("copy_files", handler.copy_files, max_copy_attempts=MAX_COPY_ATTEMPTS,
                       num_files=None)
         step("get_archive_stats", manager.get_archive_stats, ARCHIVE)
@@ -89,22 +95,34 @@ def main(argv: list[str] | None = None) -> int:
              str(file_root), INSTANCE_ID)
         return [(str(path), bool(ok)) for path, ok in copied]
 
-    profile = cProfile.Profile() if ns.profile is not None else None
-    start = time.perf_counter()
-    if profile is not None:
-        profile.enable()
-    copied = iteration()
-    if profile is not None:
-        profile.disable()
-    seconds = time.perf_counter() - start
-    if profile is not None:
-        profile.dump_stats(str(ns.profile))
+    times, all_steps, copied = [], [], []
+    for n, batch in enumerate(("a", "b")):
+        register(batch)
+        steps: dict[str, float] = {}
+        start = time.perf_counter()
+        prefix = None if ns.profile is None else Path(f"{ns.profile}-iteration{n + 1}")
+        if prefix is None:
+            copied += iteration(steps)
+        elif ns.impl == "suprsync":  # cProfile and wall-clock samples of every thread
+            sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+            from benchmarks.profiling import Profiled
+
+            with Profiled(prefix):
+                copied += iteration(steps)
+        else:
+            profile = cProfile.Profile()
+            profile.enable()
+            copied += iteration(steps)
+            profile.disable()
+            profile.dump_stats(f"{prefix}.prof")
+        times.append(time.perf_counter() - start)
+        all_steps.append(steps)
     if hasattr(handler, "close"):
         handler.close()
     if hasattr(manager, "close"):
         manager.close()
-    print(json.dumps({"seconds": seconds, "steps": steps, "copied": copied,
-                      "expected": expected, "impl_file": api.__file__}))
+    print(json.dumps({"first_s": times[0], "steady_s": times[1], "steps": all_steps,
+                      "copied": copied, "expected": expected, "impl_file": api.__file__}))
     return 0
 
 
