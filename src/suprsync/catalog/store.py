@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..hashing import md5_file
 from ..paths import check_local_file, normalize_remote_path, timecode_of
-from . import filecount
+from . import filecount, tcscan
 from . import timecode as tc_rules
 from .conflicts import pin
 from .engine import CatalogBusy, configure_sqlite, make_engine, retry_busy
@@ -516,20 +516,26 @@ class SupRsyncFilesManager:
     def detect_timecode_dirs(self, archive_name: str) -> int:
         """Create timecode-dir rows for files registered since the last call.
 
-        New rows are scanned at once; rows older than this manager's first call are
-        scanned backwards, TC_SCAN_CHUNK ids per call, so that no call reads the
-        whole archive. Returns the number of dir rows created.
+        New rows are scanned at once; older rows are scanned backwards, TC_SCAN_CHUNK
+        ids per call, so that no call reads the whole archive. The range covered is
+        kept in the catalog, so that a new process goes on from there (tcscan.py).
+        Returns the number of dir rows created.
         """
         scanned = self._tc_scanned.get(archive_name)
 
         def scan(session: Session) -> tuple[int, tuple[int, int]]:
             top = tc_rules.max_file_id(session)
-            low, high = scanned if scanned is not None else (top, top)
+            start = scanned if scanned is not None else tcscan.stored_range(
+                session, archive_name, top)
+            low, high = start if start is not None else (top, top)
             created, _ = tc_rules.scan_timecodes(session, archive_name, high, top)
             new_low = max(0, low - TC_SCAN_CHUNK)
             if low > 0:
                 created += tc_rules.scan_timecodes(session, archive_name, new_low, low)[0]
-            return created, (new_low, max(high, top))
+            covered = (new_low, max(high, top))
+            if covered != start:
+                tcscan.store_range(session, archive_name, *covered)
+            return created, covered
 
         created, self._tc_scanned[archive_name] = self.write(scan, what="detect timecode dirs")
         return created
