@@ -81,3 +81,26 @@ def test_a_deletion_or_a_damaged_value_starts_afresh(tmp_path: Path) -> None:
                      (tcscan.PREFIX + ARCHIVE,))
     assert _detect_in_new_manager(db) == 1
     assert _dirs(db) == [16003]
+
+
+def test_rows_scanned_after_the_kept_range_are_scanned_again(tmp_path: Path) -> None:
+    """The range is brought forward every STORE_STEP rows: a new process rescans the rest."""
+    db = _catalog(tmp_path)
+    for _ in range(4):
+        _detect_in_new_manager(db)
+    manager = SupRsyncFilesManager(str(db))
+    try:
+        manager.detect_timecode_dirs(ARCHIVE)
+        with sqlite3.connect(db) as conn:
+            conn.execute("INSERT INTO supersync_v0 (id, local_path, local_md5sum, "
+                         "archive_name, remote_path, timestamp) "
+                         "VALUES (31, '/d/31', 'x', ?, '16009/f', 31)", (ARCHIVE,))
+        assert manager.detect_timecode_dirs(ARCHIVE) == 1
+        with manager.Session() as session:
+            assert tcscan.stored_range(session, ARCHIVE, 31) == (0, 30)  # one row: not kept
+    finally:
+        manager.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM timecode_dirs_v0 WHERE timecode = 16009")
+    assert _detect_in_new_manager(db) == 1
+    assert _dirs(db) == [16001, 16002, 16003, 16009]

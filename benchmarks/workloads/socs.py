@@ -2,7 +2,8 @@
 
 A catalog of 100,000 old rows in the history workload's shape a (every old row
 synced and removed, timecode dirs of 2,740 rows, each finalized), left as a running
-suprsync agent leaves it (its row count stored), is built once with plain sqlite3
+suprsync agent leaves it (its row count stored, every row scanned for timecode
+dirs), is built once with plain sqlite3
 and copied for each repetition. Each repetition runs, in turn, one child process
 per side (``socs_child.py``): the peer environment's Python with ``socs.db.suprsync``
 and this environment's Python with ``suprsync``. The child registers 100 new 16 KiB
@@ -113,12 +114,15 @@ def _check(impl: str, db: Path, run_dir: Path, out: dict[str, Any], new_files: i
 
 
 def _warm(template: Path) -> None:
-    """Leave the catalog as a running suprsync agent does: its row count stored."""
-    from suprsync.catalog.store import SupRsyncFilesManager
+    """Leave the catalog as a running suprsync agent does: its row count stored, every
+    row scanned for timecode dirs."""
+    from suprsync.catalog.store import TC_SCAN_CHUNK, SupRsyncFilesManager
 
     manager = SupRsyncFilesManager(str(template))
     try:
         manager.get_archive_stats(ARCHIVE)
+        for _ in range(manager.max_file_id() // TC_SCAN_CHUNK + 2):
+            manager.detect_timecode_dirs(ARCHIVE)
     finally:
         manager.close()
     checkpoint(template)

@@ -181,6 +181,8 @@ class SupRsyncFilesManager:
         self._count_jobs_lock = threading.Lock()
         # Per archive, the file ids already scanned for timecode dirs: (low, high].
         self._tc_scanned: dict[str, tuple[int, int]] = {}
+        # Per archive, the scanned range kept in the catalog (see tcscan.py).
+        self._tc_kept: dict[str, tuple[int, int] | None] = {}
 
     @property
     def engine(self):  # type: ignore[no-untyped-def]
@@ -522,22 +524,26 @@ class SupRsyncFilesManager:
         Returns the number of dir rows created.
         """
         scanned = self._tc_scanned.get(archive_name)
+        kept = self._tc_kept.get(archive_name)
 
-        def scan(session: Session) -> tuple[int, tuple[int, int]]:
+        def scan(session: Session) -> tuple[int, tuple[int, int], tuple[int, int] | None]:
             top = tc_rules.max_file_id(session)
-            start = scanned if scanned is not None else tcscan.stored_range(
+            in_catalog = kept if scanned is not None else tcscan.stored_range(
                 session, archive_name, top)
+            start = scanned if scanned is not None else in_catalog
             low, high = start if start is not None else (top, top)
             created, _ = tc_rules.scan_timecodes(session, archive_name, high, top)
             new_low = max(0, low - TC_SCAN_CHUNK)
             if low > 0:
                 created += tc_rules.scan_timecodes(session, archive_name, new_low, low)[0]
             covered = (new_low, max(high, top))
-            if covered != start:
+            if tcscan.worth_storing(in_catalog, covered):
                 tcscan.store_range(session, archive_name, *covered)
-            return created, covered
+                in_catalog = covered
+            return created, covered, in_catalog
 
-        created, self._tc_scanned[archive_name] = self.write(scan, what="detect timecode dirs")
+        created, self._tc_scanned[archive_name], self._tc_kept[archive_name] = self.write(
+            scan, what="detect timecode dirs")
         return created
 
     def _ensure_tcdir(self, session: Session, archive_name: str, timecode: int | None) -> None:

@@ -20,6 +20,9 @@ from . import filecount
 from .meta import get_meta, set_meta
 
 PREFIX = "timecode_dirs_scanned:"
+#: New rows scanned after which the kept range is brought forward (a new process
+#: scans at most this many rows again; fewer writes meanwhile).
+STORE_STEP = 1000
 
 
 def stored_range(session: Session, archive_name: str, top: int) -> tuple[int, int] | None:
@@ -36,6 +39,11 @@ def stored_range(session: Session, archive_name: str, top: int) -> tuple[int, in
     if now is None or mark != now or not 0 <= low <= high <= top:
         return None
     return low, high
+
+
+def worth_storing(kept: tuple[int, int] | None, covered: tuple[int, int]) -> bool:
+    """True when the range covered now should replace the one kept in the catalog."""
+    return kept is None or covered[0] < kept[0] or covered[1] - kept[1] >= STORE_STEP
 
 
 def store_range(session: Session, archive_name: str, low: int, high: int) -> None:
