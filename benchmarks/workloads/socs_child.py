@@ -1,8 +1,5 @@
 """Child process of the socs workload: register new files, time one iteration of the loop
-of the original agent through an implementation of its API.
-
-The same process then registers 100 more files and times a second iteration: the
-steady state of a long-running agent, which is how the original always runs.
+of the original agent through an implementation of its API, then a second one.
 
 Run as a script by either interpreter: ``--impl socs`` imports ``socs.db.suprsync`` (the
 original, socs 0.6.4, in its own environment), ``--impl suprsync`` the compatibility
@@ -11,7 +8,9 @@ environments can run it.
 
 One iteration is what the original agent's ``run`` loop does each time round, with
 its defaults (every copyable file in one batch, 5 copy attempts): ``copy_files``,
-``get_archive_stats``, ``delete_files`` and ``update_all_timecode_dirs``.
+``get_archive_stats``, ``delete_files`` and ``update_all_timecode_dirs``. The same
+process then registers as many files again and times a second iteration: the steady
+state of a long-running agent, which is how the original always runs.
 
 Prints one JSON line: first_s, steady_s, steps (per iteration, seconds per call),
 copied ([local path, md5 ok] of both), expected ({remote path: md5}), impl_file.
