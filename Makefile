@@ -67,10 +67,10 @@ test: deps pgdeps venv peer crossbar
 demo: deps venv
 	$(PY) scripts/demo.py
 
-bench: deps venv
+bench: deps venv peer
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
-bench-quick: deps venv
+bench-quick: deps venv peer
 	$(PY) -m benchmarks.run --quick --reps 1 --out benchmarks/results-quick.json $(BENCH_ARGS)
 
 clean:

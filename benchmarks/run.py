@@ -36,6 +36,7 @@ from benchmarks.workloads import (  # noqa: E402
     pending,
     registration,
     small_files,
+    socs,
 )
 
 WORKLOADS: dict[str, Callable[[Context], list[dict[str, Any]]]] = {
@@ -46,6 +47,7 @@ WORKLOADS: dict[str, Callable[[Context], list[dict[str, Any]]]] = {
     "registration": registration.run,
     "latency": latency.run,
     "pending": pending.run,
+    "socs": socs.run,
 }
 
 

@@ -25,7 +25,7 @@ HISTORY_IDS = {f"history_{db}{mode}_{shape}_{which}"
                for shape in shapes for which in ("first", "steady")}
 RATIO_IDS = HISTORY_IDS | {
     "small_files_ssh", "large_files_ssh", "large_files_local", "register_add_file",
-    "register_add_local_files", "latency_parallel",
+    "register_add_local_files", "latency_parallel", "socs_api_first", "socs_api_steady",
     *(f"{base}{suffix}" for base in ("small_files_ssh", "large_files_ssh", "large_files_local")
       for suffix in ("_process", "_floor", "_process_floor")),
 }
@@ -111,6 +111,18 @@ def test_copies_arrived_intact(quick_run: tuple[dict, Path, str], workload: str,
         assert got == expected, f"{workload}/{copy}"
 
 
+def _verified_and_removed(run: Path) -> int:
+    """Rows of files under <run>/data that are verified and deleted locally."""
+    conn = sqlite3.connect(run / "catalog.db")
+    try:
+        return conn.execute(
+            "SELECT count(*) FROM supersync_v0 WHERE local_path LIKE ? AND "
+            "remote_md5sum = local_md5sum AND removed IS NOT NULL",
+            (f"{run / 'data'}%",)).fetchone()[0]
+    finally:
+        conn.close()
+
+
 def test_history_iterations_copied_and_deleted(quick_run: tuple[dict, Path, str]) -> None:
     _, work, _ = quick_run
     runs = sorted((work / "history").glob("run-*-*-*"))
@@ -123,15 +135,16 @@ def test_history_iterations_copied_and_deleted(quick_run: tuple[dict, Path, str]
         assert not list((run / "data").rglob("*.g3")), f"{run.name}: local copies not deleted"
         if not run.name.startswith("run-sqlite"):
             continue  # the PostgreSQL cluster is gone; the child checked its rows
-        conn = sqlite3.connect(run / "catalog.db")
-        try:
-            done = conn.execute(
-                "SELECT count(*) FROM supersync_v0 WHERE local_path LIKE ? AND "
-                "remote_md5sum = local_md5sum AND removed IS NOT NULL",
-                (f"{run / 'data'}%",)).fetchone()[0]
-        finally:
-            conn.close()
-        assert done == 20, run.name
+        assert _verified_and_removed(run) == 20, run.name
+
+
+def test_socs_sides_copied_and_deleted(quick_run: tuple[dict, Path, str]) -> None:
+    _, work, _ = quick_run
+    for impl in ("socs", "suprsync"):
+        run = work / "socs" / f"run-{impl}"
+        assert len(list((run / "remote").rglob("*.g3"))) == 40, impl  # 2 x 20 quick files
+        assert not list((run / "data").rglob("*.g3")), f"{impl}: local copies not deleted"
+        assert _verified_and_removed(run) == 40, impl
 
 
 def test_bulk_registration_catalog(quick_run: tuple[dict, Path, str]) -> None:

@@ -316,10 +316,13 @@ def copy_batch(
                           pipeline, agent_id, max_copy_attempts, notes)
             if remaining is not None:
                 remaining -= len(batch)
+            last = len(batch) < want  # a short slice: nothing later was copyable
             del batch
             release_free_memory()  # what the slice's threads freed, before the next one
             if report.failed or transport.children.aborted:
                 break  # the destination is in doubt: the rest waits for the next iteration
+            if last:
+                break
         if not claimed_any:
             ready.result()
     report.stop_time = clock()

@@ -23,6 +23,10 @@ from .base import (
 )
 from .rsync import rsync_argv, rsync_files_from
 
+#: Files of at most this many bytes in all are hashed in the calling thread: for
+#: them, starting threads costs more than it saves.
+INLINE_HASH_BYTES = 8 << 20
+
 
 class LocalTransport(Transport):
     """rsync to a directory of this host; checksums computed here."""
@@ -65,6 +69,9 @@ class LocalTransport(Transport):
                 return rel, md5_file(path)
             except OSError:
                 return rel, None
+
+        if len(rel_paths) == 1 or 0 < total_bytes <= INLINE_HASH_BYTES:
+            return {rel: md5 for rel, md5 in map(one, rel_paths) if md5 is not None}
 
         def some(rels: list[str]) -> list[tuple[str, str | None]]:
             return [one(rel) for rel in rels]
