@@ -207,7 +207,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
         server.stop()
     results += _pair_rows(ctx, pg_samples, "postgresql", pg_shapes, PG_TARGET, rows_label)
 
-    for key, label, target in (("a", f"{rows_label} (a)", Target("<", 200.0)),
+    for key, label, target in (("a", f"{rows_label} (a)", Target("<=", 100.0)),
                                ("empty", "empty", None)):
         values = samples[("agent", key)]
         results.append(value_result(
