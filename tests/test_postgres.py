@@ -423,7 +423,10 @@ def test_migrate_copies_every_row_refuses_a_full_destination_and_agent_continues
                       timeout=60)
         assert run.returncode == 0, run.stderr
         assert "Traceback" not in run.stderr, run.stderr
-        assert sorted(VERIFIED.findall(run.stderr)) == sorted(new_rels)
+        verified = VERIFIED.findall(run.stderr)
+        # The new files, then the finalization file of the completed dir, in the same run.
+        assert sorted(verified[:-1]) == sorted(new_rels)
+        assert verified[-1].endswith(f"_{ARCHIVE}_{now_tc - 4}_finalized.yaml"), verified
         shipped = {rel: data for rel, data in contents.items() if not rel.endswith("/f5.dat")}
         assert_remote_content(remote, {**shipped, **new_contents})
 

@@ -458,7 +458,10 @@ def test_cli_commands_work_on_a_poisoned_catalog(tmp_path: Path) -> None:
                 "--json", *dbarg)
     assert audit.returncode == 0, audit.stdout + audit.stderr
     report = json.loads(audit.stdout)
-    assert report["ok"] is True and report["synced_checked"] == len(good)
+    # The good files and the finalization file of their dir, shipped by the same run.
+    finals = list((tmp_path / "remote").glob("*/suprsync/*/*_finalized.yaml"))
+    assert len(finals) == 1
+    assert report["ok"] is True and report["synced_checked"] == len(good) + 1
 
 
 def test_catalog_with_typed_columns_and_undecodable_text(tmp_path: Path) -> None:
@@ -520,7 +523,10 @@ def test_postgresql_catalog_without_not_null_constraints(pg: Any, tmp_path: Path
     try:
         agent.config.delete_local_after = 0
         assert agent.iterate() is True
-        assert remote_tree(tmp_path / "remote" / ARCHIVE) == [f"16990/g{n}.g3" for n in range(3)]
+        shipped = remote_tree(tmp_path / "remote" / ARCHIVE)
+        # The good files, and the finalization file of their dir, shipped in the same iteration.
+        assert shipped[:3] == [f"16990/g{n}.g3" for n in range(3)]
+        assert len(shipped) == 4 and shipped[3].endswith(f"_{ARCHIVE}_16990_finalized.yaml")
         assert all(path.exists() for path in poison.values())
         assert not any((local / f"g{n}.g3").exists() for n in range(3))
     finally:
