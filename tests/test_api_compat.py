@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from collections.abc import Callable
+import socket
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from textwrap import dedent
 from typing import Any
@@ -22,6 +24,7 @@ from helpers import (
 
 import suprsync
 from suprsync import SupRsyncFileHandler, SupRsyncFilesManager, create_file
+from suprsync.transport import SshOptions
 
 STATS_KEYS = {"finalized_until", "num_files", "uncopied_files", "last_file_added",
               "last_file_copied"}
@@ -264,6 +267,86 @@ def test_copy_files_returns_local_path_md5_ok_tuples(
     for i, path in enumerate(good):
         assert (remote_dir / f"16750/sub/g{i}.g3").read_bytes() == path.read_bytes()
     assert [f.local_path for f in manager.get_copyable_files(ARCHIVE)] == [str(gone)]
+
+
+class SilentServer:
+    """A TCP port on 127.0.0.1 that accepts connections and never says a word."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+
+    def take(self) -> int:
+        """Accept what is waiting; the number of connections made so far."""
+        while True:
+            try:
+                self.accepted.append(self.sock.accept()[0])
+            except OSError:
+                return len(self.accepted)
+
+    def close(self) -> None:
+        for conn in self.accepted:
+            conn.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentServer]:
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def _ssh_handler(manager: SupRsyncFilesManager, port: int, tmp_path: Path,
+                 timeout: float) -> SupRsyncFileHandler:
+    options = SshOptions(host="127.0.0.1", port=port, connect_timeout=timeout,
+                         known_hosts=str(tmp_path / "known_hosts"))
+    return SupRsyncFileHandler(manager, ARCHIVE, "/srv/archive", cmd_timeout=timeout,
+                               ssh_options=options)
+
+
+def test_copy_files_with_nothing_copyable_returns_empty_without_reaching_the_destination(
+        manager: SupRsyncFilesManager, tmp_path: Path, silent: SilentServer) -> None:
+    handler = _ssh_handler(manager, silent.port, tmp_path, 2.0)
+    try:
+        assert handler.copy_files() == []
+    finally:
+        handler.close()
+    assert silent.take() == 0
+
+
+def test_copy_files_raises_timeout_expired_when_the_destination_does_not_answer(
+        manager: SupRsyncFilesManager, tmp_path: Path, silent: SilentServer) -> None:
+    local = make_file(tmp_path / "local", "a.g3")
+    manager.add_file(str(local), "16750/a.g3", ARCHIVE)
+    handler = _ssh_handler(manager, silent.port, tmp_path, 2.0)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            handler.copy_files()
+    finally:
+        handler.close()
+    assert silent.take() >= 1
+    assert [f.local_path for f in manager.get_copyable_files(ARCHIVE)] == [str(local)]
+
+
+def test_copy_files_raises_called_process_error_when_the_destination_refuses(
+        manager: SupRsyncFilesManager, tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    local = make_file(tmp_path / "local", "a.g3")
+    manager.add_file(str(local), "16750/a.g3", ARCHIVE)
+    handler = _ssh_handler(manager, port, tmp_path, 5.0)
+    try:
+        with pytest.raises(subprocess.CalledProcessError):
+            handler.copy_files()
+    finally:
+        handler.close()
+    assert [f.local_path for f in manager.get_copyable_files(ARCHIVE)] == [str(local)]
 
 
 # ------------------------------------------------------- code for the original

@@ -279,6 +279,7 @@ def copy_batch(
     pipeline: Pipeline | None = None,
     agent_id: str | None = None,
     notes: set[tuple[int, int | None]] | None = None,
+    reach_first: bool = True,
 ) -> CopyReport:
     """Copy and verify one batch of copyable files; record every verdict in the catalog.
 
@@ -286,6 +287,9 @@ def copy_batch(
     is handled, so agents sharing the catalog never copy the same file at once.
     Before anything is sent, the batch is screened for destination collisions
     (see screening.py); ``notes`` remembers which waits were logged already.
+    With ``reach_first`` the destination is reached while the first slice is
+    claimed, and even when nothing is copyable (a destination that is down is
+    noticed); without it, only once there is something to send.
     """
     pipeline = pipeline or Pipeline()
     agent_id = agent_id or default_agent_id("copy")
@@ -293,7 +297,7 @@ def copy_batch(
     notes = notes if notes is not None else set()
     # Reaching the destination (an ssh handshake) overlaps claiming and staging.
     with ThreadPoolExecutor(1, thread_name_prefix="connect") as connecting:
-        ready = connecting.submit(transport.ensure_ready)
+        ready = connecting.submit(transport.ensure_ready) if reach_first else None
         # A large backlog goes in slices, so that memory stays bounded; a file that
         # failed is not claimed again in the same call (the slices follow the order).
         after: tuple[float, int] | None = None
@@ -311,6 +315,8 @@ def copy_batch(
             if not batch:
                 break
             claimed_any = True
+            if ready is None:
+                ready = connecting.submit(transport.ensure_ready)
             after = (float(batch[-1].timestamp), int(batch[-1].id))
             _copy_claimed(manager, transport, batch, ready, report, clock, staging_root,
                           pipeline, agent_id, max_copy_attempts, notes)
@@ -323,7 +329,7 @@ def copy_batch(
                 break  # the destination is in doubt: the rest waits for the next iteration
             if last:
                 break
-        if not claimed_any:
+        if not claimed_any and ready is not None:
             ready.result()
     report.stop_time = clock()
     return report

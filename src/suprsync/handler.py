@@ -7,7 +7,7 @@ import subprocess
 from .catalog.store import SupRsyncFilesManager
 from .copying import CopyReport, Pipeline, copy_batch, default_agent_id
 from .deletion import DeleteReport, delete_due
-from .transport import SshOptions, TransferOptions, Transport, make_transport
+from .transport import SshOptions, TransferOptions, Transport, TransportError, make_transport
 
 
 class SupRsyncFileHandler:
@@ -55,12 +55,17 @@ class SupRsyncFileHandler:
         self.delete_notes: set[str] = set()
 
     def copy_report(self, max_copy_attempts: int | None = None,
-                    num_files: int | None = None) -> CopyReport:
-        """Copy and verify one batch; the full report of what happened."""
+                    num_files: int | None = None, reach_first: bool = True) -> CopyReport:
+        """Copy and verify one batch; the full report of what happened.
+
+        Raises TransportError when the destination cannot be reached (with
+        ``reach_first``, also when nothing is copyable).
+        """
         report = copy_batch(self.srfm, self.transport, self.archive_name,
                             max_copy_attempts=max_copy_attempts, num_files=num_files,
                             clock=self.srfm.clock, pipeline=self.pipeline,
-                            agent_id=self.agent_id, notes=self.notes)
+                            agent_id=self.agent_id, notes=self.notes,
+                            reach_first=reach_first)
         return report
 
     def copy_files(self, max_copy_attempts: int | None = None,
@@ -68,10 +73,17 @@ class SupRsyncFileHandler:
         """Copy and verify one batch; return ``[(local_path, md5_ok), ...]``.
 
         Like the original, a transfer that timed out raises subprocess.TimeoutExpired
-        and one that failed raises subprocess.CalledProcessError (after recording
-        whatever was verified).
+        and one that failed, or a destination that cannot be reached, raises
+        subprocess.CalledProcessError (after recording whatever was verified). With
+        nothing copyable it returns ``[]`` without reaching the destination.
         """
-        report = self.copy_report(max_copy_attempts, num_files)
+        try:
+            report = self.copy_report(max_copy_attempts, num_files, reach_first=False)
+        except TransportError as exc:
+            if exc.timed_out:
+                raise subprocess.TimeoutExpired(["ssh"], self.cmd_timeout or 0,
+                                                output=str(exc)) from exc
+            raise subprocess.CalledProcessError(255, ["ssh"], output=str(exc)) from exc
         if report.timed_out:
             raise subprocess.TimeoutExpired(["rsync"], self.copy_timeout or 0)
         if report.failed:
