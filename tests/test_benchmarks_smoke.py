@@ -87,7 +87,7 @@ def test_results_structure(quick_run: tuple[dict, Path, str]) -> None:
             assert results[rid]["b"]["label"] == "floor" and results[rid]["floor"], rid
             assert results[rid]["target"] == {"op": "<=", "value": 1.5}
     assert results["pending_local_peak_rss"]["target"] == {"op": "<=", "value": 150.0}
-    assert results["history_1m_peak_rss"]["target"] == {"op": "<", "value": 200.0}
+    assert results["history_1m_peak_rss"]["target"] == {"op": "<=", "value": 100.0}
     # The printed table has one row per result.
     assert doc["table"] in stdout
     assert len(doc["table"].splitlines()) == 2 + len(results)
