@@ -10,6 +10,7 @@ a search of an index bounded by more than the archive name.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sqlite3
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_cli
 from history_catalog import (
     ARCHIVE,
     ATTEMPTS,
@@ -569,3 +571,53 @@ def test_pg_collision_lookup_uses_the_path_indexes(pg_manager: SupRsyncFilesMana
     keys = [f"{OPEN_TC}/ufm_mv1/x.g3", f"{OPEN_TC - 3}/ufm_mv2"]
     pg_check(m, capture(m, lambda: m.read(lambda s: partners(s, ARCHIVE, keys))),
              uses=("ix_suprsync_remote_path",))
+
+
+ORIGINAL_SCHEMA = """
+CREATE TABLE supersync_v0 (id INTEGER PRIMARY KEY, local_path VARCHAR NOT NULL,
+    local_md5sum VARCHAR NOT NULL, archive_name VARCHAR NOT NULL,
+    remote_path VARCHAR NOT NULL, timestamp FLOAT NOT NULL, remote_md5sum VARCHAR,
+    copied FLOAT, removed FLOAT, failed_copy_attempts INTEGER, deletable BOOLEAN,
+    ignore BOOLEAN);
+CREATE TABLE timecode_dirs_v0 (id INTEGER PRIMARY KEY, timecode INTEGER NOT NULL,
+    archive_name VARCHAR NOT NULL, completed BOOLEAN, synced BOOLEAN, finalized BOOLEAN,
+    finalize_file_id INTEGER);
+"""
+
+
+def test_queries_work_on_a_catalog_without_suprsyncs_indexes(tmp_path: Path) -> None:
+    """A catalog only the original wrote, opened without creating anything (a read-only
+    look): the index hints are left out, the answers are right."""
+    db = tmp_path / "original.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(ORIGINAL_SCHEMA)
+        conn.executemany(
+            "INSERT INTO supersync_v0 (local_path, local_md5sum, archive_name, remote_path, "
+            "timestamp, remote_md5sum) VALUES (?, ?, 'arch', ?, ?, ?)",
+            [(f"/d/{i}", "0" * 32, f"16750/{i}", float(i), "0" * 32 if i < 3 else None)
+             for i in range(5)])
+    indexed = tmp_path / "indexed.db"
+    shutil.copy(db, indexed)
+
+    def answers(path: Path, create_all: bool) -> tuple[Any, ...]:
+        manager = SupRsyncFilesManager(str(path), create_all=create_all)
+        try:
+            stats = manager.get_archive_stats("arch")
+            copyable = [f.local_path for f in manager.get_copyable_files("arch")]
+            return (stats["num_files"], stats["uncopied_files"], copyable,
+                    manager.get_finalized_until("arch"))
+        finally:
+            manager.close()
+
+    bare = answers(db, create_all=False)
+    assert bare[:3] == (5, 2, ["/d/3", "/d/4"])
+    assert bare == answers(indexed, create_all=True)
+    # The read-only commands look at such a catalog without adding to it.
+    for command in (["stats", "--json"], ["status", "--json"], ["list", "arch"]):
+        result = run_cli(*command, "--db", str(db), timeout=60)
+        assert result.returncode == 0, result.stderr
+    assert json.loads(run_cli("status", "--json", "--db", str(db), timeout=60).stdout
+                      )["arch"]["conflicts"] == 0
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT type, name FROM sqlite_master WHERE name NOT IN "
+                            "('supersync_v0', 'timecode_dirs_v0')").fetchall() == []

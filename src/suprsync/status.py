@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, inspect, select
 from sqlalchemy.orm import Session
 
 from .catalog.anomalies import catalog_anomalies
@@ -18,7 +18,7 @@ from .catalog.quarantine import (
     LIST_LIMIT,
     quarantined_rows,
 )
-from .catalog.schema import NOT_IGNORED, SYNCED, UNSYNCED, SupRsyncFile
+from .catalog.schema import NOT_IGNORED, SYNCED, UNSYNCED, CatalogMeta, Conflict, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 
 F = SupRsyncFile
@@ -56,8 +56,12 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
         last_copy = session.scalar(select(func.max(F.copied)).where(
             in_archive, SYNCED, COPIED_IS_TIME))
         finalized_until = manager.get_finalized_until(archive_name, session=session)
-        conflicts = conflict_count(session, archive_name)
-        pressure = disk_pressure(session, archive_name) or {}
+        # A catalog suprsync never opened for writing lacks its extra tables.
+        tables = set(inspect(session.get_bind()).get_table_names())
+        conflicts = (conflict_count(session, archive_name)
+                     if Conflict.__tablename__ in tables else 0)
+        pressure = ((disk_pressure(session, archive_name) or {})
+                    if CatalogMeta.__tablename__ in tables else {})
         listed = (quarantined_rows(session, in_archive, limit=LIST_LIMIT)
                   if quarantined else [])
         return {

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, inspect, select
 from sqlalchemy.orm import Session
 
 from .inserts import insert_missing
@@ -71,7 +71,10 @@ def conflict_count(session: Session, archive_name: str) -> int:
 
 def list_conflicts(session: Session, archive_name: str | None = None,
                    limit: int | None = None) -> list[dict[str, Any]]:
-    """Recorded conflicts with both rows' paths, oldest first."""
+    """Recorded conflicts with both rows' paths, oldest first (none in a catalog that
+    suprsync never opened for writing: it has no conflicts table)."""
+    if not inspect(session.get_bind()).has_table(Conflict.__tablename__):
+        return []
     query = (select(Conflict, F.local_path, F.remote_path)
              .join(F, F.id == Conflict.file_id, isouter=True)
              .order_by(Conflict.since, Conflict.file_id))

@@ -23,7 +23,7 @@ from . import filecount
 from . import timecode as tc_rules
 from .conflicts import pin
 from .engine import CatalogBusy, configure_sqlite, make_engine, retry_busy
-from .hints import UNSYNCED_ROWS
+from .hints import UNSYNCED_ROWS, note_indexes
 from .localdirs import record_dirs
 from .meta import get_meta, set_meta
 from .quarantine import HEALTHY, TIME_OK, is_valid_text
@@ -202,6 +202,8 @@ class SupRsyncFilesManager:
         self.Session = sessionmaker(bind=self._engine, expire_on_commit=False)
         if create_all:
             retry_busy(self._create_schema, what="create catalog tables")
+        if self._engine.dialect.name == "sqlite":
+            retry_busy(self._note_indexes, what="read catalog indexes")
         # Timecode dirs known to have a row (so add_file need not look again).
         self._known_tcdirs: set[tuple[str, int]] = set()
         # Local directories whose real path was recorded (see localdirs.py).
@@ -246,6 +248,13 @@ class SupRsyncFilesManager:
                 self._plain.close()
                 self._plain = None
         self._engine.dispose()
+
+    def _note_indexes(self) -> None:
+        # Index hints name only indexes the catalog has (see hints.py).
+        with self._engine.connect() as conn:
+            names = set(conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'index'").scalars())
+        note_indexes(self._engine.dialect, names)
 
     def _create_schema(self) -> None:
         # Another process may create the same tables at the same moment: the loser's
