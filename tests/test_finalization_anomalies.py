@@ -417,7 +417,7 @@ def test_a_new_agent_reads_the_dirs_left_with_late_files_not_the_history(
 
 KILL_AFTER_YAML = textwrap.dedent("""
     import os, signal, sys
-    import suprsync.catalog.timecode as tc
+    import suprsync.finalization as tc
     real_md5 = tc.md5_file
     def md5_then_die(path):
         real_md5(path)

@@ -255,7 +255,7 @@ def test_detection_scans_only_new_rows(tmp_path: Path) -> None:
 
 KILL_AFTER_YAML = textwrap.dedent("""
     import os, signal, sys
-    import suprsync.catalog.timecode as tc
+    import suprsync.finalization as tc
     real_md5 = tc.md5_file
     def md5_then_die(path):
         real_md5(path)

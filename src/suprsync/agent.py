@@ -19,7 +19,6 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .agent_config import AgentConfig
 from .blame import describe
-from .catalog import timecode as tc_rules
 from .catalog.anomalies import DirWatch
 from .catalog.conflicts import conflict_count
 from .catalog.engine import CatalogBusy
@@ -39,6 +38,7 @@ from .copying import (
 from .deletion import DeleteReport, delete_due
 from .diskspace import DiskWatch
 from .emptydirs import EmptyDirs
+from .finalization import update_timecode_dirs
 from .handler import SupRsyncFileHandler
 from .procs import child_ledger
 from .quarantine_log import QuarantineLog
@@ -325,9 +325,9 @@ class Agent:
         clock_ok = self.clock_check.check()
         self.manager.detect_timecode_dirs(cfg.archive_name)
         before = self.dir_watch.supplements_written
-        finalized = tc_rules.update_timecode_dirs(
+        finalized = update_timecode_dirs(
             self.manager, cfg.archive_name, cfg.suprsync_file_root, cfg.instance_id,
-            watch=self.dir_watch, clock_ok=clock_ok)
+            clock=self.clock, watch=self.dir_watch, clock_ok=clock_ok)
         return bool(finalized) or self.dir_watch.supplements_written > before
 
     def anomalies(self) -> dict[str, Any]:

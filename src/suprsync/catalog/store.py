@@ -41,6 +41,7 @@ from .schema import (
     TimecodeDir,
 )
 from .settings import BUSY_TIMEOUT
+from .unsynced import unsynced_rows
 
 log = logging.getLogger(__name__)
 
@@ -168,16 +169,16 @@ def record_tc_scan_state(session: Session, archive_name: str, state: tuple[int, 
     set_meta(session, TC_SCAN_PREFIX + archive_name, f"{state[0]} {state[1]}")
 
 
-def unsynced_rows(archive_name: str, *columns: Any):  # type: ignore[no-untyped-def]
-    """SELECT of columns of the archive's non-ignored rows not verified, through the
-    partial index of unsynced rows.
-
-    sqlite is told the index; PostgreSQL, which guesses that most rows are unsynced
-    (it cannot estimate ``remote_md5sum != local_md5sum``), would read the whole table
-    for a count, and takes the index when the rows are wanted in its order.
-    """
-    return (select(*columns).where(F.archive_name == archive_name, UNSYNCED, NOT_IGNORED)
-            .order_by(F.archive_name, F.timestamp).with_hint(F, UNSYNCED_ROWS, "sqlite"))
+def finalized_until(session: Session, archive_name: str, now: float) -> float:
+    """Time before which every non-ignored file of the archive is synced (now when all are)."""
+    oldest = session.scalar(
+        select(F.timestamp)
+        .where(F.archive_name == archive_name, UNSYNCED, NOT_IGNORED, TIME_OK)
+        .order_by(F.timestamp)
+        .limit(1)
+        .with_hint(F, UNSYNCED_ROWS, "sqlite")
+    )
+    return now if oldest is None else float(oldest) - 1
 
 
 class SupRsyncFilesManager:
@@ -433,14 +434,7 @@ class SupRsyncFilesManager:
     def get_finalized_until(self, archive_name: str, session: Session | None = None) -> float:
         """Time before which every non-ignored file is synced (now when all are)."""
         assert session is not None
-        oldest = session.scalar(
-            select(F.timestamp)
-            .where(F.archive_name == archive_name, UNSYNCED, NOT_IGNORED, TIME_OK)
-            .order_by(F.timestamp)
-            .limit(1)
-            .with_hint(F, UNSYNCED_ROWS, "sqlite")
-        )
-        return self.clock() if oldest is None else float(oldest) - 1
+        return finalized_until(session, archive_name, self.clock())
 
     @with_session
     def get_archive_stats(self, archive_name: str, session: Session | None = None) -> dict:
@@ -562,9 +556,14 @@ class SupRsyncFilesManager:
     def update_all_timecode_dirs(
         self, archive_name: str, file_root: str, sync_id: str
     ) -> list[TimecodeDir]:
-        """Detect new timecode dirs, complete, sync and finalize them; return those finalized."""
+        """Detect new timecode dirs, complete, sync and finalize them; return those finalized.
+
+        The original's entry point to the finalization step (run with this catalog's clock).
+        """
+        from ..finalization import update_timecode_dirs
+
         self.detect_timecode_dirs(archive_name)
-        return tc_rules.update_timecode_dirs(self, archive_name, file_root, sync_id)
+        return update_timecode_dirs(self, archive_name, file_root, sync_id, clock=self.clock)
 
     # ------------------------------------------------------- agent helpers
 
