@@ -38,6 +38,7 @@ from .catalog.store import SupRsyncFilesManager
 from .options import DEFAULT_BATCH, DEFAULT_LIST_LIMIT
 from .paths import is_canonical, normalize_remote_path, normalized
 from .transport import SshOptions, TransferOptions, Transport, make_transport
+from .verdicts import judge_audit, judge_copy
 
 F = SupRsyncFile
 
@@ -334,21 +335,14 @@ def _check_page(rows: list[Any], transport: Transport, manager: SupRsyncFilesMan
         local = _local_state(row)
         remote = there.get(rel)
         observed = sums.get(rel)
-        kind = detail = None
-        if remote is None:
-            kind, detail = "missing", "no such file on the remote"
-        elif (local is not None and local.st_mtime <= row.timestamp
-              and remote.size != local.st_size):
-            # A local file modified after registration says nothing about the copy.
-            kind = "size_mismatch"
-            detail = f"remote copy has {remote.size} bytes, the local file {local.st_size}"
-        elif report.md5 and observed is None:
-            kind, detail = "md5_mismatch", "the remote md5 could not be computed"
-        elif report.md5 and observed != row.local_md5sum:
-            kind = "md5_mismatch"
-            detail = f"remote md5 {observed}, catalog {row.local_md5sum}"
-        if kind is None:
+        # A local file modified after registration says nothing about the copy's size.
+        local_size = (local.st_size if local is not None and local.st_mtime <= row.timestamp
+                      else None)
+        verdict = judge_audit(row.local_md5sum, None if remote is None else remote.size,
+                              local_size, observed, report.md5)
+        if verdict.ok:
             continue
+        kind, detail = verdict.kind, verdict.detail
         if local is None:
             gone = "removed" if row.removed is not None else "gone"
             report.categories["lost_on_remote"].add(
@@ -357,7 +351,8 @@ def _check_page(rows: list[Any], transport: Transport, manager: SupRsyncFilesMan
             continue
         requeued = False
         if report.requeue:
-            manager.requeue(row.id, observed if observed != row.local_md5sum else None)
+            manager.requeue(row.id, None if judge_copy(row.local_md5sum, observed).ok
+                            else observed)
             report.requeued += 1
             requeued = True
         report.categories[kind].add(_entry(row, rel, detail, requeued=requeued))

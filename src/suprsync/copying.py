@@ -25,6 +25,7 @@ from .screening import screen_batch
 from .transport.base import PARTIAL_EXIT_CODES, Transport, TransportError
 from .transport.rsync_errors import destination_failure
 from .transport.ssh import CONTROL_PREFIX, end_connection_master
+from .verdicts import MD5_MISMATCH, judge_copy
 
 log = logging.getLogger(__name__)
 
@@ -465,9 +466,9 @@ def _verify_chunk(manager: SupRsyncFilesManager, transport: Transport, chunk: li
     for s in chunk:
         remote = sums.get(s.rel)
         local_md5 = s.row.local_md5sum
-        if remote is not None and remote != local_md5 and not s.strict:
+        if judge_copy(local_md5, remote).kind == MD5_MISMATCH and not s.strict:
             local_md5 = _rehash_changed(s.row) or local_md5
-        ok = remote is not None and remote == local_md5
+        ok = judge_copy(local_md5, remote).ok
         if ok:
             log.info("copied and verified %s -> %s", s.row.local_path, s.rel)
         elif remote is None:

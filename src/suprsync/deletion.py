@@ -40,6 +40,7 @@ from .paths import check_local_file, normalize_remote_path
 from .retention import Candidate, Policy, Space, Verdict, decide, like_pattern, newest_kept
 from .screening import check_local_dirs
 from .transport.base import Transport, TransportError
+from .verdicts import judge_before_delete, judge_copy
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,6 @@ class Plan:
     sizes: dict[str, int] = field(default_factory=dict)
 
 
-def _verified(row: SupRsyncFile) -> bool:
-    return row.remote_md5sum is not None and row.remote_md5sum == row.local_md5sum
-
-
 def _sharers(session: Session, paths: Sequence[str]) -> list[SupRsyncFile]:
     rows: list[SupRsyncFile] = []
     wanted = sorted(set(paths))
@@ -109,7 +106,7 @@ def why_kept(row: SupRsyncFile, now: float, rules: dict[str, Policy],
     who = f"file id {row.id} of archive {row.archive_name!r}"
     if row.id in conflicted:
         return f"{who} is in conflict"
-    if not _verified(row):
+    if not row.is_synced:
         return f"{who} is not verified yet"
     if row.deletable is not None and not row.deletable:
         return f"{who} is not deletable"
@@ -195,7 +192,7 @@ def _candidate(row: SupRsyncFile, disks: DiskWatch | None) -> Candidate:
         pass
     if disks is not None and dev is not None:
         disks.note(row.local_path, dev)
-    return Candidate(row.id, row.remote_path, float(row.timestamp), _verified(row),
+    return Candidate(row.id, row.remote_path, float(row.timestamp), row.is_synced,
                      row.deletable is None or bool(row.deletable), size, dev)
 
 
@@ -391,23 +388,19 @@ def _confirmed_on_remote(manager: SupRsyncFilesManager, transport: Transport,
         if st is None:
             continue
         rel = rels.get(row.id)
-        reason = None
         there = remote.get(rel) if rel is not None else None
-        if there is None:
-            reason = "the remote copy is missing"
-        elif there.size != st.st_size:
-            reason = f"the remote copy has {there.size} bytes, the local file {st.st_size}"
-        elif there.mtime != int(st.st_mtime):
-            reason = "the local file's mtime differs from its copy's"
-        elif verify_md5 and sums.get(rel) != row.local_md5sum:
-            reason = f"the remote md5 is now {sums.get(rel)}, expected {row.local_md5sum}"
-        if reason is None:
+        verdict = judge_before_delete(
+            row.local_md5sum, st.st_size, st.st_mtime, None if there is None else there.size,
+            None if there is None else there.mtime,
+            sums.get(rel) if rel is not None else None, verify_md5)
+        reason = verdict.detail
+        if verdict.ok:
             confirmed.add(row.id)
         elif _local_intact(manager, row, reason, report):
             if rel is not None and there is not None and rel not in sums:
                 sums.update(transport.checksums([rel], total_bytes=there.size))
             observed = sums.get(rel) if rel is not None else None
-            if observed == row.local_md5sum:
+            if judge_copy(row.local_md5sum, observed).ok:
                 confirmed.add(row.id)  # same bytes, only the mtime moved
                 continue
             log.error("not deleting %s: %s; its local file still holds the registered bytes, "

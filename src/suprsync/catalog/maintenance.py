@@ -115,20 +115,11 @@ def recheck(manager: SupRsyncFilesManager, paths: Sequence[str],
                       path, file_id, detail)
             report.conflicts.append(path)
             continue
-        if verified:
-            manager.requeue(file_id)  # pinned: only the registered bytes are accepted
-            manager.write(lambda s, i=file_id: s.execute(
-                update(F).where(F.id == i).values(failed_copy_attempts=0)), what="recheck")
-            report.queued.append(path)
-            continue
-        if new_md5 != old_md5:
+        if not verified and new_md5 != old_md5:
             log.warning("recheck: %s changed since it was registered (md5 %s -> %s)",
                         path, old_md5, new_md5)
             report.changed.append(path)
-        manager.write(
-            lambda s, i=file_id, m=new_md5: s.execute(
-                update(F).where(F.id == i, F.removed.is_(None))
-                .values(local_md5sum=m, remote_md5sum=None, failed_copy_attempts=0)),
-            what="recheck")
+        # A verified file is pinned: only the registered bytes are accepted.
+        manager.requeue(file_id, local_md5=new_md5, reset_attempts=True)
         report.queued.append(path)
     return report

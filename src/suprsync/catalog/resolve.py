@@ -15,6 +15,7 @@ from ..hashing import md5_file
 from ..paths import check_local_file, normalize_remote_path
 from .conflicts import CHANGED, clear_conflicts, unpin
 from .pathkeys import partners
+from .requeue import requeue_row
 from .schema import Conflict, SupRsyncFile
 from .store import SupRsyncFilesManager
 
@@ -114,10 +115,9 @@ def _send_new(manager: SupRsyncFilesManager, row: SupRsyncFile, kind: str,
                 report.superseded.append((other.id, other.key))
                 log.warning("file id %s at %r is superseded by %s at the operator's request",
                             other.id, other.key, row.local_path)
-        target.local_md5sum = new_md5
         # What the destination holds now: the next copy re-sends whatever it looks like.
-        target.remote_md5sum = old if old != new_md5 else None
-        target.failed_copy_attempts = 0
+        requeue_row(session, target, old if old != new_md5 else None, local_md5=new_md5,
+                    reset_attempts=True)
         unpin(session, [row.id])
         clear_conflicts(session, [row.id])
 

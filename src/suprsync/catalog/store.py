@@ -21,12 +21,12 @@ from ..hashing import md5_file
 from ..paths import check_local_file, normalize_remote_path, timecode_of
 from . import filecount
 from . import timecode as tc_rules
-from .conflicts import pin
 from .engine import CatalogBusy, configure_sqlite, make_engine, retry_busy
 from .hints import UNSYNCED_ROWS, note_indexes
 from .localdirs import record_dirs
 from .meta import get_meta, set_meta
 from .quarantine import HEALTHY, TIME_OK, is_valid_text
+from .requeue import requeue_row
 from .schema import (
     DELETABLE,
     INDEXES,
@@ -738,23 +738,12 @@ class SupRsyncFilesManager:
             what="mark unsendable",
         )
 
-    def requeue(self, file_id: int, observed_md5: str | None = None) -> None:
-        """Forget the verification of a file so that it is copied and verified again.
-
-        ``observed_md5``: what the destination holds now; recording it makes the
-        next copy re-send the file even if its size and mtime look current. A file
-        verified until now gets its md5 pinned: the re-send accepts only those bytes.
-        """
-
-        def apply(session: Session) -> None:
-            row = session.get(F, file_id)
-            if row is None or row.removed is not None:
-                return
-            if row.is_synced:
-                pin(session, [(file_id, row.local_md5sum)])
-            row.remote_md5sum = observed_md5
-
-        self.write(apply, what="requeue")
+    def requeue(self, file_id: int, observed_md5: str | None = None,
+                local_md5: str | None = None, reset_attempts: bool = False) -> None:
+        """Forget the verification of a file so that it is copied and verified again
+        (see :func:`~suprsync.catalog.requeue.requeue_row`)."""
+        self.write(lambda s: requeue_row(s, s.get(F, file_id), observed_md5, local_md5,
+                                         reset_attempts), what="requeue")
 
     def mark_removed_many(self, removed: Sequence[tuple[int, float]]) -> None:
         """Record deletion times of many local files in one transaction."""
