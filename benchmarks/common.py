@@ -250,7 +250,7 @@ def run_agent_iteration(config, profile: Path | None = None) -> float:  # type: 
             seconds, ok = timed(agent.iterate)
         session = agent.session.snapshot()
     finally:
-        agent.handler.close()
+        agent.close()
         agent.manager.close()
     if not ok:
         raise BenchmarkError(f"agent iteration failed: {session.get('last_copy')}")

@@ -170,7 +170,7 @@ def closing_agents(build: Callable[..., Agent]) -> Iterator[Callable[..., Agent]
 
     yield make
     for agent in agents:
-        agent.handler.close()
+        agent.close()
 
 
 def managed(catalog: str | Path, clock: Clock) -> Iterator[SupRsyncFilesManager]:

@@ -118,7 +118,7 @@ class World:
 
     def close(self) -> None:
         for agent in self.agents.values():
-            agent.handler.close()
+            agent.close()
             agent.manager.close()
         self.manager.close()
 
@@ -624,7 +624,7 @@ def run_in_process(w: World, archive: str) -> StepResult:
         agent.stop()
         thread.join(30)
         w.agents.pop(archive)  # a stopped agent does no more work; the next step makes one
-        agent.handler.close()
+        agent.close()
     elif outcome:
         result.crashes.append(f"Agent.iterate() for {archive} raised {outcome[0]!r}")
     return result

@@ -55,7 +55,7 @@ class Recorder:
                            on_session_change=lambda _data, d: self.degraded.append(d))
 
     def close(self) -> None:
-        self.agent.handler.close()
+        self.agent.close()
         self.agent.manager.close()
 
 

@@ -348,7 +348,7 @@ def test_late_file_waits_for_its_copy_and_a_new_agent_finds_it(tmp_path: Path) -
     assert len(remote_yamls(tmp_path)) == 1
     # A new agent (a restart) finds it again from the catalog; once the file is
     # there and copied, the further file describes it.
-    agent.handler.close()
+    agent.close()
     make_file(tmp_path / "data", f"{tc}/crate5/ghost.g3", b"ghost")
     with sqlite3.connect(tmp_path / "catalog.db") as conn:
         conn.execute("UPDATE supersync_v0 SET local_md5sum = ?, failed_copy_attempts = 0 "
@@ -358,7 +358,7 @@ def test_late_file_waits_for_its_copy_and_a_new_agent_finds_it(tmp_path: Path) -
     assert again.anomalies()["late_files_found"] == 1
     assert (ARCHIVE, "crate5", tc, INSTANCE) in downstream_records(tmp_path / "remote" / ARCHIVE)
     assert len(remote_yamls(tmp_path)) == 2
-    again.handler.close()
+    again.close()
     check(tmp_path)
 
 
@@ -385,7 +385,7 @@ def test_a_new_agent_reads_the_dirs_left_with_late_files_not_the_history(
     iterate(agent, clock, 2)
     assert [f["file_id"] for f in agent.anomalies()["late_files"]] == [late_id]
     top = agent.manager.max_file_id()
-    agent.handler.close()
+    agent.close()
     agent.manager.close()
 
     again = agent_for(tmp_path, clock)
@@ -411,7 +411,7 @@ def test_a_new_agent_reads_the_dirs_left_with_late_files_not_the_history(
     assert len(remote_yamls(tmp_path)) == 2
     kept = again.manager.read(lambda s: load_late_scan(s, ARCHIVE))
     assert kept is not None and kept.dirs == frozenset()
-    again.handler.close()
+    again.close()
     check(tmp_path)
 
 
@@ -505,7 +505,7 @@ def test_late_file_gets_one_further_file_on_each_backend(
             count = conn.execute(text("SELECT count(*) FROM suprsync_supplements_v0")).scalar()
         assert count == 1
     finally:
-        agent.handler.close()
+        agent.close()
         agent.manager.close()
     check_invariants(catalog_url, {ARCHIVE: tmp_path / "remote" / ARCHIVE},
                      file_root=tmp_path / "suprsync-files")
@@ -552,4 +552,4 @@ def test_a_yaml_another_process_is_registering_is_not_taken_for_an_orphan(
     assert done.is_set()
     assert theirs.exists()
     assert [p.name for p in folder.glob("*_finalized.yaml")] == [theirs.name]
-    agent.handler.close()
+    agent.close()

@@ -300,8 +300,8 @@ def test_file_shared_by_two_archives_waits_for_both(
         assert get_row(manager, a_id).removed == clock()
         assert get_row(manager, b_id).removed == clock()
     finally:
-        first.handler.close()
-        second.handler.close()
+        first.close()
+        second.close()
     check(manager, remote_dir, tmp_path, **{OTHER: other_remote})
 
 

@@ -364,7 +364,7 @@ def test_agent_copies_every_sound_row_and_leaves_poison_rows_alone(
         assert stats["last_file_added"].endswith("_timestreams_16990_finalized.yaml")
         assert stats["finalized_until"] == T0 - 7200 + 0 - 1  # the oldest poison row waits
     finally:
-        agent.handler.close()
+        agent.close()
         manager.close()
     forget_false_claims(db)
     check_invariants(db, {ARCHIVE: remote}, file_root=tmp_path / "srfroot")
@@ -484,7 +484,7 @@ def test_catalog_with_typed_columns_and_undecodable_text(tmp_path: Path) -> None
         assert raw_row(db, bad)[6] is None
         assert not (tmp_path / "remote" / ARCHIVE / "16991").exists()
     finally:
-        agent.handler.close()
+        agent.close()
         agent.manager.close()
     for command in (["list", ARCHIVE], ["stats"], ["status"]):
         assert cli(*command, "--db", str(db)).returncode == 0
@@ -530,7 +530,7 @@ def test_postgresql_catalog_without_not_null_constraints(pg: Any, tmp_path: Path
         assert all(path.exists() for path in poison.values())
         assert not any((local / f"g{n}.g3").exists() for n in range(3))
     finally:
-        agent.handler.close()
+        agent.close()
         agent.manager.close()
     for command in ("stats", "status"):
         out = cli(command, "--json", "--db", url)

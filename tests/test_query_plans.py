@@ -386,7 +386,7 @@ def test_agent_iterations_never_scan_the_archive(history_db: Path, tmp_path: Pat
         statements += capture(agent.manager, agent.iterate)
         finalized = agent.manager.read(lambda s: tc_rules.dir_states(s, ARCHIVE))["finalized"]
     finally:
-        agent.handler.close()
+        agent.close()
         agent.manager.close()
     assert OPEN_TC + 1 in finalized
     assert not list((data / f"{OPEN_TC + 1}" / "ufm_mv1").iterdir())

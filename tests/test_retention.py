@@ -27,7 +27,7 @@ from helpers import (
 from invariants import check_invariants
 from sqlalchemy import update
 
-from suprsync import SupRsyncFile, SupRsyncFilesManager
+from suprsync import SupRsyncFile, SupRsyncFilesManager, steps
 from suprsync.agent import Agent
 from suprsync.catalog.meta import DELETE_RULE_PREFIX, get_meta
 from suprsync.deletion import candidate_rows, kept_newest
@@ -342,7 +342,8 @@ def test_preview_matches_what_the_next_iteration_deletes(
     assert deleted_first == {"old", "map0"}
     clock.now = time.time() - 2 * DAY
     ids["young_map"] = add("s/bias_group_map_9.npy")[0]
-    agent.handler.copy_report(max_copy_attempts=5)  # verified, so it counts as newest
+    # Verified, so it counts as newest.
+    steps.copy(agent.manager, agent.transport, agent.clock, agent.settings(), agent.memory)
     clock.now = time.time()
     result = run_cli("retention", ARCHIVE, "--db", manager.db_path, "--retention",
                      str(policy_file), "--json")

@@ -98,7 +98,7 @@ class AgentLoop:
                                  f"{self.agent.session.snapshot().get('last_copy')}")
 
     def close(self) -> None:
-        self.agent.handler.close()
+        self.agent.close()
         self.agent.manager.close()
 
 

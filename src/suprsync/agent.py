@@ -1,7 +1,9 @@
 """The agent loop: copy → verify → stats → delete → finalize, then sleep.
 
 One loop serves every front end: ``suprsync run`` and the OCS agent both build
-an :class:`Agent` and call :meth:`Agent.run`.
+an :class:`Agent` and call :meth:`Agent.run`. The steps themselves are the plain
+functions of :mod:`suprsync.steps`, given the agent's catalog, transport, clock
+and settings.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import steps
 from .agent_config import AgentConfig
 from .blame import describe
 from .catalog.anomalies import DirWatch
-from .catalog.conflicts import conflict_count
 from .catalog.engine import CatalogBusy
 from .catalog.meta import publish_disk_pressure
 from .catalog.store import SupRsyncFilesManager
@@ -35,11 +37,9 @@ from .copying import (
     default_agent_id,
     remove_stale_temp_dirs,
 )
-from .deletion import DeleteReport, delete_due
+from .deletion import DeleteReport
 from .diskspace import DiskWatch
 from .emptydirs import EmptyDirs
-from .finalization import update_timecode_dirs
-from .handler import SupRsyncFileHandler
 from .procs import child_ledger
 from .quarantine_log import QuarantineLog
 from .session import SessionData
@@ -105,11 +105,12 @@ class Agent:
         self._watch = CatalogWatch(sqlite_file) if sqlite_file else None
         transport = transport or make_transport(config.remote_basedir,
                                                 config.transfer_options(), config.ssh())
-        self.handler = SupRsyncFileHandler(self.manager, config.archive_name,
-                                           config.remote_basedir, transport=transport,
-                                           pipeline=Pipeline(parallel=config.parallel,
-                                                             lease=config.claim_timeout),
-                                           agent_id=default_agent_id(config.instance_id))
+        self.transport = transport
+        #: Who leases the files this agent copies, and how it pipelines transfers.
+        self.agent_id = default_agent_id(config.instance_id)
+        self.pipeline = Pipeline(parallel=config.parallel, lease=config.claim_timeout)
+        #: What the steps remember between iterations.
+        self.memory = steps.Memory(dir_watch=self.dir_watch)
         self.session = SessionData(clock(), on_change=on_session_change)
         self.quarantine = QuarantineLog(self.manager, config.archive_name,
                                         prefix=f"[{config.instance_id}] ")
@@ -131,6 +132,19 @@ class Agent:
                            if config.remove_empty_dirs and config.local_root else None)
         self.retention = RetentionState()
 
+    def settings(self) -> steps.Settings:
+        """The steps' settings, from the config as it is now."""
+        cfg = self.config
+        return steps.Settings(
+            archive_name=cfg.archive_name, agent_id=self.agent_id, pipeline=self.pipeline,
+            max_copy_attempts=cfg.max_copy_attempts, num_files=cfg.files_per_batch,
+            policy=cfg.policy(), verify_before_delete=cfg.verify_before_delete,
+            file_root=cfg.suprsync_file_root, instance_id=cfg.instance_id)
+
+    def close(self) -> None:
+        """Release the transport's connections."""
+        self.transport.close()
+
     def _open_manager(self) -> SupRsyncFilesManager:
         cfg = self.config
         return SupRsyncFilesManager(cfg.db_path, create_all=True, echo=cfg.db_echo,
@@ -145,7 +159,7 @@ class Agent:
         Raises CatalogLost when the catalog file is gone or damaged.
         """
         log.info("[%s] syncing archive %r to %s", self.config.instance_id,
-                 self.config.archive_name, self.handler.transport.describe())
+                 self.config.archive_name, self.transport.describe())
         with self._request_lock:
             self.running = True
         ok = True
@@ -165,7 +179,7 @@ class Agent:
                 self.running = False
             self._serve_requests()
             self.session.set("activity", "idle")
-            self.handler.close()
+            self.close()
             log.info("[%s] stopped", self.config.instance_id)
         return ok
 
@@ -189,7 +203,7 @@ class Agent:
         """
         self.stop_event.set()
         self._wake.set()
-        self.handler.transport.abort()
+        self.transport.abort()
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -253,15 +267,11 @@ class Agent:
             self._stats_step()
             self.quarantine.check()
             # After a failed copy step the destination is in doubt: delete nothing now.
-            policy = self.config.policy()
-            if policy is not None and ok:
+            settings = self.settings()
+            if settings.policy is not None and ok:
                 self.session.set("activity", "deleting")
-                deleted = delete_due(self.manager, self.config.archive_name,
-                                     self.config.delete_local_after,
-                                     transport=self.handler.transport,
-                                     verify_md5=self.config.verify_before_delete,
-                                     notes=self.handler.delete_notes, policy=policy,
-                                     disks=self.disks, dirs=self.empty_dirs)
+                deleted = steps.delete(self.manager, self.transport, self.clock, settings,
+                                       self.memory, disks=self.disks, dirs=self.empty_dirs)
                 self._retention_step(deleted)
                 if deleted.error is not None and not self.stop_event.is_set():
                     self.session.count("errors_timeout" if deleted.timed_out
@@ -321,13 +331,10 @@ class Agent:
 
     def _timecode_step(self) -> bool:
         """Advance the timecode dirs; True when finalization files were registered."""
-        cfg = self.config
         clock_ok = self.clock_check.check()
-        self.manager.detect_timecode_dirs(cfg.archive_name)
         before = self.dir_watch.supplements_written
-        finalized = update_timecode_dirs(
-            self.manager, cfg.archive_name, cfg.suprsync_file_root, cfg.instance_id,
-            clock=self.clock, watch=self.dir_watch, clock_ok=clock_ok)
+        finalized = steps.finalize(self.manager, self.transport, self.clock, self.settings(),
+                                   self.memory, clock_ok=clock_ok)
         return bool(finalized) or self.dir_watch.supplements_written > before
 
     def anomalies(self) -> dict[str, Any]:
@@ -378,12 +385,12 @@ class Agent:
             return False
         finally:
             self._watch.reopen()
-        self.manager = self.handler.srfm = fresh
+        self.manager = fresh
         return True
 
     def _release_own_claims(self) -> None:
         try:
-            self.manager.release_claims(self.handler.agent_id)
+            self.manager.release_claims(self.agent_id)
         except (SQLAlchemyError, CatalogBusy):
             pass  # they expire, and the next claim of this agent drops them
 
@@ -391,8 +398,8 @@ class Agent:
         cfg = self.config
         self.session.set("activity", "copying")
         try:
-            report = self.handler.copy_report(max_copy_attempts=cfg.max_copy_attempts,
-                                              num_files=cfg.files_per_batch)
+            report = steps.copy(self.manager, self.transport, self.clock, self.settings(),
+                                self.memory)
         except TransportError as exc:
             if not self.stop_event.is_set():
                 log.error("[%s] destination unavailable: %s", cfg.instance_id, exc)
@@ -421,10 +428,8 @@ class Agent:
 
     def _stats_step(self) -> None:
         cfg = self.config
-        now = self.clock()
-        stats = self.manager.get_archive_stats(cfg.archive_name)
-        self.conflicts = self.manager.read(lambda s: conflict_count(s, cfg.archive_name),
-                                           what="count conflicts")
+        read = steps.stats(self.manager, self.transport, self.clock, self.settings())
+        now, stats, self.conflicts = read.time, read.archive, read.conflicts
         self.session.set_archive_stats(cfg.archive_name, stats)
         self.publish("archive_stats", {"block_name": cfg.archive_name, "timestamp": now,
                                        "data": stats})

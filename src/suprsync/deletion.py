@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import exists, or_, select
@@ -45,6 +45,7 @@ from .verdicts import judge_before_delete, judge_copy
 log = logging.getLogger(__name__)
 
 F = SupRsyncFile
+Clock = Callable[[], float]
 
 #: Rows handled per query (and per remote check) while deleting.
 CHUNK = 500
@@ -284,7 +285,8 @@ def _blocked(manager: SupRsyncFilesManager, archive_name: str, due: list[SupRsyn
 def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: float | None,
                transport: Transport | None = None, verify_md5: bool = False,
                notes: set[str] | None = None, *, policy: Policy | None = None,
-               disks: DiskWatch | None = None, dirs: EmptyDirs | None = None) -> DeleteReport:
+               disks: DiskWatch | None = None, dirs: EmptyDirs | None = None,
+               clock: Clock) -> DeleteReport:
     """Delete every local file due for deletion (see the module doc); report what happened.
 
     ``policy`` (default: ``delete_after`` for every file) says when; with ``disks``
@@ -292,14 +294,14 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
     oldest first, while their file system is short of space. ``dirs`` removes the
     directories left empty. With a transport, each remote copy is checked first. A
     file that cannot be deleted is logged (once per ``notes``) and kept; the pass
-    goes on.
+    goes on. ``clock`` dates the decisions and the deletions.
     """
     report = DeleteReport()
     notes = notes if notes is not None else set()
     policy = policy or Policy.delete_after(delete_after)
     text = policy.published()
     manager.write(lambda s: publish_policy(s, archive_name, text), what="publish deletion rule")
-    now = manager.clock()
+    now = clock()
     newest = kept_newest(manager, archive_name, policy)
     need = {}
     if disks is not None:
@@ -325,7 +327,7 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
         rows = [r for group in groups.values() for r in group]
         if transport is not None and rows:
             try:
-                good = _confirmed_on_remote(manager, transport, rows, verify_md5, report)
+                good = _confirmed_on_remote(manager, transport, rows, verify_md5, report, now)
             except TransportError as exc:
                 report.error = str(exc)
                 report.timed_out = exc.timed_out
@@ -335,7 +337,7 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
         removed = []
         for path in groups:
             verdict = plan.verdicts[path]
-            when = _delete_one(manager, path, report, dirs, verdict.reason)
+            when = _delete_one(clock, path, report, dirs, verdict.reason)
             if when is None:
                 continue
             removed += [(file_id, when) for file_id in plan.delete[path][1]]
@@ -362,7 +364,7 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
 
 def _confirmed_on_remote(manager: SupRsyncFilesManager, transport: Transport,
                          rows: list[SupRsyncFile], verify_md5: bool,
-                         report: DeleteReport) -> set[int]:
+                         report: DeleteReport, now: float) -> set[int]:
     """Ids of the rows whose remote copy still matches; the others are handled here."""
     rels = {}
     for row in rows:
@@ -378,7 +380,8 @@ def _confirmed_on_remote(manager: SupRsyncFilesManager, transport: Transport,
         except FileNotFoundError:
             confirmed.add(row.id)  # recorded as already gone
         except OSError as exc:
-            _changed(manager, row, f"the local file is no longer a regular file: {exc}", report)
+            _changed(manager, row, f"the local file is no longer a regular file: {exc}", report,
+                     now)
     paths = sorted({rels[i] for i in local if i in rels})
     remote = transport.stat(paths)
     total = sum(st.st_size for st in local.values())
@@ -396,7 +399,7 @@ def _confirmed_on_remote(manager: SupRsyncFilesManager, transport: Transport,
         reason = verdict.detail
         if verdict.ok:
             confirmed.add(row.id)
-        elif _local_intact(manager, row, reason, report):
+        elif _local_intact(manager, row, reason, report, now):
             if rel is not None and there is not None and rel not in sums:
                 sums.update(transport.checksums([rel], total_bytes=there.size))
             observed = sums.get(rel) if rel is not None else None
@@ -411,7 +414,7 @@ def _confirmed_on_remote(manager: SupRsyncFilesManager, transport: Transport,
 
 
 def _local_intact(manager: SupRsyncFilesManager, row: SupRsyncFile, reason: str,
-                  report: DeleteReport) -> bool:
+                  report: DeleteReport, now: float) -> bool:
     """True when the local file still has the registered md5; else record a conflict."""
     try:
         current = md5_file(row.local_path)
@@ -422,15 +425,15 @@ def _local_intact(manager: SupRsyncFilesManager, row: SupRsyncFile, reason: str,
     if current == row.local_md5sum:
         return True
     _changed(manager, row, f"{reason}: the local file changed after its copy was verified "
-                           f"(md5 {row.local_md5sum} -> {current})", report)
+                           f"(md5 {row.local_md5sum} -> {current})", report, now)
     return False
 
 
 def _changed(manager: SupRsyncFilesManager, row: SupRsyncFile, detail: str,
-             report: DeleteReport) -> None:
+             report: DeleteReport, now: float) -> None:
     conflict = NewConflict(row.id, CHANGED, None, detail)
-    new = manager.write(lambda s: record_conflicts(s, row.archive_name, [conflict],
-                                                   manager.clock()), what="record conflict")
+    new = manager.write(lambda s: record_conflicts(s, row.archive_name, [conflict], now),
+                        what="record conflict")
     report.conflicts.append((row.local_path, detail))
     if new:
         log.error("conflict: not deleting %s (file id %s) and not sending it again: %s; the "
@@ -438,7 +441,7 @@ def _changed(manager: SupRsyncFilesManager, row: SupRsyncFile, detail: str,
                   row.local_path, row.id, detail)
 
 
-def _delete_one(manager: SupRsyncFilesManager, path: str, report: DeleteReport,
+def _delete_one(clock: Clock, path: str, report: DeleteReport,
                 dirs: EmptyDirs | None = None, why: str = "verified") -> float | None:
     """Delete one local file; the removed time to record, or None if kept.
 
@@ -463,4 +466,4 @@ def _delete_one(manager: SupRsyncFilesManager, path: str, report: DeleteReport,
         return None
     log.info("deleted local copy %s: %s", path, why)
     report.deleted.append(path)
-    return manager.clock()
+    return clock()

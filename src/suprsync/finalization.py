@@ -14,7 +14,6 @@ import fcntl
 import glob
 import logging
 import os
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -306,7 +305,7 @@ def watch_of(manager: SupRsyncFilesManager, archive_name: str) -> DirWatch:
 
 
 def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_root: str,
-                         instance_id: str, clock: Clock = time.time,
+                         instance_id: str, clock: Clock,
                          watch: DirWatch | None = None,
                          clock_ok: bool = True) -> list[TimecodeDir]:
     """Complete, sync and finalize this archive's dirs; return the dirs finalized now.

@@ -1,12 +1,15 @@
-"""SupRsyncFileHandler: the original agent's copy/delete API, built on the same steps."""
+"""SupRsyncFileHandler: the original agent's copy/delete API, built on the same steps
+(:mod:`suprsync.steps`) as the agent loop, with the catalog's clock."""
 
 from __future__ import annotations
 
 import subprocess
 
+from . import steps
 from .catalog.store import SupRsyncFilesManager
-from .copying import CopyReport, Pipeline, copy_batch, default_agent_id
-from .deletion import DeleteReport, delete_due
+from .copying import CopyReport, Pipeline, default_agent_id
+from .deletion import DeleteReport
+from .retention import Policy
 from .transport import SshOptions, TransferOptions, Transport, TransportError, make_transport
 
 
@@ -49,10 +52,14 @@ class SupRsyncFileHandler:
         self.transport = transport
         self.pipeline = pipeline or Pipeline()
         self.agent_id = agent_id or default_agent_id(archive_name)
-        #: (file id, other id) of the waits already logged.
-        self.notes: set[tuple[int, int | None]] = set()
-        #: Local paths whose reason for being kept was logged already.
-        self.delete_notes: set[str] = set()
+        #: What the steps remember between calls (the waits and kept files logged).
+        self.memory = steps.Memory()
+
+    def _settings(self, max_copy_attempts: int | None = None, num_files: int | None = None,
+                  policy: Policy | None = None) -> steps.Settings:
+        return steps.Settings(archive_name=self.archive_name, agent_id=self.agent_id,
+                              pipeline=self.pipeline, max_copy_attempts=max_copy_attempts,
+                              num_files=num_files, policy=policy)
 
     def copy_report(self, max_copy_attempts: int | None = None,
                     num_files: int | None = None, reach_first: bool = True) -> CopyReport:
@@ -61,12 +68,9 @@ class SupRsyncFileHandler:
         Raises TransportError when the destination cannot be reached (with
         ``reach_first``, also when nothing is copyable).
         """
-        report = copy_batch(self.srfm, self.transport, self.archive_name,
-                            max_copy_attempts=max_copy_attempts, num_files=num_files,
-                            clock=self.srfm.clock, pipeline=self.pipeline,
-                            agent_id=self.agent_id, notes=self.notes,
-                            reach_first=reach_first)
-        return report
+        settings = self._settings(max_copy_attempts=max_copy_attempts, num_files=num_files)
+        return steps.copy(self.srfm, self.transport, self.srfm.clock, settings, self.memory,
+                          reach_first=reach_first)
 
     def copy_files(self, max_copy_attempts: int | None = None,
                    num_files: int | None = None) -> list[tuple[str, bool]]:
@@ -95,8 +99,8 @@ class SupRsyncFileHandler:
 
         Each remote copy is checked again (exists, same size and mtime) first.
         """
-        return delete_due(self.srfm, self.archive_name, delete_after, transport=self.transport,
-                          notes=self.delete_notes)
+        settings = self._settings(policy=Policy.delete_after(delete_after))
+        return steps.delete(self.srfm, self.transport, self.srfm.clock, settings, self.memory)
 
     def close(self) -> None:
         """Release the transport's connections."""

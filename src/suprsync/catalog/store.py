@@ -437,8 +437,12 @@ class SupRsyncFilesManager:
         return finalized_until(session, archive_name, self.clock())
 
     @with_session
-    def get_archive_stats(self, archive_name: str, session: Session | None = None) -> dict:
-        """finalized_until, num_files, uncopied_files, last_file_added, last_file_copied."""
+    def get_archive_stats(self, archive_name: str, session: Session | None = None,
+                          now: float | None = None) -> dict:
+        """finalized_until, num_files, uncopied_files, last_file_added, last_file_copied.
+
+        ``now``: the time of the statistics (default: this catalog's clock).
+        """
         assert session is not None
         in_archive = F.archive_name == archive_name
         num_files = self._count_files(session, archive_name)
@@ -451,7 +455,8 @@ class SupRsyncFilesManager:
             select(F.local_path).where(in_archive, SYNCED, HEALTHY)
             .order_by(F.timestamp.desc(), F.id.desc()).limit(1))
         return {
-            "finalized_until": self.get_finalized_until(archive_name, session=session),
+            "finalized_until": finalized_until(session, archive_name,
+                                               self.clock() if now is None else now),
             "num_files": int(num_files or 0),
             "uncopied_files": int(uncopied or 0),
             "last_file_added": last_added or "",
