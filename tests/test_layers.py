@@ -83,3 +83,49 @@ def test_catalog_package_has_no_import_cycle() -> None:
     modules = sorted((ROOT / "catalog").glob("*.py"))
     assert len(modules) > 10
     assert cycle_in(graph(modules)) is None
+
+
+#: The backends' names; only catalog/dialects.py compares anything with them.
+BACKENDS = {"sqlite", "postgresql", "postgres"}
+
+
+def backend_checks(path: Path) -> list[str]:
+    """Where a module asks which backend it runs on (by its name) instead of asking the
+    catalog's dialect object."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        where = f"{path.name}:{getattr(node, 'lineno', 0)}"
+        if isinstance(node, ast.Compare):
+            consts = [n for n in (node.left, *node.comparators) if isinstance(n, ast.Constant)]
+            if any(c.value in BACKENDS for c in consts):
+                found.append(f"{where} compares with a backend name")
+        elif isinstance(node, ast.Attribute) and node.attr == "name":
+            inner = node.value
+            if (isinstance(inner, ast.Attribute) and inner.attr == "dialect") or (
+                    isinstance(inner, ast.Name) and inner.id == "dialect"):
+                found.append(f"{where} reads dialect.name")
+        elif isinstance(node, ast.Attribute) and node.attr in ("get_backend_name",
+                                                               "is_postgresql", "drivername"):
+            found.append(f"{where} reads {node.attr}")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr in ("startswith", "endswith", "removeprefix")
+              and any(isinstance(a, ast.Constant) and isinstance(a.value, str)
+                      and a.value.split(":")[0] in BACKENDS for a in node.args)):
+            found.append(f"{where} matches a URL against a backend name")
+    return found
+
+
+def test_backend_check_finder_finds_each_form(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text('if s.get_bind().dialect.name == "sqlite": pass\n'
+                      'if url.startswith("sqlite"): pass\n'
+                      'x = url.get_backend_name()\n'
+                      'y = manager.is_postgresql\n')
+    assert len(backend_checks(sample)) == 5
+
+
+def test_only_the_dialect_module_checks_the_backend_name() -> None:
+    offenders = [hit for path in sorted(ROOT.rglob("*.py"))
+                 if path != ROOT / "catalog" / "dialects.py"
+                 for hit in backend_checks(path)]
+    assert offenders == []

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from test_layers import ROOT
 
 from suprsync.catalog.requeue import requeue_row
 from suprsync.catalog.schema import PinnedFile, SupRsyncFile
@@ -103,3 +105,33 @@ def test_requeue_leaves_a_removed_file_alone(tmp_path: Path) -> None:
     manager.requeue(row.id)
     assert manager.read(lambda s: s.get(SupRsyncFile, row.id)).remote_md5sum == A
     manager.close()
+
+
+def remote_md5_writes(path: Path) -> list[int]:
+    """Lines of a module that set remote_md5sum: an assignment to the attribute, a
+    ``remote_md5sum=`` keyword, or a ``"remote_md5sum"`` key set in a dict."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets: list[ast.AST] = []
+        if isinstance(node, ast.Assign):
+            targets = list(node.targets)
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        for t in targets:
+            if isinstance(t, ast.Attribute) and t.attr == "remote_md5sum":
+                lines.append(node.lineno)
+            if (isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant)
+                    and t.slice.value == "remote_md5sum"):
+                lines.append(node.lineno)
+        if isinstance(node, ast.keyword) and node.arg == "remote_md5sum":
+            lines.append(node.value.lineno)
+    return lines
+
+
+def test_only_requeue_row_forgets_a_verification() -> None:
+    """Setting remote_md5sum is recording a verdict (record_results), forgetting one
+    (requeue_row), or marking a superseded row ignored (resolve); nothing else."""
+    allowed = {"catalog/requeue.py": 1, "catalog/store.py": 1, "catalog/resolve.py": 1}
+    found = {str(p.relative_to(ROOT)): len(hits) for p in sorted(ROOT.rglob("*.py"))
+             if (hits := remote_md5_writes(p))}
+    assert found == allowed

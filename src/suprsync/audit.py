@@ -174,9 +174,8 @@ def _stream(manager: SupRsyncFilesManager, query, batch: int) -> Iterator[Any]: 
 def known_paths_sorted(manager: SupRsyncFilesManager, archive: str,
                        batch: int) -> Iterator[str]:
     """The archive's remote paths in bytewise order (duplicates possible)."""
-    path = F.remote_path.collate("C") if manager.is_postgresql else F.remote_path
     query = (select(F.remote_path).where(F.archive_name == archive)
-             .order_by(path))
+             .order_by(manager.dialect.bytewise(F.remote_path)))
     for (remote_path,) in _stream(manager, query, batch):
         if isinstance(remote_path, str):  # not NULL, not a BLOB (quarantined rows)
             yield remote_path

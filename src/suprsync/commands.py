@@ -374,12 +374,14 @@ def cmd_rebuild_timecode_dirs(ns: argparse.Namespace) -> int:
 
 
 def cmd_migrate(ns: argparse.Namespace) -> int:
+    from .catalog.dialects import database_file
+    from .catalog.engine import catalog_url
     from .catalog.migrate import MigrationError, migrate
 
-    source = ns.source.removeprefix("sqlite:///") if ns.source.startswith("sqlite:///") \
-        else ns.source
-    if "://" not in source and not os.path.exists(source):
-        raise CliError(f"source catalog {source!r} does not exist")
+    source = ns.source
+    path = database_file(catalog_url(source))
+    if path is not None and not os.path.exists(path):
+        raise CliError(f"source catalog {path!r} does not exist")
     tty = sys.stderr.isatty()
 
     def progress(table: str, done: int, total: int) -> None:

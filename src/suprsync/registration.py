@@ -20,6 +20,7 @@ from sqlalchemy import insert
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from .catalog.dialects import dialect_of
 from .catalog.schema import SupRsyncFile
 from .catalog.settings import CATALOG_FILE_SUFFIXES
 from .catalog.store import SupRsyncFilesManager
@@ -135,7 +136,7 @@ def _insert(session: Session, batch: Batch, prefix: int, archive_name: str,
 
 def _has_json_functions(session: Session) -> bool:
     """True for an SQLite catalog whose library has json_each (built in since 3.38)."""
-    if session.get_bind().dialect.name != "sqlite":
+    if not dialect_of(session).json_each:
         return False
     try:
         session.connection().exec_driver_sql("SELECT json_valid('[]')")

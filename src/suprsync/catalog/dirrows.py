@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import literal_column, or_
 from sqlalchemy.orm import Session
 
+from .dialects import dialect_of
 from .schema import SupRsyncFile
 
 F = SupRsyncFile
@@ -19,7 +20,7 @@ def in_dir(session: Session, archive_name: str, timecode: int):  # type: ignore[
     BLOB (quarantined; BLOBs sort after all text) that LIKE matches.
     """
     prefix = f"{int(timecode)}/"
-    if session.get_bind().dialect.name != "sqlite":
+    if dialect_of(session).prefix_like_uses_index:
         return (F.archive_name == archive_name) & F.remote_path.like(prefix + "%")
     # archive_name inside each branch: sqlite then searches the index once per branch.
     return or_((F.archive_name == archive_name) & (F.remote_path >= prefix)

@@ -12,6 +12,7 @@ from typing import TypeVar
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 
+from .dialects import database_file, dialect_for_url
 from .quarantine import register_sqlite_functions
 from .settings import BUSY_TIMEOUT
 
@@ -42,11 +43,11 @@ def make_engine(
 ) -> Engine:
     """Create the engine; for sqlite, WAL mode and a busy timeout on every connection."""
     url = catalog_url(db)
-    if not url.startswith("sqlite"):
+    if not dialect_for_url(url).one_file:
         return create_engine(url, echo=echo, pool_size=pool_size, max_overflow=max_overflow,
                              pool_pre_ping=True)
-    path = url.removeprefix("sqlite:///")
-    if path and path != ":memory:":
+    path = database_file(url)
+    if path:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     engine = create_engine(
         url,

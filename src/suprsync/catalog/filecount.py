@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from .dialects import STATISTICS, TRIGGERS, dialect_of
 from .meta import get_meta, set_meta
 from .schema import CatalogMeta, SupRsyncFile
 from .settings import FILES_TABLE
@@ -82,7 +83,7 @@ def parse(value: str | None) -> Count | None:
 
 def install_mark(session: Session) -> None:
     """Create the mark and, on sqlite, the triggers that keep it (when missing)."""
-    if session.get_bind().dialect.name != "sqlite":
+    if dialect_of(session).deletion_mark != TRIGGERS:
         return
     if get_meta(session, MARK_KEY) is None:
         set_meta(session, MARK_KEY, "0")
@@ -96,14 +97,14 @@ def install_mark(session: Session) -> None:
 
 def deletion_mark(session: Session) -> int | None:
     """The catalog's deletion mark now; None when it has none."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "sqlite":
+    kind = dialect_of(session).deletion_mark
+    if kind == TRIGGERS:
         value = get_meta(session, MARK_KEY)
         try:
             return None if value is None else int(value)
         except ValueError:
             return None
-    if dialect == "postgresql":
+    if kind == STATISTICS:
         value = session.scalar(text(
             "SELECT n_tup_del FROM pg_stat_user_tables WHERE relid = to_regclass(:t)"),
             {"t": FILES_TABLE})
@@ -113,7 +114,7 @@ def deletion_mark(session: Session) -> int | None:
 
 def exact_mark(session: Session, mark: int | None) -> bool:
     """True when the mark changes with every deletion and move (the sqlite triggers)."""
-    return mark is not None and session.get_bind().dialect.name == "sqlite"
+    return mark is not None and dialect_of(session).deletion_mark == TRIGGERS
 
 
 def rows_between(session: Session, archive_name: str, low: int, high: int) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
+from .dialects import dialect_for
 from .schema import SupRsyncFile, TimecodeDir
 from .store import SupRsyncFilesManager
 
@@ -63,19 +64,9 @@ def migrate(source: str, destination: str, progress: Progress | None = None) -> 
             copied[table.name] = done
             if _count(dst.engine, table) != total:
                 raise MigrationError(f"{table.name}: copied {done} of {total} rows")
-            _reset_sequence(dst.engine, table.name)
+            dialect_for(dst.engine).reset_sequence(dst.engine, table.name)
             log.info("migrated %d rows of %s", done, table.name)
     finally:
         src.close()
         dst.close()
     return copied
-
-
-def _reset_sequence(engine: Engine, table_name: str) -> None:
-    """After inserting explicit ids, let PostgreSQL's id sequence continue after them."""
-    if engine.dialect.name != "postgresql":
-        return
-    with engine.begin() as conn:
-        conn.execute(text(
-            f"SELECT setval(pg_get_serial_sequence('{table_name}', 'id'), "
-            f"COALESCE((SELECT MAX(id) FROM {table_name}), 0) + 1, false)"))

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from ..collisions import Partner
 from ..paths import ODD_END, ODD_INSIDE, ODD_START, ODD_WHOLE, normalize_remote_path, parents
+from .dialects import dialect_of
 from .inserts import insert_missing
 from .meta import get_meta, set_meta
 from .schema import PathKey, SupRsyncFile
@@ -110,7 +111,7 @@ def _chunks(values: Sequence[str]) -> Iterable[list[str]]:
         yield list(values[start:start + CHUNK])
 
 
-def _children_sql(dialect: str, joined: str, column: str, extra: str = "",
+def _children_sql(arrays: bool, joined: str, column: str, extra: str = "",
                   then: str = "") -> Any:
     """Rows whose ``column`` (alias.name) lies in [key/, key0) for one of the keys.
 
@@ -119,7 +120,7 @@ def _children_sql(dialect: str, joined: str, column: str, extra: str = "",
     """
     cols = ", ".join(f"f.{c.key}" for c in _COLUMNS)
     archive = column.split(".")[0] + ".archive_name"
-    if dialect == "postgresql":
+    if arrays:
         return text(
             f"SELECT {cols}{extra} FROM unnest(CAST(:keys AS text[])) AS j(value) "
             f"JOIN {joined} ON {archive} = :archive "
@@ -168,14 +169,13 @@ def partners(session: Session, archive_name: str, keys: Iterable[str],
                              .join(PathKey, PathKey.file_id == F.id)
                              .where(PathKey.archive_name == archive_name,
                                     PathKey.path.in_(chunk))), "norm")
-    dialect = session.get_bind().dialect.name
-    is_pg = dialect == "postgresql"
-    files_children = _children_sql(dialect, f"{F.__tablename__} AS f", "f.remote_path")
+    arrays = dialect_of(session).array_parameters
+    files_children = _children_sql(arrays, f"{F.__tablename__} AS f", "f.remote_path")
     keyed_children = _children_sql(
-        dialect, f"{PathKey.__tablename__} AS t", "t.path", ", t.path AS norm",
+        arrays, f"{PathKey.__tablename__} AS t", "t.path", ", t.path AS norm",
         f" JOIN {F.__tablename__} AS f ON f.id = t.file_id")
     for chunk in _chunks(wanted):
-        keys_param: Any = chunk if is_pg else json.dumps(chunk)
+        keys_param: Any = chunk if arrays else json.dumps(chunk)
         params = {"keys": keys_param, "archive": archive_name}
         take(session.execute(files_children, params))
         take(session.execute(keyed_children, params), "norm")

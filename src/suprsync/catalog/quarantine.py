@@ -34,6 +34,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import NullType
 
+from .dialects import dialect_for
 from .schema import SupRsyncFile
 from .settings import FILES_TABLE
 
@@ -232,8 +233,9 @@ def _generic_healthy() -> str:
     return " AND ".join(f"({p})" for p in parts)
 
 
+#: The rules' SQL: with typeof() and the registered functions (sqlite), and without.
 _SQL = {
-    "sqlite": {
+    "typeof": {
         "healthy": _sqlite_healthy(),
         "archive_ok": (f"{_sqlite_types('archive_name', 'text')} AND "
                        f"{UTF8_FUNCTION}(CAST({FILES_TABLE}.archive_name AS BLOB)) = 1"),
@@ -271,7 +273,8 @@ class _Rule(ColumnElement[bool]):
 
 @compiles(_Rule)
 def _compile_rule(element: _Rule, compiler: Any, **_kw: Any) -> str:
-    sql = _SQL.get(compiler.dialect.name, _SQL["default"])[element.key]
+    rules = _SQL["typeof" if dialect_for(compiler.dialect).typeof_checks else "default"]
+    sql = rules[element.key]
     return f"(NOT ({sql}))" if element.negate else f"({sql})"
 
 

@@ -13,7 +13,6 @@ from functools import wraps
 from typing import Any, TypeVar
 
 from sqlalchemy import and_, bindparam, delete, exists, func, inspect, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,8 +20,15 @@ from ..hashing import md5_file
 from ..paths import check_local_file, normalize_remote_path, timecode_of
 from . import filecount
 from . import timecode as tc_rules
+from .dialects import (
+    TRIGGERS,
+    CatalogDialect,
+    database_file,
+    dialect_for,
+    plain_insert_sql,
+    via_unsynced_index,
+)
 from .engine import CatalogBusy, configure_sqlite, make_engine, retry_busy
-from .hints import UNSYNCED_ROWS, note_indexes
 from .localdirs import record_dirs
 from .meta import get_meta, set_meta
 from .quarantine import HEALTHY, TIME_OK, is_valid_text
@@ -117,8 +123,9 @@ class CopyResult:
 
 def _copyable_query(archive_name: str, max_copy_attempts: int | None,
                     num_files: int | None):  # type: ignore[no-untyped-def]
-    query = select(F).where(F.archive_name == archive_name, UNSYNCED, F.removed.is_(None),
-                            NOT_IGNORED, HEALTHY).with_hint(F, UNSYNCED_ROWS, "sqlite")
+    query = via_unsynced_index(
+        select(F).where(F.archive_name == archive_name, UNSYNCED, F.removed.is_(None),
+                        NOT_IGNORED, HEALTHY), F)
     if max_copy_attempts is not None:
         query = query.where(func.coalesce(F.failed_copy_attempts, 0) < max_copy_attempts)
     query = query.order_by(F.timestamp, F.id)
@@ -136,10 +143,8 @@ def _after(after: tuple[float, int] | None) -> list[Any]:
             or_(F.timestamp > timestamp, and_(F.timestamp == timestamp, F.id > file_id))]
 
 
-_INSERT_FILE = F.__table__.insert()
 _INSERT_COLUMNS = [c.name for c in F.__table__.columns if c.name != "id"]
-_SQLITE_INSERT = (f"INSERT INTO {F.__tablename__} ({', '.join(_INSERT_COLUMNS)}) "
-                  f"VALUES ({', '.join('?' for _ in _INSERT_COLUMNS)})")
+_SQLITE_INSERT = plain_insert_sql(F.__table__, _INSERT_COLUMNS)
 
 #: File ids of older rows scanned for timecode dirs per detect_timecode_dirs call.
 TC_SCAN_CHUNK = 20_000
@@ -171,13 +176,11 @@ def record_tc_scan_state(session: Session, archive_name: str, state: tuple[int, 
 
 def finalized_until(session: Session, archive_name: str, now: float) -> float:
     """Time before which every non-ignored file of the archive is synced (now when all are)."""
-    oldest = session.scalar(
+    oldest = session.scalar(via_unsynced_index(
         select(F.timestamp)
         .where(F.archive_name == archive_name, UNSYNCED, NOT_IGNORED, TIME_OK)
         .order_by(F.timestamp)
-        .limit(1)
-        .with_hint(F, UNSYNCED_ROWS, "sqlite")
-    )
+        .limit(1), F))
     return now if oldest is None else float(oldest) - 1
 
 
@@ -200,11 +203,12 @@ class SupRsyncFilesManager:
         self.db_path = str(db_path)
         self.clock = clock
         self._engine = make_engine(self.db_path, echo, pool_size, max_overflow)
+        #: What differs between the backends (see dialects.py), chosen here once.
+        self.dialect: CatalogDialect = dialect_for(self._engine)
         self.Session = sessionmaker(bind=self._engine, expire_on_commit=False)
         if create_all:
             retry_busy(self._create_schema, what="create catalog tables")
-        if self._engine.dialect.name == "sqlite":
-            retry_busy(self._note_indexes, what="read catalog indexes")
+        retry_busy(lambda: self.dialect.note_indexes(self._engine), what="read catalog indexes")
         # Timecode dirs known to have a row (so add_file need not look again).
         self._known_tcdirs: set[tuple[str, int]] = set()
         # Local directories whose real path was recorded (see localdirs.py).
@@ -232,10 +236,7 @@ class SupRsyncFilesManager:
 
     def sqlite_path(self) -> str | None:
         """Absolute path of the catalog file when it is sqlite, else None."""
-        url = self._engine.url
-        if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-            return None
-        return os.path.abspath(url.database)
+        return database_file(self._engine.url)
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -249,13 +250,6 @@ class SupRsyncFilesManager:
                 self._plain.close()
                 self._plain = None
         self._engine.dispose()
-
-    def _note_indexes(self) -> None:
-        # Index hints name only indexes the catalog has (see hints.py).
-        with self._engine.connect() as conn:
-            names = set(conn.exec_driver_sql(
-                "SELECT name FROM sqlite_master WHERE type = 'index'").scalars())
-        note_indexes(self._engine.dialect, names)
 
     def _create_schema(self) -> None:
         # Another process may create the same tables at the same moment: the loser's
@@ -346,11 +340,7 @@ class SupRsyncFilesManager:
 
         def insert_row() -> int:
             with self._engine.begin() as conn:
-                if conn.dialect.name == "sqlite":
-                    file_id = conn.exec_driver_sql(_SQLITE_INSERT,
-                                                   tuple(values.values())).lastrowid
-                else:
-                    file_id = conn.execute(_INSERT_FILE, values).inserted_primary_key[0]
+                file_id = self.dialect.insert_returning_id(conn, F.__table__, values)
                 if timecode is not None and (archive_name, timecode) not in self._known_tcdirs:
                     with Session(bind=conn) as tc_session:
                         tc_rules.ensure_tcdir(tc_session, archive_name, timecode)
@@ -473,7 +463,7 @@ class SupRsyncFilesManager:
         """
         known = self._file_counts.get(archive_name)
         if known is not None and (
-                (known.mark is not None and self._engine.dialect.name == "sqlite")
+                (known.mark is not None and self.dialect.deletion_mark == TRIGGERS)
                 or 0 <= self.clock() - known.counted_at <= filecount.FULL_COUNT_INTERVAL):
             return
         with self._count_jobs_lock:
@@ -602,11 +592,6 @@ class SupRsyncFilesManager:
         if timecode is not None:
             tc_rules.ensure_tcdir(session, archive_name, timecode)
 
-    @property
-    def is_postgresql(self) -> bool:
-        """True when the catalog is a PostgreSQL database."""
-        return self._engine.dialect.name == "postgresql"
-
     def max_file_id(self) -> int:
         """Highest file id of the catalog (0 when it is empty)."""
         return self.read(tc_rules.max_file_id, what="highest file id")
@@ -644,21 +629,12 @@ class SupRsyncFilesManager:
             # Plain rows (attribute access by column name), not ORM objects: a slice
             # of a large backlog costs a few hundred bytes per file, not kilobytes.
             query = query.with_only_columns(*F.__table__.columns)
-            if self.is_postgresql:
-                query = query.with_for_update(skip_locked=True, of=F)
-            rows = list(session.execute(query))
+            rows = list(session.execute(self.dialect.claim(query, of=F)))
             if not rows:
                 return rows
             leases = [{"file_id": r.id, "agent_id": agent_id, "expires": now + lease}
                       for r in rows]
-            if not self.is_postgresql:
-                session.execute(FileClaim.__table__.insert(), leases)
-                return rows
-            # A claim committed after this query's snapshot is invisible to NOT EXISTS
-            # while its files are no longer locked: keep only the leases we could insert.
-            won = set(session.scalars(
-                pg_insert(FileClaim).on_conflict_do_nothing(index_elements=["file_id"])
-                .returning(FileClaim.file_id), leases))
+            won = self.dialect.insert_claims(session, FileClaim.__table__, leases)
             return [r for r in rows if r.id in won]
 
         return self.write(claim, what="claim files")

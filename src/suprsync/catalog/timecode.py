@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from sqlalchemy import case, func, or_, select, text, update
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ..paths import subdir_of, timecode_of
 from .anomalies import future_limit, timecode_at
+from .dialects import dialect_of, via_unsynced_index
 from .dirrows import in_dir
-from .hints import UNSYNCED_ROWS
 from .lateness import SUPRSYNC_SUBDIR, own_file
 from .quarantine import HEALTHY, QUARANTINED, printable
 from .schema import NOT_IGNORED, SYNCED, UNSYNCED, SupRsyncFile, TimecodeDir
@@ -37,14 +37,9 @@ NOT_FINALIZED = or_(TD.finalized.is_(None), TD.finalized.is_(False))
 
 
 def lock_dir_rows(session: Session, archive_name: str) -> None:
-    """On PostgreSQL, keep other transactions from creating this archive's dir rows now.
-
-    The table has no unique key on (archive, timecode); without this lock, two agents
-    detecting the same new dir at once would both insert it. sqlite serializes writers.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_advisory_xact_lock(
-            func.hashtext(f"suprsync timecode dirs {archive_name}"))))
+    """Keep other transactions from creating this archive's dir rows now (a lock on
+    PostgreSQL; sqlite serializes writers)."""
+    dialect_of(session).lock_archive_dirs(session, archive_name)
 
 
 def ensure_tcdir(session: Session, archive_name: str, timecode: int) -> None:
@@ -125,10 +120,9 @@ def mark_completed(session: Session, archive_name: str, now: float, by_age: bool
 def waiting_count(session: Session, archive_name: str, timecode: int) -> int:
     """Non-ignored files of this archive's dir whose copy is not verified (a search of
     the archive's few unsynced rows)."""
-    return int(session.scalar(
+    return int(session.scalar(via_unsynced_index(
         select(func.count()).select_from(F)
-        .where(in_dir(session, archive_name, timecode), UNSYNCED, NOT_IGNORED)
-        .with_hint(F, UNSYNCED_ROWS, "sqlite")) or 0)
+        .where(in_dir(session, archive_name, timecode), UNSYNCED, NOT_IGNORED), F)) or 0)
 
 
 def unsynced_count(session: Session, archive_name: str, timecode: int) -> int:
@@ -254,15 +248,10 @@ def rows_above(session: Session, archive_name: str, timecode: int,
 
 
 def freeze_registrations(session: Session) -> None:
-    """On PostgreSQL, wait for registrations in flight and hold new ones until commit.
-
-    Ids are handed out before a row commits, so a row can commit after rows with
-    higher ids; under this lock the rows a finalization file describes are exactly
-    those below its bound. sqlite hands out ids under its write lock.
-    """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text(
-            f"LOCK TABLE {F.__tablename__} IN SHARE ROW EXCLUSIVE MODE"))
+    """Wait for registrations in flight and hold new ones until commit (a table lock
+    on PostgreSQL, which hands out ids before rows commit; sqlite hands them out
+    under its write lock)."""
+    dialect_of(session).freeze_registrations(session, F.__table__)
 
 
 def dir_states(session: Session, archive_name: str) -> dict[str, list[int]]:

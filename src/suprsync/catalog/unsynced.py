@@ -6,7 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from .hints import UNSYNCED_ROWS
+from .dialects import via_unsynced_index
 from .schema import NOT_IGNORED, UNSYNCED, SupRsyncFile
 
 F = SupRsyncFile
@@ -20,5 +20,6 @@ def unsynced_rows(archive_name: str, *columns: Any):  # type: ignore[no-untyped-
     (it cannot estimate ``remote_md5sum != local_md5sum``), would read the whole table
     for a count, and takes the index when the rows are wanted in its order.
     """
-    return (select(*columns).where(F.archive_name == archive_name, UNSYNCED, NOT_IGNORED)
-            .order_by(F.archive_name, F.timestamp).with_hint(F, UNSYNCED_ROWS, "sqlite"))
+    return via_unsynced_index(
+        select(*columns).where(F.archive_name == archive_name, UNSYNCED, NOT_IGNORED)
+        .order_by(F.archive_name, F.timestamp), F)
