@@ -18,6 +18,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .finalize_events import NoticeCounts
+
 if TYPE_CHECKING:
     from .agent import Agent
     from .copying import CopyReport
@@ -73,6 +75,27 @@ class _SessionCollector:
         yield degraded
         yield from self._anomalies(self.agent)
         yield from self._retention(self.agent)
+        yield from self._notices(self.agent)
+
+    @staticmethod
+    def _notices(agent: Agent) -> Iterator[Metric]:
+        counts = (agent.notices.as_dict() if agent.notices is not None
+                  else NoticeCounts().as_dict())
+        delivered = CounterMetricFamily(
+            "suprsync_finalize_notices", "Finalization notices delivered (--on-finalize, "
+            "--on-finalize-url).")
+        delivered.add_metric([], counts["delivered"])
+        yield delivered
+        failures = CounterMetricFamily(
+            "suprsync_finalize_notice_failures", "Failed attempts to deliver a finalization "
+            "notice, per target (command, url).", labels=["target"])
+        for target, n in sorted(counts["failures"].items()):
+            failures.add_metric([target], n)
+        yield failures
+        pending = GaugeMetricFamily("suprsync_finalize_notices_pending",
+                                    "Finalization notices not delivered yet.")
+        pending.add_metric([], counts["pending"])
+        yield pending
 
     @staticmethod
     def _retention(agent: Agent) -> Iterator[Metric]:
