@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TextIO
@@ -25,7 +26,7 @@ from .catalog.settings import CATALOG_FILE_SUFFIXES
 from .catalog.store import SupRsyncFilesManager
 from .catalog.timecode import ensure_tcdir
 from .paths import timecode_of
-from .treescan import TreeScan
+from .treescan import SKIP_UNREADABLE, TreeScan
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,13 @@ def catalog_files(manager: SupRsyncFilesManager) -> set[str]:
 def add_local_files(manager: SupRsyncFilesManager, root: str, archive_name: str,
                     last_edit: float = 60, dry: bool = False,
                     out: TextIO | None = None, workers: int | None = None,
-                    scan: TreeScan | None = None) -> list[str]:
+                    scan: TreeScan | None = None,
+                    skipped: Counter[str] | None = None) -> list[str]:
     """Register every file under root not yet known; remote path is relative to root.
 
     ``scan``: a TreeScan of root already started by the caller (it is closed
-    here). Returns the local paths added (or, when dry, that would be added).
+    here). Returns the local paths added (or, when dry, that would be added);
+    ``skipped`` gets the number of files left out, by reason (treescan's SKIP_*).
     """
     root = os.path.abspath(root)
     if scan is None:
@@ -66,6 +69,8 @@ def add_local_files(manager: SupRsyncFilesManager, root: str, archive_name: str,
                         exclude=catalog_files(manager), hashing=not dry, workers=workers)
     with scan:
         paths = scan.paths()
+        if skipped is not None:
+            skipped.update(scan.skipped)
         if dry:
             if out is not None:
                 for path in paths[:10]:
@@ -75,6 +80,8 @@ def add_local_files(manager: SupRsyncFilesManager, root: str, archive_name: str,
             return paths
         progress_out = sys.stderr if out is not None and out.isatty() else None
         added = _register(manager, scan, archive_name, len(paths), progress_out)
+    if skipped is not None and len(added) < len(paths):
+        skipped[SKIP_UNREADABLE] += len(paths) - len(added)  # md5sum could not read them
     if progress_out is not None and paths:
         progress_out.write("\n")
     return added
