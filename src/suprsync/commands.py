@@ -27,6 +27,7 @@ from .catalog.quarantine import (
     raw_rows_query,
     why_quarantined,
 )
+from .catalog.readonly import shadow_missing_tables
 from .catalog.schema import SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .catalog.timecode import dir_states
@@ -66,8 +67,12 @@ def open_catalog(db: str | None, create: bool = False,
             raise CliError(f"catalog {db!r} does not exist")
         if not os.access(db, os.R_OK):
             raise CliError(f"catalog {db!r} is not readable")
-    # Read-only commands leave an existing catalog as it is (no new tables or indexes).
-    return SupRsyncFilesManager(db, create_all=create or write)
+    # Read-only commands leave an existing catalog as it is (no new tables or indexes):
+    # the extra tables it lacks are read as empty.
+    manager = SupRsyncFilesManager(db, create_all=create or write)
+    if not (create or write):
+        shadow_missing_tables(manager.engine)
+    return manager
 
 
 def _require_archive(manager: SupRsyncFilesManager, archive: str) -> None:
