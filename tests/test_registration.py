@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import os
-import pty
 import shutil
 import signal
 import sqlite3
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SUPRSYNC, run_cli
-from helpers import descendants, make_file
+from helpers import descendants, make_file, run_on_terminal
 
 from suprsync import SupRsyncFilesManager
 from suprsync.registration import add_local_files
@@ -288,26 +287,10 @@ def test_add_local_files_draws_a_progress_bar_on_a_terminal(tmp_path: Path,
     """On a terminal, a progress bar counts the files up to the total."""
     for i in range(5):
         aged(make_file(tmp_path / "root", f"16750/f{i}.dat"))
-    main, secondary = pty.openpty()
-    try:
-        result = subprocess.run(
-            [SUPRSYNC, "add-local-files", str(tmp_path / "root"), ARCHIVE, "--db",
-             str(tmp_catalog), "--create-db"],
-            stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary, timeout=120)
-        os.close(secondary)
-        output = b""
-        while True:
-            try:
-                data = os.read(main, 4096)
-            except OSError:  # EIO: the terminal has no writer left
-                break
-            if not data:
-                break
-            output += data
-    finally:
-        os.close(main)
+    result, text = run_on_terminal(
+        [SUPRSYNC, "add-local-files", str(tmp_path / "root"), ARCHIVE, "--db",
+         str(tmp_catalog), "--create-db"], stdout_too=True)
     assert result.returncode == 0
-    text = output.decode()
     assert "[" + "#" * 30 + "] 5/5 files" in text
     assert "added 5 files" in text
 

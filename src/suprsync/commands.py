@@ -33,6 +33,7 @@ from .catalog.store import SupRsyncFilesManager
 from .catalog.timecode import dir_states
 from .catalog.watch import CatalogLost
 from .options import ConfigError, check_environment, config_from_args
+from .progress import Bar
 from .registration import add_local_files
 from .status import anomaly_lines, quarantine_lines
 from .treescan import (
@@ -376,7 +377,8 @@ def cmd_set_ignore(ns: argparse.Namespace) -> int:
 
 def cmd_recheck(ns: argparse.Namespace) -> int:
     manager = open_catalog(ns.db, write=True)
-    report = maintenance.recheck(manager, ns.paths, ns.archive)
+    with Bar("rechecking", total=len(ns.paths), enabled=not ns.json) as bar:
+        report = maintenance.recheck(manager, ns.paths, ns.archive, progress=bar.update)
     if ns.json:
         print(json.dumps({"queued": list(report.queued), "changed": list(report.changed),
                           "conflicts": list(report.conflicts), "gone": list(report.gone),
@@ -435,17 +437,17 @@ def cmd_migrate(ns: argparse.Namespace) -> int:
         else ns.source
     if "://" not in source and not os.path.exists(source):
         raise CliError(f"source catalog {source!r} does not exist")
-    tty = sys.stderr.isatty()
+    bar = Bar("copying", unit="rows", enabled=not ns.json)
 
     def progress(table: str, done: int, total: int) -> None:
-        if tty:
-            sys.stderr.write(f"\r{table}: {done}/{total} rows")
-            sys.stderr.flush()
-            if done >= total:
-                sys.stderr.write("\n")
+        if bar.label != table:
+            bar.close()
+            bar.phase(table, total)
+        bar.update(done)
 
     try:
-        copied = migrate(source, ns.destination, progress=progress)
+        with bar:
+            copied = migrate(source, ns.destination, progress=progress)
     except MigrationError as exc:
         raise CliError(str(exc)) from None
     if ns.json:

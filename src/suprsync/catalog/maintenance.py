@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select, update
@@ -71,7 +71,8 @@ class RecheckReport:
 
 
 def recheck(manager: SupRsyncFilesManager, paths: Sequence[str],
-            archive_name: str | None = None) -> RecheckReport:
+            archive_name: str | None = None,
+            progress: Callable[[int], None] | None = None) -> RecheckReport:
     """Re-hash these local files and queue them to be copied and verified again.
 
     Their failed attempts start again from zero.
@@ -79,7 +80,7 @@ def recheck(manager: SupRsyncFilesManager, paths: Sequence[str],
     Files whose local copy was already deleted cannot be re-sent and are reported.
     A verified file whose local copy changed is not re-sent over its verified
     copy: it becomes a conflict (see ``suprsync resolve``). Hashing happens
-    outside any transaction.
+    outside any transaction. ``progress`` is called with the number of files done.
     """
     report = RecheckReport()
     wanted = _abs(paths) or []
@@ -94,7 +95,9 @@ def recheck(manager: SupRsyncFilesManager, paths: Sequence[str],
     found = manager.read(rows, what="recheck lookup")
     seen = {r.local_path for r in found}
     report.not_found = [p for p in wanted if p not in seen]
-    for file_id, path, old_md5, remote_md5, removed, archive in found:
+    for done, (file_id, path, old_md5, remote_md5, removed, archive) in enumerate(found):
+        if progress is not None:
+            progress(done + len(report.not_found))
         if removed is not None:
             report.gone.append(path)
             continue
@@ -131,4 +134,6 @@ def recheck(manager: SupRsyncFilesManager, paths: Sequence[str],
                 .values(local_md5sum=m, remote_md5sum=None, failed_copy_attempts=0)),
             what="recheck")
         report.queued.append(path)
+    if progress is not None:
+        progress(len(wanted))
     return report

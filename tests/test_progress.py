@@ -1,0 +1,72 @@
+"""Progress bars: on a terminal only, never with --json."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from conftest import SUPRSYNC
+from helpers import make_file, run_on_terminal
+
+from suprsync.progress import WIDTH, Bar
+
+ARCHIVE = "timestreams"
+OLD = 1_000_000_000.0
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_bar_draws_phases_and_counts_on_a_terminal_only() -> None:
+    term = _Terminal()
+    with Bar("listing", out=term, every=0) as bar:
+        bar.phase("hashing", total=4)
+        bar.update(2)
+        bar.update(4)
+    text = term.getvalue()
+    assert "\x1b[Khashing [" + "#" * (WIDTH // 2) + "." * (WIDTH // 2) + "] 2/4 files" in text
+    assert "] 4/4 files\n" in text
+    piped = io.StringIO()
+    with Bar("listing", total=4, out=piped, every=0) as bar:
+        bar.update(4)
+    assert piped.getvalue() == ""
+    off = _Terminal()
+    with Bar("listing", total=4, out=off, every=0, enabled=False) as bar:
+        bar.update(4)
+    assert off.getvalue() == ""
+
+
+def _stderr_on_a_terminal(*args: str) -> tuple[subprocess.CompletedProcess, str]:
+    result, shown = run_on_terminal([SUPRSYNC, *args])
+    assert result.returncode == 0, shown
+    return result, shown
+
+
+def test_long_commands_draw_bars_on_a_terminal_and_none_with_json(tmp_path: Path) -> None:
+    db = str(tmp_path / "c.db")
+    root = tmp_path / "root"
+    files = [make_file(root, f"16750/f{i}.dat", b"x" * i) for i in range(3)]
+    for path in files:
+        os.utime(path, (OLD, OLD))
+
+    _, err = _stderr_on_a_terminal("add-local-files", str(root), ARCHIVE, "--db", db,
+                                   "--create-db", "--json")
+    assert "[" not in err and "listing" not in err
+    (tmp_path / "c.db").unlink()
+    _, err = _stderr_on_a_terminal("add-local-files", str(root), ARCHIVE, "--db", db,
+                                   "--create-db")
+    assert f"listing {root}" in err
+    assert "hashing and registering [" + "#" * WIDTH + "] 3/3 files" in err
+
+    _, err = _stderr_on_a_terminal("recheck", *map(str, files), "--db", db)
+    assert "rechecking [" + "#" * WIDTH + "] 3/3 files" in err
+    result, err = _stderr_on_a_terminal("recheck", *map(str, files), "--db", db, "--json")
+    assert "rechecking" not in err and len(json.loads(result.stdout)["queued"]) == 3
+
+    _, err = _stderr_on_a_terminal("migrate", "--from", db, "--to", str(tmp_path / "n.db"))
+    assert "supersync_v0 [" + "#" * WIDTH + "] 3/3 rows" in err
