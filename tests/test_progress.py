@@ -70,3 +70,36 @@ def test_long_commands_draw_bars_on_a_terminal_and_none_with_json(tmp_path: Path
 
     _, err = _stderr_on_a_terminal("migrate", "--from", db, "--to", str(tmp_path / "n.db"))
     assert "supersync_v0 [" + "#" * WIDTH + "] 3/3 rows" in err
+
+
+def test_rebuild_timecode_dirs_in_short_transactions_with_a_bar(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """Every file's dir row is made over several transactions of a few ids each, once;
+    the bar counts the ids on a terminal."""
+    import argparse
+    import sqlite3
+
+    from suprsync import commands
+
+    db = tmp_path / "c.db"
+    root = tmp_path / "root"
+    for i, tc in enumerate((16750, 16751, 16751, 16752, 16753)):
+        path = make_file(root, f"{tc}/f{i}.dat", b"x")
+        os.utime(path, (OLD, OLD))
+    _stderr_on_a_terminal("add-local-files", str(root), ARCHIVE, "--db", str(db),
+                          "--create-db")
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM timecode_dirs_v0")
+    monkeypatch.setattr(commands, "REBUILD_CHUNK", 2)
+    ns = argparse.Namespace(db=str(db), archive_name=ARCHIVE, min_ctime=None, json=True)
+    assert commands.cmd_rebuild_timecode_dirs(ns) == 0
+    assert json.loads(capsys.readouterr().out)["created"] == 4
+    with sqlite3.connect(db) as conn:
+        assert [r[0] for r in conn.execute(
+            "SELECT timecode FROM timecode_dirs_v0 ORDER BY timecode")] == [
+            16750, 16751, 16752, 16753]
+    assert commands.cmd_rebuild_timecode_dirs(ns) == 0
+    assert json.loads(capsys.readouterr().out)["created"] == 0
+
+    _, err = _stderr_on_a_terminal("rebuild-timecode-dirs", ARCHIVE, "--db", str(db))
+    assert "scanning [" + "#" * WIDTH + "] 5/5 ids" in err

@@ -92,6 +92,8 @@ SKIP_REASONS = {
     SKIP_NOT_REGULAR: "{n} not regular files (symlinks, FIFOs, devices, sockets)",
     SKIP_CATALOG: "{n} of the catalog's own files",
 }
+#: Catalog ids scanned per transaction by rebuild-timecode-dirs.
+REBUILD_CHUNK = 50_000
 #: Paths listed by add-local-files --json (the count stays exact).
 JSON_FILES = 1000
 
@@ -422,7 +424,19 @@ def cmd_resolve(ns: argparse.Namespace) -> int:
 def cmd_rebuild_timecode_dirs(ns: argparse.Namespace) -> int:
     manager = open_catalog(ns.db, write=True)
     _require_archive(manager, ns.archive_name)
-    created = manager.create_all_timecode_dirs(ns.archive_name, min_ctime=ns.min_ctime)
+    from .catalog.timecode import max_file_id, scan_timecodes
+
+    # Short transactions of REBUILD_CHUNK ids each, so other writers never wait long.
+    top = manager.read(max_file_id, what="highest file id")
+    created = 0
+    with Bar("scanning", total=top, unit="ids", enabled=not ns.json) as bar:
+        for after in range(0, top, REBUILD_CHUNK):
+            up_to = min(after + REBUILD_CHUNK, top)
+            created += manager.write(
+                lambda s, a=after, u=up_to: scan_timecodes(s, ns.archive_name, a, u,
+                                                           ns.min_ctime)[0],
+                what="create timecode dirs")
+            bar.update(up_to)
     if ns.json:
         print(json.dumps({"archive": ns.archive_name, "created": created}, indent=2))
     else:
