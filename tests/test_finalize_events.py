@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 import textwrap
 import threading
@@ -23,6 +24,7 @@ from suprsync.catalog.timecode import timecode_at
 from suprsync.finalize_events import (
     MAX_RETRY,
     _is_own,
+    advance_marker,
     notice_env,
     notice_fields,
     retry_delay,
@@ -293,3 +295,52 @@ def test_ocs_agent_arguments_take_the_hook_flags(tmp_path: Path) -> None:
     config = config_from_args(ns)
     assert config.on_finalize == ("/usr/local/bin/notify", "day done")
     assert config.on_finalize_url == "https://packager.example/done"
+
+
+@pytest.mark.parametrize(("marker", "settled", "unsettled", "moved", "rest"), [
+    (5, {6, 7}, set(), 7, set()),
+    (5, {6, 8}, {7}, 6, {8}),
+    (5, {8}, {6}, 5, {8}),
+    (5, set(), {6}, 5, set()),
+    (9, {10, 11, 12}, {20}, 12, set()),
+])
+def test_marker_moves_over_settled_ids_below_every_unsettled_one(
+        marker: int, settled: set[int], unsettled: set[int], moved: int,
+        rest: set[int]) -> None:
+    assert advance_marker(marker, settled, unsettled) == (moved, rest)
+
+
+def test_further_finalization_file_is_announced_and_other_instances_are_not(
+        tmp_path: Path) -> None:
+    """A late file's further finalization file gets its own notice ("further"); a dir
+    finalized by another instance of the archive gets none and holds nothing back."""
+    clock = Clock(NOW)
+    tc = timecode_at(NOW)
+    command, out = _hook(tmp_path)
+    agent = _agent(tmp_path, clock, on_finalize=command)
+    agent.iterate()
+    other = catalog_agent(tmp_path, tmp_path / "catalog.db", "smurf", clock, "s2")
+    _day(other, tmp_path, tc - 2)
+    _day(other, tmp_path, tc)
+    assert other.iterate()  # s2 finalizes tc - 2
+    other.handler.close()
+    _day(agent, tmp_path, tc - 1)
+    assert agent.iterate()  # s1 finalizes tc - 1
+    [first] = _lines(out, 1)
+    assert (first["SUPRSYNC_TIMECODE"], first["SUPRSYNC_FINALIZATION"]) == (
+        str(tc - 1), "first")
+    _day(agent, tmp_path, tc - 1, "late.g3")
+    clock.advance(5)  # the further file's name holds another second
+    assert agent.iterate() and agent.iterate()
+    notices = _lines(out, 2)
+    assert (notices[1]["SUPRSYNC_TIMECODE"], notices[1]["SUPRSYNC_FINALIZATION"]) == (
+        str(tc - 1), "further")
+    assert notices[1]["SUPRSYNC_REMOTE_PATH"] != first["SUPRSYNC_REMOTE_PATH"]
+    _run_ended(agent)
+    assert len(_lines(out, 2)) == 2
+    with sqlite3.connect(tmp_path / "catalog.db") as conn:
+        marker = conn.execute("SELECT value FROM suprsync_meta_v0 WHERE key = "
+                              "'finalize_notified:smurf:s1'").fetchone()[0]
+        newest = conn.execute("SELECT max(file_id) FROM suprsync_supplements_v0").fetchone()[0]
+    assert int(marker) == newest, "the marker went past the other instance's file"
+    _check(tmp_path)

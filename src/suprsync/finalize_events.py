@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from .catalog.meta import get_meta, set_meta
-from .catalog.schema import SupRsyncFile, TimecodeDir
+from .catalog.schema import Supplement, SupRsyncFile, TimecodeDir
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def notice_fields(yaml_fields: dict[str, Any], remote_path: str, local_path: str
 def notice_env(fields: dict[str, Any]) -> dict[str, str]:
     """Environment variables of a notice: SUPRSYNC_<FIELD>; lists as JSON."""
     names = {**YAML_FIELDS, "remote_path": "SUPRSYNC_REMOTE_PATH",
-             "local_path": "SUPRSYNC_LOCAL_PATH", "destination": "SUPRSYNC_DESTINATION"}
+             "local_path": "SUPRSYNC_LOCAL_PATH", "destination": "SUPRSYNC_DESTINATION",
+             "finalization": "SUPRSYNC_FINALIZATION"}
     env = {}
     for key, value in fields.items():
         text = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
@@ -101,6 +102,35 @@ def read_yaml_fields(path: str) -> dict[str, Any]:
     except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A finalization file of the archive above the marker."""
+
+    file_id: int
+    timecode: int
+    further: bool
+    local_path: str
+    remote_path: str
+    #: Written by this instance (its instance id in the remote path).
+    own: bool
+    verified: bool
+
+
+def advance_marker(marker: int, settled: set[int], unsettled: set[int]) -> tuple[int, set[int]]:
+    """The marker moved over the settled ids below every unsettled one, and the rest.
+
+    Settled: delivered, or another instance's. Unsettled: queued or not verified yet.
+    """
+    floor = min(unsettled, default=None)
+    rest = set()
+    for file_id in sorted(settled):
+        if floor is not None and file_id > floor:
+            rest.add(file_id)
+        else:
+            marker = max(marker, file_id)
+    return marker, rest
 
 
 @dataclass
@@ -155,8 +185,14 @@ class Notices:
         self._queue: dict[int, _Notice] = {}
         #: Highest finalization-file id whose notices were all delivered (as stored).
         self._marker: int | None = None
-        #: Delivered ids above the marker (waiting for an earlier one).
+        #: Settled ids above the marker (delivered or another instance's), waiting
+        #: for an earlier unsettled one.
         self._done: set[int] = set()
+        #: This instance's finalization files seen not yet verified.
+        self._waiting: set[int] = set()
+        #: Highest finalization-file id looked at (later steps read only above it,
+        #: and the waiting ones again).
+        self._seen = 0
         self._thread: threading.Thread | None = None
         #: The marker as last written to the catalog.
         self._stored: int | None = None
@@ -173,24 +209,47 @@ class Notices:
             manager.write(lambda s: set_meta(s, self._key, str(marker)),
                           what="record delivered notices")
             self._stored = marker
-        rows = manager.read(lambda s: self._verified_after(s, marker), what="finalizations")
-        new = [r for r in rows if r[0] not in queued and r[0] not in self._done]
-        for file_id, timecode, local_path, remote_path in new:
-            fields = notice_fields(read_yaml_fields(local_path), remote_path, local_path,
-                                   self.destination)
-            fields.setdefault("timecode", timecode)
+        after = max(marker, self._seen)
+        recheck = sorted(self._waiting)
+        found = manager.read(lambda s: self._candidates(s, after, recheck),
+                             what="finalizations")
+        if found:
+            self._seen = max(self._seen, max(c.file_id for c in found))
+        with self._lock:
+            new, waiting = self._sort_out(found, queued)
+        self._waiting = waiting
+        for cand in new:
+            fields = notice_fields(read_yaml_fields(cand.local_path), cand.remote_path,
+                                   cand.local_path, self.destination)
+            fields.setdefault("timecode", cand.timecode)
             fields.setdefault("archive_name", self.archive_name)
+            fields["finalization"] = "further" if cand.further else "first"
             targets = {"command"} if self.settings.command else set()
             if self.settings.url:
                 targets.add("url")
             with self._lock:
-                self._queue[file_id] = _Notice(file_id, timecode, fields, targets)
-            log.info("[%s] timecode dir %d is finalized and its file %s verified; notifying",
-                     self.instance_id, timecode, remote_path)
+                self._queue[cand.file_id] = _Notice(cand.file_id, cand.timecode, fields, targets)
+            log.info("[%s] %s finalization file %s of timecode dir %d is verified; notifying",
+                     self.instance_id, fields["finalization"], cand.remote_path, cand.timecode)
         self._update_pending()
         if new:
             self._wake.set()
         self._ensure_thread()
+
+    def _sort_out(self, found: list[Candidate],
+                  queued: set[int]) -> tuple[list[Candidate], set[int]]:
+        """(new verified own files, own files not verified yet); others' files are settled."""
+        new, waiting = [], set()
+        for cand in found:
+            if cand.file_id in queued or cand.file_id in self._done:
+                continue
+            if not cand.own:
+                self._done.add(cand.file_id)  # another instance's: nothing to tell
+            elif not cand.verified:
+                waiting.add(cand.file_id)
+            else:
+                new.append(cand)
+        return new, waiting
 
     def _start_marker(self, session: Session) -> int:
         """The stored marker; on first use, the newest finalization file (no replay)."""
@@ -198,37 +257,46 @@ class Notices:
         if text is not None and text.isdigit():
             self._stored = int(text)
             return int(text)
-        newest = session.scalar(select(func.max(TimecodeDir.finalize_file_id))
-                                .where(TimecodeDir.archive_name == self.archive_name)) or 0
+        newest = max(session.scalar(select(func.max(TimecodeDir.finalize_file_id))
+                                    .where(TimecodeDir.archive_name == self.archive_name)) or 0,
+                     session.scalar(select(func.max(Supplement.file_id))
+                                    .where(Supplement.archive_name == self.archive_name)) or 0)
         set_meta(session, self._key, str(newest))
         self._stored = newest
         return newest
 
-    def _verified_after(self, session: Session, marker: int) -> list[tuple[int, int, str, str]]:
-        """(file id, timecode, local, remote) of this instance's verified files after marker."""
-        query = (select(SupRsyncFile.id, TimecodeDir.timecode, SupRsyncFile.local_path,
-                        SupRsyncFile.remote_path, SupRsyncFile.local_md5sum,
-                        SupRsyncFile.remote_md5sum)
-                 .join(SupRsyncFile, SupRsyncFile.id == TimecodeDir.finalize_file_id)
-                 .where(TimecodeDir.archive_name == self.archive_name,
-                        TimecodeDir.finalize_file_id > marker)
-                 .order_by(TimecodeDir.finalize_file_id).limit(BATCH))
+    def _candidates(self, session: Session, after: int,
+                    recheck: list[int]) -> list[Candidate]:
+        """The archive's finalization files (first and further) after ``after``, in id
+        order, and those of ``recheck`` (seen before, not verified then)."""
+        first = select(TimecodeDir.finalize_file_id.label("file_id"), TimecodeDir.timecode,
+                       literal(False).label("further")).where(
+            TimecodeDir.archive_name == self.archive_name,
+            or_(TimecodeDir.finalize_file_id > after,
+                TimecodeDir.finalize_file_id.in_(recheck)))
+        further = select(Supplement.file_id, Supplement.timecode,
+                         literal(True).label("further")).where(
+            Supplement.archive_name == self.archive_name,
+            or_(Supplement.file_id > after, Supplement.file_id.in_(recheck)))
+        listed = union_all(first, further).subquery()
+        query = (select(listed.c.file_id, listed.c.timecode, listed.c.further,
+                        SupRsyncFile.local_path, SupRsyncFile.remote_path,
+                        SupRsyncFile.local_md5sum, SupRsyncFile.remote_md5sum)
+                 .join(SupRsyncFile, SupRsyncFile.id == listed.c.file_id, isouter=True)
+                 .order_by(listed.c.file_id).limit(BATCH))
         out = []
-        for file_id, timecode, local, remote, local_md5, remote_md5 in session.execute(query):
+        for file_id, timecode, further, local, remote, local_md5, remote_md5 in \
+                session.execute(query):
             verified = bool(local_md5) and local_md5 == remote_md5
-            if verified and _is_own(remote, self.instance_id):
-                out.append((file_id, timecode, local, remote))
+            out.append(Candidate(file_id, timecode, bool(further), local or "", remote or "",
+                                 _is_own(remote, self.instance_id), verified))
         return out
 
     def _advance(self) -> int:
-        """Move the marker over delivered ids with nothing undelivered below them."""
+        """Move the marker over the ids settled with nothing unsettled below them."""
         assert self._marker is not None
-        floor = min(self._queue, default=None)
-        for file_id in sorted(self._done):
-            if floor is not None and file_id > floor:
-                break
-            self._marker = max(self._marker, file_id)
-            self._done.discard(file_id)
+        self._marker, self._done = advance_marker(self._marker, self._done,
+                                                  set(self._queue) | self._waiting)
         return self._marker
 
     def _update_pending(self) -> None:
