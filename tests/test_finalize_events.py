@@ -41,7 +41,8 @@ HOOK = textwrap.dedent("""\
         print("receiver not ready", file=sys.stderr)
         sys.exit(3)
     if len(sys.argv) > 3:
-        open(sys.argv[3] + ".started", "w").close()
+        with open(sys.argv[3] + ".started", "w") as f:
+            f.write(str(os.getpid()))
         while not os.path.exists(sys.argv[3]):
             time.sleep(0.02)
     with open(sys.argv[1], "a") as f:
@@ -343,4 +344,44 @@ def test_further_finalization_file_is_announced_and_other_instances_are_not(
                               "'finalize_notified:smurf:s1'").fetchone()[0]
         newest = conn.execute("SELECT max(file_id) FROM suprsync_supplements_v0").fetchone()[0]
     assert int(marker) == newest, "the marker went past the other instance's file"
+    _check(tmp_path)
+
+
+def test_a_hanging_hook_is_killed_when_the_agent_stops_and_redone_next_run(
+        tmp_path: Path) -> None:
+    clock = Clock(NOW)
+    tc = timecode_at(NOW)
+    release = tmp_path / "release"
+    command, out = _hook(tmp_path, tmp_path / "never", release)
+    agent = _agent(tmp_path, clock, on_finalize=command)
+    agent.iterate()
+    _day(agent, tmp_path, tc - 1)
+    _day(agent, tmp_path, tc)
+    assert agent.iterate()
+    started = tmp_path / "release.started"
+    deadline = time.monotonic() + 20
+    while not started.exists() or not started.read_text():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    pid = int(started.read_text())
+    agent.stop()
+    begun = time.monotonic()
+    _run_ended(agent)
+    assert time.monotonic() - begun < 10, "stop waits for no hook"
+    while True:  # killed (a zombie until its parent reaps it counts as gone)
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except FileNotFoundError:
+            break
+        if state == "Z":
+            break
+        assert time.monotonic() < deadline + 10, "the hook still runs"
+        time.sleep(0.05)
+    assert agent.notices.as_dict()["pending"] == 1 and not out.exists()
+
+    release.touch()
+    again = _agent(tmp_path, clock, on_finalize=command)
+    assert again.iterate()
+    _run_ended(again)
+    assert [n["SUPRSYNC_TIMECODE"] for n in _lines(out, 1)] == [str(tc - 1)]
     _check(tmp_path)

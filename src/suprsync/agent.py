@@ -351,7 +351,9 @@ class Agent:
         if self.notices is None:
             return
         try:
-            self.notices.finish(self.manager, wait=self.notices.settings.timeout)
+            # After stop(), end at once: what is left is delivered by the next run.
+            wait = 0.0 if self.stop_event.is_set() else self.notices.settings.timeout
+            self.notices.finish(self.manager, wait=wait)
         except (SQLAlchemyError, CatalogBusy) as exc:
             log.error("[%s] cannot record the delivered notices: %s", self.config.instance_id,
                       str(exc).splitlines()[0])

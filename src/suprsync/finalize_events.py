@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import threading
 import time
 import urllib.error
@@ -27,6 +26,7 @@ import yaml
 from sqlalchemy import func, literal, or_, select, union_all
 from sqlalchemy.orm import Session
 
+from . import procs
 from .catalog.meta import get_meta, set_meta
 from .catalog.schema import Supplement, SupRsyncFile, TimecodeDir
 
@@ -194,6 +194,8 @@ class Notices:
         #: and the waiting ones again).
         self._seen = 0
         self._thread: threading.Thread | None = None
+        #: The --on-finalize program while it runs (killed when the run ends).
+        self._children = procs.ProcGroup()
         #: The marker as last written to the catalog.
         self._stored: int | None = None
 
@@ -354,13 +356,14 @@ class Notices:
         """Run the --on-finalize program; None when it exited 0, else why not."""
         env = {**os.environ, **notice_env(notice.fields)}
         try:
-            result = subprocess.run(list(self.settings.command), env=env,
-                                    stdin=subprocess.DEVNULL, capture_output=True,
-                                    timeout=self.settings.timeout, check=False)
-        except subprocess.TimeoutExpired:
-            return f"timed out after {self.settings.timeout:.0f} s"
+            result = procs.run(list(self.settings.command), timeout=self.settings.timeout,
+                               env=env, group=self._children)
         except OSError as exc:
             return f"cannot run {self.settings.command[0]}: {exc.strerror or exc}"
+        if self._children.aborted:
+            return "stopped with the agent"
+        if result.timed_out:
+            return f"timed out after {self.settings.timeout:.0f} s"
         if result.returncode != 0:
             tail = (result.stderr or result.stdout).decode("utf-8", "replace").strip()
             return f"exit {result.returncode}: {tail[-OUTPUT_TAIL:]}" if tail else \
@@ -384,7 +387,10 @@ class Notices:
         return None
 
     def finish(self, manager: Any, wait: float) -> None:
-        """Deliver what is due (waiting up to ``wait`` s), record it, stop the thread."""
+        """Deliver what is due (waiting up to ``wait`` s), record it, stop the thread.
+
+        A program still running then is killed (its notice is delivered by the next run).
+        """
         deadline = time.monotonic() + wait
         while self._thread is not None and time.monotonic() < deadline:
             with self._lock:
@@ -393,6 +399,7 @@ class Notices:
             time.sleep(0.05)
         self._stop.set()
         self._wake.set()
+        self._children.kill_all()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self._marker is None:
