@@ -59,8 +59,8 @@ def _table(cls: str, head: Iterable[str], rows: Iterable[Iterable[str]], empty: 
 
 def _figures(pairs: Iterable[tuple[str, str, str]]) -> str:
     """A list of (id, label, HTML value) figures."""
-    items = "".join(f'<div class="figure" id="{esc(key)}"><dt>{esc(label)}</dt>'
-                    f"<dd>{value}</dd></div>" for key, label, value in pairs)
+    items = "".join(f'<div class="figure"><dt>{esc(label)}</dt>'
+                    f'<dd id="{esc(key)}">{value}</dd></div>' for key, label, value in pairs)
     return f'<dl class="figures">{items}</dl>'
 
 
@@ -110,7 +110,8 @@ def _summary(view: dict[str, Any]) -> str:
          esc(speed) + f" &middot; {rate['files']} files, {esc(human_bytes(rate['bytes']))}"),
         ("last-copy", "last file verified",
          "-" if verified is None else
-         f"{when(verified['time'], now)}: {esc(stats.get('last_file_copied') or '')}"),
+         f"{when(verified['time'], now)}<br><span class=\"path\">"
+         f"{esc(stats.get('last_file_copied') or '')}</span>"),
         ("last-step", "last copy step", last_step),
         ("finalized-until", "finalized until", when(finalized_until, now)),
         ("lag", "finalized_until lag", esc(lag)),
@@ -226,8 +227,9 @@ def render(view: dict[str, Any]) -> str:
         why = view.get("catalog_error") or "no answer yet"
         banner = (f'<p class="banner" id="catalog-error">The catalog could not be read '
                   f"({esc(why)}): this page shows what the agent knows from this run"
-                  + (f"; catalog figures are {esc(human_age(view['catalog_age']))} old"
-                     if view.get("catalog") is not None and view.get("catalog_age") else "")
+                  + ("; the catalog figures below were read "
+                     f"{esc(human_age(view.get('catalog_age') or 0))} ago"
+                     if view.get("catalog") is not None else "")
                   + ".</p>")
     elif view.get("degraded"):
         banner = ('<p class="banner" id="catalog-error">The agent cannot read or write the '
