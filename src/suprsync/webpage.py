@@ -96,8 +96,9 @@ def _summary(view: dict[str, Any]) -> str:
     lag = "-" if finalized_until is None else human_age(max(0.0, now - finalized_until))
     last_step = "-"
     if last.get("stop_time") is not None:
-        last_step = (f"{when(last['stop_time'], now)}: {last['verified']} of {last['files']} "
-                     "files verified")
+        done = (f"{last['verified']} of {last['files']} files verified" if last["files"]
+                else "nothing to copy")
+        last_step = f"{when(last['stop_time'], now)}: {done}"
         if last.get("error"):
             last_step += f" ({esc(last['error'])})"
     counters = view.get("counters") or {}
@@ -106,11 +107,11 @@ def _summary(view: dict[str, Any]) -> str:
         ("backlog-files", "backlog (files)", esc(stats.get("uncopied_files", "-"))),
         ("backlog-bytes", "backlog (bytes)", esc(backlog_bytes)),
         ("registered", "registered files", esc(stats.get("num_files", "-"))),
-        ("rate", f"transfer rate (last {human_age(rate['window'])})",
+        ("rate", f"transfer rate (last {rate['window'] / 60:.0f} min)",
          esc(speed) + f" &middot; {rate['files']} files, {esc(human_bytes(rate['bytes']))}"),
         ("last-copy", "last file verified",
          "-" if verified is None else
-         f"{when(verified['time'], now)}<br><span class=\"path\">"
+         f'{when(verified["time"], now)}<br><span class="path">'
          f"{esc(stats.get('last_file_copied') or '')}</span>"),
         ("last-step", "last copy step", last_step),
         ("finalized-until", "finalized until", when(finalized_until, now)),
