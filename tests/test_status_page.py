@@ -25,12 +25,12 @@ from conftest import REPO
 from invariants import check_invariants
 from test_metrics import ARCHIVE, http_get, launch, listening_addresses
 
-from suprsync import SupRsyncFilesManager
+from suprsync import SupRsyncFilesManager, pagedata
 from suprsync.agent import Agent
 from suprsync.agent_config import AgentConfig
 from suprsync.events import MAX_EVENTS, EventLog, event
 from suprsync.metrics import MetricsServer
-from suprsync.pagedata import CatalogCache
+from suprsync.pagedata import CatalogCache, catalog_view
 from suprsync.webpage import render
 
 #: A file name with markup in it (a name cannot hold "/").
@@ -291,6 +291,34 @@ def test_a_slow_catalog_does_not_hold_the_page() -> None:
     data, error, age = cache.get(slow)
     assert data == {"n": 1} and error is None and age is not None
     assert len(calls) == 1  # cached
+
+
+def test_catalog_figures_come_from_bounded_queries(catalog_url: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = SupRsyncFilesManager(catalog_url)
+    try:
+        ids = [manager.add_file(str(register_plain(tmp_path / f"f{i}.dat")), f"{17000 + i}/f{i}",
+                                ARCHIVE, timestamp=1000.0 + i).id for i in range(5)]
+        manager.count_failed_attempt([ids[0], ids[1], ids[4]])
+        manager.count_failed_attempt([ids[1]])
+        manager.detect_timecode_dirs(ARCHIVE)
+        monkeypatch.setattr(pagedata, "SCAN_WAITING", 3)
+        monkeypatch.setattr(pagedata, "ROWS", 2)
+        with manager.Session() as session:
+            view = catalog_view(session, ARCHIVE)
+    finally:
+        manager.close()
+    # Only the 3 oldest waiting files are read: the failing one among the newest is not.
+    assert view["waiting_scanned"] == 3 and view["scan_limit"] == 3
+    assert [(f["id"], f["attempts"]) for f in view["failing"]] == [(ids[1], 2), (ids[0], 1)]
+    assert view["timecode_dirs"] == {"open": 5, "completed": 0, "finalized": 0}
+    assert [d["timecode"] for d in view["recent_dirs"]] == [17004, 17003]
+    assert pagedata.waiting_bytes(view["waiting_paths"]) == 3 * 10
+
+
+def register_plain(path: Path) -> Path:
+    path.write_bytes(b"0123456789")
+    return path
 
 
 def test_page_renders_what_the_agent_knows_when_the_catalog_is_gone(tmp_path: Path) -> None:

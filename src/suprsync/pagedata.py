@@ -9,6 +9,7 @@ knows, saying so.
 
 from __future__ import annotations
 
+import heapq
 import os
 import threading
 import time
@@ -215,6 +216,8 @@ class PageSource:
         catalog, catalog_error, catalog_age = self.cache.get(self._fetch)
         last_copy = snapshot.get("last_copy") or {}
         files = last_copy.get("files") or []
+        # A copy: the loop's thread adds to the dict meanwhile.
+        reported = list(agent.quarantine.reported.items())
         failing = self._failing(catalog, files)
         return {
             "now": now,
@@ -233,9 +236,8 @@ class PageSource:
             "throughput": self.throughput.summary(now),
             "max_copy_attempts": cfg.max_copy_attempts,
             "conflicts": agent.conflicts,
-            "quarantined": [{"id": i, "reason": r}
-                            for i, r in sorted(agent.quarantine.reported.items())[:ROWS]],
-            "quarantined_count": len(agent.quarantine.reported),
+            "quarantined": [{"id": i, "reason": r} for i, r in heapq.nsmallest(ROWS, reported)],
+            "quarantined_count": len(reported),
             "anomalies": agent.anomalies(),
             "disk_pressure": list(agent.retention.short),
             "failing": failing,
