@@ -105,7 +105,8 @@ def register(manager: SupRsyncFilesManager, folder: Path, remote: str, size: int
 # ------------------------------------------------------------------ the real thing
 
 
-def test_page_of_a_running_agent_in_headless_chromium(tmp_path: Path) -> None:
+def test_page_of_a_running_agent_in_headless_chromium(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     browser = chromium_binary()
     db = tmp_path / "catalog" / "suprsync.db"
     local, remote = tmp_path / "local", tmp_path / "remote"
@@ -171,7 +172,8 @@ def test_page_of_a_running_agent_in_headless_chromium(tmp_path: Path) -> None:
         chromium(browser, tmp_path / "profile", url, f"--screenshot={shot}",
                  "--window-size=1100,1500")
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        print(f"screenshot of the status page: {shot}")
+        with capsys.disabled():
+            print(f"\nscreenshot of the status page: {shot}")
         assert agent.stop() == 0, agent.log()
     finally:
         if agent.proc.poll() is None:
