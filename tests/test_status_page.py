@@ -198,7 +198,7 @@ def minimal_view(**changes: object) -> dict:
         "throughput": {"window": 600.0, "files": 1, "bytes": 10, "busy_seconds": 1.0,
                        "rate": 10.0, "last_verified": {"time": 2.0, "files": 1, "bytes": 10}},
         "max_copy_attempts": 5, "conflicts": 0, "quarantined": [], "quarantined_count": 0,
-        "anomalies": {}, "disk_pressure": [], "failing": [], "catalog": None,
+        "anomalies": {}, "disk_pressure": [], "notices": None, "failing": [], "catalog": None,
         "catalog_error": None, "catalog_age": None, "events": [],
     }
     view.update(changes)
@@ -242,6 +242,16 @@ def test_the_page_refreshes_itself_and_fits_a_phone() -> None:
     assert all(u.startswith("/") for u in urls), urls
     assert dom.text("backlog-files") == "1" and dom.text("registered") == "2"
     assert "could not be read" in dom.text("catalog-error")  # no catalog answer here
+    assert "notices-delivered" not in dom.by_id  # no --on-finalize: nothing about notices
+
+
+def test_finalization_notice_failures_are_shown() -> None:
+    dom = Dom(render(minimal_view(notices={"delivered": 3, "pending": 1,
+                                           "failures": {"command": 2, "url": 0},
+                                           "last_error": "exit status 1 <of hook>"})))
+    assert dom.text("notices-delivered") == "3" and dom.text("notices-pending") == "1"
+    assert dom.text("notices-failed") == "command 2, url 0"
+    assert dom.text("notices-error") == "exit status 1 <of hook>"
 
 
 def test_event_log_keeps_warnings_marked_events_and_each_files_last_reason() -> None:

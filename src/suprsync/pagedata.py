@@ -240,6 +240,7 @@ class PageSource:
             "quarantined_count": len(reported),
             "anomalies": agent.anomalies(),
             "disk_pressure": list(agent.retention.short),
+            "notices": None if agent.notices is None else agent.notices.as_dict(),
             "failing": failing,
             "catalog": catalog,
             "catalog_error": catalog_error,

@@ -172,7 +172,8 @@ def _quarantined(view: dict[str, Any]) -> str:
 def _dirs(view: dict[str, Any]) -> str:
     catalog = view.get("catalog")
     if catalog is None:
-        return '<p class="none">Timecode dirs cannot be listed without the catalog.</p>'
+        return (_notices(view) +
+                '<p class="none">Timecode dirs cannot be listed without the catalog.</p>')
     counts = catalog["timecode_dirs"]
     now = view["now"]
     head = _figures([(f"dirs-{k}", f"{k}", esc(counts[k]))
@@ -186,8 +187,24 @@ def _dirs(view: dict[str, Any]) -> str:
                      f'<span class="state {state}">{state}</span>',
                      when(d["finalized_at"], now) if d["finalized"] else "-",
                      esc(d["finalization_file"] or "-")])
-    return head + _table("dirs", ["timecode", "covers", "state", "finalized",
-                                  "finalization file"], rows, "No timecode dir yet.")
+    return head + _notices(view) + _table("dirs", ["timecode", "covers", "state", "finalized",
+                                                   "finalization file"], rows,
+                                           "No timecode dir yet.")
+
+
+def _notices(view: dict[str, Any]) -> str:
+    """The --on-finalize / --on-finalize-url notices, when the agent sends them."""
+    notices = view.get("notices")
+    if not notices:
+        return ""
+    failures = notices.get("failures") or {}
+    return _figures([
+        ("notices-delivered", "finalization notices delivered", esc(notices.get("delivered"))),
+        ("notices-pending", "notices pending", esc(notices.get("pending"))),
+        ("notices-failed", "failed notice attempts",
+         esc(", ".join(f"{k} {v}" for k, v in sorted(failures.items())) or "0")),
+        ("notices-error", "last notice error", esc(notices.get("last_error") or "-")),
+    ])
 
 
 def _anomalies(view: dict[str, Any]) -> str:
