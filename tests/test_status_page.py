@@ -148,6 +148,9 @@ def test_page_of_a_running_agent_in_headless_chromium(tmp_path: Path,
                 assert refused.value.code == 405, (method, path)
                 assert refused.value.headers["Allow"] == "GET, HEAD"
 
+        head = urllib.request.Request(f"http://127.0.0.1:{agent.port}/", method="HEAD")
+        with urllib.request.urlopen(head, timeout=10) as reply:
+            assert reply.status == 200 and reply.read() == b""
         url = f"http://127.0.0.1:{agent.port}/"
         dom = Dom(chromium(browser, tmp_path / "profile", url, "--dump-dom"))
         assert dom.text("archive") == ARCHIVE

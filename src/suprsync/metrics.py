@@ -220,11 +220,16 @@ class MetricsServer:
         metrics_app = make_wsgi_app(self.registry)
 
         def app(environ: dict, start_response):  # type: ignore[no-untyped-def]
-            agent, path = self.agent, environ.get("PATH_INFO")
-            if environ.get("REQUEST_METHOD") not in METHODS:
+            method = environ.get("REQUEST_METHOD")
+            if method not in METHODS:
                 return _reply(start_response, "405 Method Not Allowed",
                               b"read-only: GET only\n", "text/plain; charset=utf-8",
                               ("Allow", ", ".join(METHODS)))
+            body = serve(environ, start_response)
+            return [] if method == "HEAD" else body
+
+        def serve(environ: dict, start_response):  # type: ignore[no-untyped-def]
+            agent, path = self.agent, environ.get("PATH_INFO")
             if path == "/":
                 return self._page(start_response)
             if path and path.startswith("/static/") and path[len("/static/"):] in STATIC:
