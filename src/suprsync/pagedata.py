@@ -210,7 +210,7 @@ class PageSource:
     def view(self, now: float | None = None) -> dict[str, Any]:
         """The page's data now."""
         agent = self.agent
-        now = time.time() if now is None else now
+        now = agent.clock() if now is None else now
         cfg = agent.config
         snapshot = agent.session.snapshot()
         catalog, catalog_error, catalog_age = self.cache.get(self._fetch)
