@@ -118,8 +118,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
                    help="seconds after which files claimed by an agent that died may be "
                         "taken by another agent sharing the catalog (default: 600)")
     s.add_argument("--metrics-port", type=_positive(int), default=None, metavar="PORT",
-                   help="serve Prometheus metrics on /metrics and the session data on "
-                        "/status at this port (needs suprsync[metrics])")
+                   help="serve a status page on /, Prometheus metrics on /metrics and "
+                        "the session data on /status at this port (needs suprsync[metrics])")
     s.add_argument("--metrics-host", default="127.0.0.1",
                    help="address the metrics server listens on (default: 127.0.0.1)")
     s.add_argument("--ssh-port", type=_positive(int), default=None, help="ssh port of the host")
