@@ -103,3 +103,42 @@ def test_rebuild_timecode_dirs_in_short_transactions_with_a_bar(
 
     _, err = _stderr_on_a_terminal("rebuild-timecode-dirs", ARCHIVE, "--db", str(db))
     assert "scanning [" + "#" * WIDTH + "] 5/5 ids" in err
+
+
+def test_retry_failed_of_many_paths_in_chunks_with_a_bar(tmp_path: Path, monkeypatch) -> None:
+    import sqlite3
+
+    from suprsync import SupRsyncFilesManager
+    from suprsync.catalog import maintenance
+
+    db = tmp_path / "c.db"
+    root = tmp_path / "root"
+    files = [make_file(root, f"16750/f{i}.dat", b"x") for i in range(5)]
+    for path in files:
+        os.utime(path, (OLD, OLD))
+    _stderr_on_a_terminal("add-local-files", str(root), ARCHIVE, "--db", str(db),
+                          "--create-db")
+
+    def fail_all() -> None:
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE supersync_v0 SET failed_copy_attempts = 5")
+
+    fail_all()
+    monkeypatch.setattr(maintenance, "PATHS_PER_TRANSACTION", 2)
+    manager = SupRsyncFilesManager(str(db))
+    done: list[int] = []
+    try:
+        assert maintenance.retry_failed(manager, ARCHIVE, 5, [str(p) for p in files[:4]],
+                                        progress=done.append) == 4
+    finally:
+        manager.close()
+    assert done == [2, 4]
+    with sqlite3.connect(db) as conn:
+        assert [r[0] for r in conn.execute(
+            "SELECT failed_copy_attempts FROM supersync_v0 ORDER BY id")] == [0, 0, 0, 0, 5]
+
+    fail_all()
+    args = [a for p in files for a in ("--path", str(p))]
+    result, err = _stderr_on_a_terminal("retry-failed", ARCHIVE, *args, "--db", str(db))
+    assert "resetting [" + "#" * WIDTH + "] 5/5 paths" in err
+    assert "reset the failed attempts of 5 file(s)" in result.stdout

@@ -356,8 +356,12 @@ def cmd_retention(ns: argparse.Namespace) -> int:
 def cmd_retry_failed(ns: argparse.Namespace) -> int:
     manager = open_catalog(ns.db, write=True)
     _require_archive(manager, ns.archive_name)
-    count = maintenance.retry_failed(manager, ns.archive_name, ns.max_copy_attempts,
-                                     ns.path or None)
+    with Bar("resetting", total=len(ns.path or ()) or None, unit="paths",
+             enabled=not ns.json) as bar:
+        if not ns.path:
+            bar.phase(f"resetting the failed files of {ns.archive_name}")
+        count = maintenance.retry_failed(manager, ns.archive_name, ns.max_copy_attempts,
+                                         ns.path or None, progress=bar.update)
     if ns.json:
         print(json.dumps({"archive": ns.archive_name, "reset": count}, indent=2))
     else:

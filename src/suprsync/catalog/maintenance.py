@@ -24,21 +24,38 @@ def _abs(paths: Sequence[str] | None) -> list[str] | None:
     return None if paths is None else [os.path.abspath(p) for p in paths]
 
 
+#: Local paths looked up per statement by retry-failed.
+PATHS_PER_TRANSACTION = 500
+
+
 def retry_failed(manager: SupRsyncFilesManager, archive_name: str, max_copy_attempts: int,
-                 paths: Sequence[str] | None = None) -> int:
-    """Reset the attempt counter of unsynced files at the limit; return how many."""
+                 paths: Sequence[str] | None = None,
+                 progress: Callable[[int], None] | None = None) -> int:
+    """Reset the attempt counter of unsynced files at the limit; return how many.
+
+    Given paths are done PATHS_PER_TRANSACTION at a time; ``progress`` gets the
+    number of paths done.
+    """
     wanted = _abs(paths)
 
-    def apply(session) -> int:  # type: ignore[no-untyped-def]
+    def apply(session, chunk: list[str] | None) -> int:  # type: ignore[no-untyped-def]
         stmt = update(F).where(
             F.archive_name == archive_name, UNSYNCED, F.removed.is_(None),
             func.coalesce(F.failed_copy_attempts, 0) >= max_copy_attempts, HEALTHY,
         )
-        if wanted is not None:
-            stmt = stmt.where(F.local_path.in_(wanted))
+        if chunk is not None:
+            stmt = stmt.where(F.local_path.in_(chunk))
         return int(session.execute(stmt.values(failed_copy_attempts=0)).rowcount or 0)
 
-    count = manager.write(apply, what="retry failed files")
+    if wanted is None:
+        count = manager.write(lambda s: apply(s, None), what="retry failed files")
+    else:
+        count = 0
+        for start in range(0, len(wanted), PATHS_PER_TRANSACTION):
+            chunk = wanted[start:start + PATHS_PER_TRANSACTION]
+            count += manager.write(lambda s, c=chunk: apply(s, c), what="retry failed files")
+            if progress is not None:
+                progress(start + len(chunk))
     log.info("reset the failed attempts of %d file(s) of archive %s", count, archive_name)
     return count
 
