@@ -46,6 +46,9 @@ class AgentConfig:
     min_free: MinFree | None = None
     remove_empty_dirs: bool = False
     local_root: str | None = None
+    #: --on-finalize program and arguments, and --on-finalize-url.
+    on_finalize: tuple[str, ...] = ()
+    on_finalize_url: str | None = None
 
     def policy(self) -> Policy | None:
         """The rules the deletion step applies; None when it does not run."""

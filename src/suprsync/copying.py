@@ -17,6 +17,7 @@ from typing import Any
 from .blame import blames_the_place, describe
 from .catalog.schema import SupRsyncFile
 from .catalog.store import CopyResult, SupRsyncFilesManager
+from .events import event
 from .hashing import md5_file
 from .heap import release_free_memory
 from .paths import check_local_file, normalize_remote_path
@@ -100,7 +101,8 @@ def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManage
         try:
             rel = normalize_remote_path(row.remote_path)
         except ValueError as exc:
-            log.error("not copying %s (file id %s): %s", row.local_path, row.id, exc)
+            log.error("not copying %s (file id %s): %s", row.local_path, row.id, exc,
+                      extra=event("copy failed", row.local_path))
             bad_path.append(row.id)
             continue
         if rel in seen:
@@ -119,7 +121,8 @@ def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManage
                 source = staging
                 _link(row.local_path, staging, rel, made)
         except OSError as exc:
-            log.error("cannot copy %s (file id %s): %s", row.local_path, row.id, exc)
+            log.error("cannot copy %s (file id %s): %s", row.local_path, row.id, exc,
+                      extra=event("copy failed", row.local_path))
             unreadable.append(row.id)
             continue
         seen.add(rel)
@@ -472,10 +475,11 @@ def _verify_chunk(manager: SupRsyncFilesManager, transport: Transport, chunk: li
         if ok:
             log.info("copied and verified %s -> %s", s.row.local_path, s.rel)
         elif remote is None:
-            log.error("%s: missing on the destination after rsync (file id %s)", s.rel, s.row.id)
+            log.error("%s: missing on the destination after rsync (file id %s)", s.rel, s.row.id,
+                      extra=event("verify failed", s.row.local_path))
         else:
             log.error("%s: md5 mismatch, local %s remote %s (file id %s)", s.rel,
-                      local_md5, remote, s.row.id)
+                      local_md5, remote, s.row.id, extra=event("verify failed", s.row.local_path))
         new_md5 = local_md5 if local_md5 != s.row.local_md5sum else None
         results.append(CopyResult(s.row.id, remote, copied_at, ok, new_md5))
         verdicts.append([s.row.local_path, ok])

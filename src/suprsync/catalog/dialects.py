@@ -54,6 +54,8 @@ class CatalogDialect:
     json_each = False
     #: How deletions of file rows are counted: TRIGGERS, STATISTICS or None.
     deletion_mark: str | None = None
+    #: DDL on a DB-API connection opens a transaction that must be committed.
+    transactional_ddl = True
 
     def insert_ignoring_duplicates(self, table: Table) -> Any:
         """An INSERT that skips rows whose primary key exists (also inserted meanwhile)."""
@@ -101,6 +103,7 @@ class SqliteDialect(CatalogDialect):
     typeof_checks = True
     json_each = True
     deletion_mark = TRIGGERS
+    transactional_ddl = False
 
     def insert_ignoring_duplicates(self, table: Table) -> Any:
         return sqlite_insert(table).on_conflict_do_nothing()
