@@ -43,7 +43,7 @@ from .handler import SupRsyncFileHandler
 from .procs import child_ledger
 from .quarantine_log import QuarantineLog
 from .session import SessionData
-from .transport import Transport, TransportError, make_transport
+from .transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,7 @@ class Agent:
         sqlite_file = self.manager.sqlite_path()
         #: The catalog file opened, when it is sqlite (a server's database cannot vanish).
         self._watch = CatalogWatch(sqlite_file) if sqlite_file else None
-        transport = transport or make_transport(config.remote_basedir,
-                                                config.transfer_options(), config.ssh())
+        transport = transport or config.open_transport()
         self.handler = SupRsyncFileHandler(self.manager, config.archive_name,
                                            config.remote_basedir, transport=transport,
                                            pipeline=Pipeline(parallel=config.parallel,

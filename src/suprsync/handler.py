@@ -7,7 +7,14 @@ import subprocess
 from .catalog.store import SupRsyncFilesManager
 from .copying import CopyReport, Pipeline, copy_batch, default_agent_id
 from .deletion import DeleteReport, delete_due
-from .transport import SshOptions, TransferOptions, Transport, TransportError, make_transport
+from .transport import (
+    Access,
+    Destination,
+    TransferOptions,
+    Transport,
+    TransportError,
+    open_destination,
+)
 
 
 class SupRsyncFileHandler:
@@ -25,7 +32,7 @@ class SupRsyncFileHandler:
         compression: bool | None = None,
         bwlimit: str | None = None,
         chmod: str | None = None,
-        ssh_options: SshOptions | None = None,
+        ssh_options: Access | None = None,
         transport: Transport | None = None,
         pipeline: Pipeline | None = None,
         agent_id: str | None = None,
@@ -43,9 +50,9 @@ class SupRsyncFileHandler:
         if transport is None:
             options = TransferOptions(compression=self.compression, bwlimit=bwlimit, chmod=chmod,
                                       copy_timeout=copy_timeout, cmd_timeout=cmd_timeout)
-            if ssh_options is None and ssh_host:
-                ssh_options = SshOptions(host=ssh_host, key=ssh_key)
-            transport = make_transport(remote_basedir, options, ssh_options)
+            host = getattr(ssh_options, "host", None) or ssh_host
+            transport = open_destination(Destination.from_flags(remote_basedir, host), options,
+                                         ssh_options or Access(key=ssh_key))
         self.transport = transport
         self.pipeline = pipeline or Pipeline()
         self.agent_id = agent_id or default_agent_id(archive_name)
