@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -141,14 +142,27 @@ def parse_md5sum(output: bytes) -> dict[str, str]:
     return sums
 
 
+#: ``stat --printf`` format of one record: size, mtime, raw mode (hex) and name.
+STAT_FORMAT = "%s %Y %f %n\\000"
+
+
 def parse_stat(output: bytes) -> dict[str, RemoteStat]:
-    """Parse NUL-terminated ``<size> <mtime> <name>`` records of ``stat --printf``."""
+    """Parse the NUL-terminated records of STAT_FORMAT; only regular files are kept.
+
+    A directory or a link at a file's path holds no copy of it.
+    """
     found: dict[str, RemoteStat] = {}
     for record in output.split(b"\0"):
-        parts = record.split(b" ", 2)
-        if len(parts) == 3 and parts[0].isdigit() and parts[1].lstrip(b"-").isdigit():
-            name = parts[2].decode("utf-8", "surrogateescape")
-            found[name] = RemoteStat(int(parts[0]), int(parts[1]))
+        parts = record.split(b" ", 3)
+        if len(parts) != 4 or not parts[0].isdigit() or not parts[1].lstrip(b"-").isdigit():
+            continue
+        try:
+            regular = stat.S_ISREG(int(parts[2], 16))
+        except ValueError:
+            continue
+        if regular:
+            found[parts[3].decode("utf-8", "surrogateescape")] = RemoteStat(int(parts[0]),
+                                                                            int(parts[1]))
     return found
 
 
@@ -282,7 +296,7 @@ class SshTransport(RsyncTransport):
     def stat(self, rel_paths: list[str]) -> dict[str, RemoteStat]:
         if not rel_paths:
             return {}
-        out = self._xargs("remote stat", rel_paths, "stat", "--printf", "%s %Y %n\\000")
+        out = self._xargs("remote stat", rel_paths, "stat", "--printf", STAT_FORMAT)
         return _unprefixed(parse_stat(out))
 
     def list_files(self, expected_files: int = 0,
