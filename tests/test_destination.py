@@ -9,6 +9,7 @@ import pytest
 from suprsync.options import ConfigError, add_run_arguments, config_from_args
 from suprsync.transport import (
     Access,
+    Capabilities,
     Destination,
     DestinationError,
     TransferOptions,
@@ -155,3 +156,47 @@ def test_bad_destination_flags_are_one_clear_error(flags: list[str], says: str) 
     with pytest.raises(ConfigError) as caught:
         config_from_args(_run_flags(*flags))
     assert says in str(caught.value)
+
+
+class _NoHashKind(Transport):
+    """A kind that computes no far-side hash (only its capabilities matter here)."""
+
+    capabilities = Capabilities(hashes=frozenset(), rereads=False)
+
+    def describe(self) -> str:
+        return f"nohash:{self.remote_basedir}"
+
+    def prepare(self) -> None:
+        raise AssertionError("not reached")
+
+    send = checksums = stat = list_files = prepare  # type: ignore[assignment]
+
+
+@pytest.fixture
+def no_hash_rsync_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rsync:// opens a kind that computes no md5."""
+    from suprsync.transport import registry
+
+    fake = registry.Kind("rsync", lambda d, o, a: _NoHashKind(d.path, o))
+    monkeypatch.setattr(registry, "_kinds", {**kinds(), "rsync": fake})
+
+
+def test_steps_that_need_a_far_side_md5_are_refused_for_a_kind_without_one(
+        no_hash_rsync_kind: None, tmp_path) -> None:
+    from suprsync.audit import AuditError, transport_from_args
+    from suprsync.options import add_audit_arguments, check_environment
+
+    url = "rsync://h/mod/base"
+    flags = _run_flags("--destination", url, "--verify-before-delete")
+    flags.suprsync_file_root = str(tmp_path / "srf")
+    with pytest.raises(ConfigError, match="--verify-before-delete: .* computes no md5"):
+        check_environment(config_from_args(flags))
+    flags.verify_before_delete = False
+    check_environment(config_from_args(flags))
+
+    parser = argparse.ArgumentParser()
+    add_audit_arguments(parser)
+    with pytest.raises(AuditError, match="--md5: nohash:base computes no md5"):
+        transport_from_args(parser.parse_args(["a", "--destination", url, "--md5"]))
+    assert transport_from_args(parser.parse_args(["a", "--destination", url])).describe() == \
+        "nohash:base"

@@ -418,7 +418,7 @@ def transport_from_args(ns: argparse.Namespace) -> Transport:
     access = Access(key=ns.ssh_key, port=ns.ssh_port, known_hosts=ns.ssh_known_hosts,
                     connect_timeout=ns.cmd_timeout or 20.0, extra_options=tuple(ns.ssh_option))
     if where.scheme != "ssh":
-        return _open(where, options, access)
+        return _open(where, options, access, ns.md5)
     host = where.login or ""
     if host.startswith("-") or any(c.isspace() for c in host):
         raise AuditError(f"--ssh-host is not a host name: {host!r}")
@@ -433,14 +433,17 @@ def transport_from_args(ns: argparse.Namespace) -> Transport:
             raise AuditError(f"{flag} {path!r} does not exist or is not readable")
         if path is not None and "${" in path:
             raise AuditError(f"{flag}: ssh cannot take a path containing '${{'")
-    return _open(where, options, access)
+    return _open(where, options, access, ns.md5)
 
 
-def _open(where: Destination, options: TransferOptions, access: Access) -> Transport:
+def _open(where: Destination, options: TransferOptions, access: Access, md5: bool) -> Transport:
     try:
-        return open_destination(where, options, access)
+        transport = open_destination(where, options, access)
     except DestinationError as exc:
         raise AuditError(str(exc)) from None
+    if md5 and "md5" not in transport.capabilities.hashes:
+        raise AuditError(f"--md5: {transport.describe()} computes no md5 of its copies")
+    return transport
 
 
 def _shown(path: str) -> str:

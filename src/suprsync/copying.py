@@ -356,8 +356,8 @@ def _judge_send(manager: SupRsyncFilesManager, transport: Transport, chunk: list
         return []
     if result.warning:
         log.warning("%s", result.warning)
-    charged = []
-    to_verify = []
+    to_verify: list[_Staged] = []
+    charged: list[_Staged] = []
     for s in chunk:
         failure = result.failed.get(s.rel)
         if failure is None:
@@ -365,18 +365,17 @@ def _judge_send(manager: SupRsyncFilesManager, transport: Transport, chunk: list
         elif failure.blame is Blame.FILE:
             log.error("could not send %s (file id %s): %s", s.row.local_path, s.row.id,
                       failure.reason)
-            charged.append(CopyResult(s.row.id, None, copied_at, False, None))
+            charged.append(s)
         else:
             log.error("could not send %s (file id %s), not its fault: %s; retrying next "
                       "iteration", s.row.local_path, s.row.id, failure.reason)
             with lock:
                 report.error, report.failed = "nonzero exit", True
     if charged:
-        manager.record_results(charged, agent_id)
+        manager.record_results([CopyResult(s.row.id, None, copied_at, False, None)
+                                for s in charged], agent_id)
         with lock:
-            report.files += [[s.row.local_path, False] for s in chunk
-                             if s.rel in result.failed and
-                             result.failed[s.rel].blame is Blame.FILE]
+            report.files += [[s.row.local_path, False] for s in charged]
             report.verify_failures += len(charged)
     return to_verify
 

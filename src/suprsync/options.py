@@ -289,6 +289,9 @@ def check_environment(config: AgentConfig) -> None:
     if scheme not in kinds():
         raise ConfigError(f"--destination: destinations of kind {scheme}:// are not supported "
                           f"by this installation (supported: {', '.join(sorted(kinds()))})")
+    if config.verify_before_delete and "md5" not in config.open_transport().capabilities.hashes:
+        raise ConfigError(f"--verify-before-delete: {config.destination_spec().url()} "
+                          "computes no md5 of its copies")
     if scheme == "ssh":
         if shutil.which("ssh") is None:
             raise ConfigError("ssh is not installed (no 'ssh' on PATH) but the destination "
