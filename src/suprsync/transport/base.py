@@ -19,8 +19,11 @@ class TransportError(RuntimeError):
         self.timed_out = timed_out
 
 
-class StagingFailed(TransportError):
-    """This host could not lay out the files to send (a full temp dir): no file's fault."""
+class StagingFailed(RuntimeError):
+    """This host could not lay out the files to send (a full temp dir): no file's fault.
+
+    Not a TransportError: the destination is not in doubt, this host is.
+    """
 
 
 @dataclass(frozen=True)
