@@ -29,10 +29,11 @@ all: test
 
 deps:
 	@if ! command -v rsync >/dev/null 2>&1 || [ ! -x /usr/sbin/sshd ] \
-	    || ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; then \
-	  echo "Installing rsync and OpenSSH with apt-get"; \
+	    || ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1 \
+	    || ! command -v chromium >/dev/null 2>&1; then \
+	  echo "Installing rsync, OpenSSH and chromium (headless, for the status-page test) with apt-get"; \
 	  $(APT) update -q && \
-	  $(APT) install -y -q --no-install-recommends rsync openssh-server openssh-client; \
+	  $(APT) install -y -q --no-install-recommends rsync openssh-server openssh-client chromium; \
 	fi
 
 pgdeps:

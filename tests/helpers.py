@@ -405,3 +405,33 @@ def umount(path: Path) -> None:
     """Unmount path; lazily when it is still busy."""
     if subprocess.run(["umount", str(path)], capture_output=True, timeout=30).returncode:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+def run_on_terminal(argv: list[str], stdout_too: bool = False,
+                    timeout: float = 120) -> tuple[subprocess.CompletedProcess, str]:
+    """Run argv with stderr (and stdout with ``stdout_too``) on a pseudo-terminal.
+
+    Returns the result (stdout captured as text unless on the terminal) and what
+    the terminal showed.
+    """
+    import pty
+
+    main, secondary = pty.openpty()
+    try:
+        result = subprocess.run(argv, stdin=subprocess.DEVNULL,
+                                stdout=secondary if stdout_too else subprocess.PIPE,
+                                stderr=secondary, timeout=timeout, text=True)
+        os.close(secondary)
+        output = b""
+        while True:
+            try:
+                data = os.read(main, 4096)
+            except OSError:  # EIO: the terminal has no writer left
+                break
+            if not data:
+                break
+            output += data
+    finally:
+        os.close(main)
+    return result, output.decode()
+

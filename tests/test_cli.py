@@ -305,3 +305,34 @@ def test_no_command_prints_help_and_exits_2() -> None:
     for command in ("run", "add", "add-local-files", "check", "next", "list", "stats"):
         assert command in result.stdout
     assert "Traceback" not in result.stderr
+
+
+def test_every_command_that_prints_data_has_json(tmp_path: Path) -> None:
+    """add, retry-failed, set-ignore, recheck, rebuild-timecode-dirs and migrate print
+    one JSON document with --json, with the keys docs/usage.md lists."""
+    db = str(tmp_path / "c.db")
+    data = tmp_path / "data" / "16750"
+    data.mkdir(parents=True)
+    (data / "a.dat").write_bytes(b"a")
+
+    def cli(*args: str) -> Any:
+        result = run_cli(*args, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    added = cli("add", str(data / "a.dat"), "16750/a.dat", "--archive", ARCHIVE, "--db", db,
+                "--create-db")
+    assert added["remote_path"] == "16750/a.dat" and added["archive_name"] == ARCHIVE
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE supersync_v0 SET failed_copy_attempts = 5")
+    assert cli("retry-failed", ARCHIVE, "--db", db) == {"archive": ARCHIVE, "reset": 1}
+    assert cli("set-ignore", str(data / "a.dat"), "--db", db) == {"ignore": True, "rows": 1}
+    assert cli("set-ignore", str(data / "a.dat"), "--unignore", "--db", db) == {
+        "ignore": False, "rows": 1}
+    assert cli("recheck", str(data / "a.dat"), "--db", db) == {
+        "queued": [str(data / "a.dat")], "changed": [], "conflicts": [], "gone": [],
+        "not_found": []}
+    assert cli("rebuild-timecode-dirs", ARCHIVE, "--db", db) == {"archive": ARCHIVE,
+                                                                 "created": 0}
+    copied = cli("migrate", "--from", db, "--to", str(tmp_path / "new.db"))
+    assert copied["copied"]["supersync_v0"] == 1

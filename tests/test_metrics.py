@@ -60,6 +60,9 @@ FAMILIES = {
     "suprsync_free_bytes": "gauge",
     "suprsync_min_free_bytes": "gauge",
     "suprsync_disk_pressure": "gauge",
+    "suprsync_finalize_notices": "counter",
+    "suprsync_finalize_notice_failures": "counter",
+    "suprsync_finalize_notices_pending": "gauge",
     "suprsync_transfer_duration_seconds": "histogram",
 }
 DASHBOARD = REPO / "docs" / "grafana-dashboard.json"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-import pty
 import shutil
 import signal
 import sqlite3
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SUPRSYNC, run_cli
-from helpers import descendants, make_file
+from helpers import descendants, make_file, run_on_terminal
 
 from suprsync import SupRsyncFilesManager
 from suprsync.registration import add_local_files
@@ -287,26 +287,10 @@ def test_add_local_files_draws_a_progress_bar_on_a_terminal(tmp_path: Path,
     """On a terminal, a progress bar counts the files up to the total."""
     for i in range(5):
         aged(make_file(tmp_path / "root", f"16750/f{i}.dat"))
-    main, secondary = pty.openpty()
-    try:
-        result = subprocess.run(
-            [SUPRSYNC, "add-local-files", str(tmp_path / "root"), ARCHIVE, "--db",
-             str(tmp_catalog), "--create-db"],
-            stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary, timeout=120)
-        os.close(secondary)
-        output = b""
-        while True:
-            try:
-                data = os.read(main, 4096)
-            except OSError:  # EIO: the terminal has no writer left
-                break
-            if not data:
-                break
-            output += data
-    finally:
-        os.close(main)
+    result, text = run_on_terminal(
+        [SUPRSYNC, "add-local-files", str(tmp_path / "root"), ARCHIVE, "--db",
+         str(tmp_catalog), "--create-db"], stdout_too=True)
     assert result.returncode == 0
-    text = output.decode()
     assert "[" + "#" * 30 + "] 5/5 files" in text
     assert "added 5 files" in text
 
@@ -389,3 +373,33 @@ def test_add_local_files_with_a_catalog_name_that_is_not_utf8(tmp_path: Path) ->
     assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
     assert "added 1 files" in first.stdout and "added 0 files" in second.stdout
     assert [r[0] for r in _catalog_rows(Path(db))] == [str(data)]
+
+
+@pytest.mark.parametrize("lister", ["find", "python"])
+def test_add_local_files_says_what_it_skipped_and_why(
+    mixed_tree: dict[str, list[str]], tmp_path: Path, tmp_catalog: Path, lister: str
+) -> None:
+    """The counts of skipped files by reason, as text and as --json, with either lister;
+    a second run counts the files registered by the first."""
+    root = mixed_tree["root"][0]
+    env = None
+    if lister == "python":
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "md5sum").symlink_to(shutil.which("md5sum"))
+        env = {"PATH": str(bin_dir)}
+    args = ("add-local-files", root, ARCHIVE, "--db", str(tmp_catalog), "--create-db")
+    first = run_cli(*args, "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert report["added"] == len(mixed_tree["taken"])
+    assert report["files"] == mixed_tree["taken"]
+    assert report["skipped"] == {"modified_recently": 1, "already_registered": 0,
+                                 "unreadable": 0, "name_not_utf8": 1,
+                                 "not_a_regular_file": 4, "catalog_file": 0}
+    second = run_cli(*args, env=env)
+    assert second.returncode == 0, second.stderr
+    assert "added 0 files" in second.stdout
+    assert (f"skipped: 1 modified within the last 60 s (--last-edit); "
+            f"{len(mixed_tree['taken'])} already registered; 1 with a name that is not valid "
+            "UTF-8; 4 not regular files (symlinks, FIFOs, devices, sockets)") in second.stdout

@@ -39,6 +39,7 @@ from .copying import (
 from .deletion import DeleteReport, delete_due
 from .diskspace import DiskWatch
 from .emptydirs import EmptyDirs
+from .finalize_events import DEFAULT_TIMEOUT, HookSettings, Notices
 from .handler import SupRsyncFileHandler
 from .procs import child_ledger
 from .quarantine_log import QuarantineLog
@@ -129,6 +130,12 @@ class Agent:
         self.empty_dirs = (EmptyDirs(config.local_root)
                            if config.remove_empty_dirs and config.local_root else None)
         self.retention = RetentionState()
+        hooks = HookSettings(config.on_finalize, config.on_finalize_url,
+                             config.cmd_timeout or DEFAULT_TIMEOUT)
+        #: Delivers --on-finalize and --on-finalize-url notices; None without them.
+        self.notices = (Notices(hooks, config.archive_name, config.instance_id,
+                                transport.describe())
+                        if hooks.enabled else None)
 
     def _open_manager(self) -> SupRsyncFilesManager:
         cfg = self.config
@@ -164,6 +171,7 @@ class Agent:
                 self.running = False
             self._serve_requests()
             self.session.set("activity", "idle")
+            self._finish_notices()
             self.handler.close()
             log.info("[%s] stopped", self.config.instance_id)
         return ok
@@ -270,6 +278,7 @@ class Agent:
                 # Ship the finalization files just written: downstream learns that a
                 # day is complete in this iteration, and `run --once` leaves none behind.
                 ok = self._copy_step()
+            self._notify_step()
             self.session.degraded = False
             return ok
         except (SQLAlchemyError, CatalogBusy) as exc:
@@ -328,6 +337,26 @@ class Agent:
             self.manager, cfg.archive_name, cfg.suprsync_file_root, cfg.instance_id,
             watch=self.dir_watch, clock_ok=clock_ok)
         return bool(finalized) or self.dir_watch.supplements_written > before
+
+    def _notify_step(self) -> None:
+        """Queue the notices of finalization files verified since the last step."""
+        if self.notices is None:
+            return
+        self.notices.step(self.manager)
+        self.session.set("on_finalize", self.notices.as_dict())
+
+    def _finish_notices(self) -> None:
+        """Deliver the due notices before the run ends (bounded by the hook time-out)."""
+        if self.notices is None:
+            return
+        try:
+            # After stop(), end at once: what is left is delivered by the next run.
+            wait = 0.0 if self.stop_event.is_set() else self.notices.settings.timeout
+            self.notices.finish(self.manager, wait=wait)
+        except (SQLAlchemyError, CatalogBusy) as exc:
+            log.error("[%s] cannot record the delivered notices: %s", self.config.instance_id,
+                      str(exc).splitlines()[0])
+        self.session.set("on_finalize", self.notices.as_dict())
 
     def anomalies(self) -> dict[str, Any]:
         """What the agent noticed about its timecode dirs and its clock (for /status)."""

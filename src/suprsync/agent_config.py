@@ -52,6 +52,9 @@ class AgentConfig:
     min_free: MinFree | None = None
     remove_empty_dirs: bool = False
     local_root: str | None = None
+    #: --on-finalize program and arguments, and --on-finalize-url.
+    on_finalize: tuple[str, ...] = ()
+    on_finalize_url: str | None = None
     #: The destination as a URL (--destination); replaces remote_basedir and ssh_host.
     destination: str | None = None
 

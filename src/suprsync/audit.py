@@ -22,7 +22,6 @@ import re
 import shutil
 import stat
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from .catalog.schema import NOT_IGNORED, SYNCED, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .options import DEFAULT_BATCH, DEFAULT_LIST_LIMIT, ConfigError, destination_from_args
 from .paths import is_canonical, normalize_remote_path, normalized
+from .progress import Bar
 from .transport import (
     Access,
     Destination,
@@ -137,30 +137,17 @@ class AuditReport:
         }
 
 
-class Progress:
-    """A one-line progress display on a terminal; silent otherwise."""
+class Progress(Bar):
+    """The audit's one-line progress display on a terminal; silent otherwise."""
 
     def __init__(self, out: TextIO | None = None, every: float = 0.2) -> None:
-        self.out = out if out is not None and out.isatty() else None
-        self.every = every
-        self._last = 0.0
-        self._shown = False
+        super().__init__("audit", out=out, every=every, enabled=out is not None)
 
-    def update(self, text: str, force: bool = False) -> None:
-        if self.out is None:
-            return
-        now = time.monotonic()
-        if force or now - self._last >= self.every:
-            self._last = now
-            self.out.write(f"\r\x1b[K{text}")
-            self.out.flush()
-            self._shown = True
+    def update(self, text: str, force: bool = False) -> None:  # type: ignore[override]
+        self.show(text, force)
 
     def done(self) -> None:
-        if self.out is not None and self._shown:
-            self.out.write("\n")
-            self.out.flush()
-            self._shown = False
+        self.close()
 
 
 # ------------------------------------------------------------- the catalog
@@ -496,7 +483,7 @@ def run_audit(ns: argparse.Namespace, manager: SupRsyncFilesManager,
         report = audit_archive(manager, transport, ns.archive_name, md5=ns.md5,
                                requeue=ns.requeue, batch=ns.batch,
                                list_limit=ns.list_limit if ns.json else SHOW,
-                               progress=Progress(err))
+                               progress=Progress(None if ns.json else err))
     finally:
         transport.close()
     if ns.json:

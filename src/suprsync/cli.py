@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     _db_argument(ret)
     ret.set_defaults(func="cmd_retention")
 
+    for p in (add, alf, retry, ignore, recheck, rebuild, mig):
+        p.add_argument("--json", action="store_true", help="print the result as JSON")
+
     audit = sub.add_parser("audit", help="compare the catalog of an archive with its "
                                          "destination (exit 1 when they differ)")
     add_audit_arguments(audit)

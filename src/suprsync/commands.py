@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -26,13 +27,23 @@ from .catalog.quarantine import (
     raw_rows_query,
     why_quarantined,
 )
+from .catalog.readonly import shadow_missing_tables
 from .catalog.schema import SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .catalog.timecode import dir_states
 from .catalog.watch import CatalogLost
 from .options import ConfigError, check_environment, config_from_args
+from .progress import Bar
 from .registration import add_local_files
 from .status import anomaly_lines, quarantine_lines
+from .treescan import (
+    SKIP_CATALOG,
+    SKIP_KNOWN,
+    SKIP_NOT_REGULAR,
+    SKIP_NOT_UTF8,
+    SKIP_RECENT,
+    SKIP_UNREADABLE,
+)
 
 log = logging.getLogger("suprsync")
 
@@ -57,8 +68,12 @@ def open_catalog(db: str | None, create: bool = False,
             raise CliError(f"catalog {db!r} does not exist")
         if not os.access(db, os.R_OK):
             raise CliError(f"catalog {db!r} is not readable")
-    # Read-only commands leave an existing catalog as it is (no new tables or indexes).
-    return SupRsyncFilesManager(db, create_all=create or write)
+    # Read-only commands leave an existing catalog as it is (no new tables or indexes):
+    # the extra tables it lacks are read as empty.
+    manager = SupRsyncFilesManager(db, create_all=create or write)
+    if not (create or write):
+        shadow_missing_tables(manager.engine)
+    return manager
 
 
 def _require_archive(manager: SupRsyncFilesManager, archive: str) -> None:
@@ -66,6 +81,21 @@ def _require_archive(manager: SupRsyncFilesManager, archive: str) -> None:
     if archive not in archives:
         known = ", ".join(archives) if archives else "none"
         raise CliError(f"unknown archive {archive!r} (archives in this catalog: {known})")
+
+
+#: Why add-local-files left files out: the --json key and the text of each reason.
+SKIP_REASONS = {
+    SKIP_RECENT: "{n} modified within the last {last_edit} s (--last-edit)",
+    SKIP_KNOWN: "{n} already registered",
+    SKIP_UNREADABLE: "{n} unreadable",
+    SKIP_NOT_UTF8: "{n} with a name that is not valid UTF-8",
+    SKIP_NOT_REGULAR: "{n} not regular files (symlinks, FIFOs, devices, sockets)",
+    SKIP_CATALOG: "{n} of the catalog's own files",
+}
+#: Catalog ids scanned per transaction by rebuild-timecode-dirs.
+REBUILD_CHUNK = 50_000
+#: Paths listed by add-local-files --json (the count stays exact).
+JSON_FILES = 1000
 
 
 def _row_dict(row: SupRsyncFile) -> dict[str, Any]:
@@ -148,8 +178,11 @@ def cmd_add(ns: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot add {local!r}: {exc.strerror or exc}") from None
-    print(f"added {row.local_path} -> {row.remote_path} (archive {row.archive_name}, "
-          f"id {row.id})")
+    if ns.json:
+        print(json.dumps(_row_dict(row), indent=2))
+    else:
+        print(f"added {row.local_path} -> {row.remote_path} (archive {row.archive_name}, "
+              f"id {row.id})")
     return 0
 
 
@@ -158,13 +191,24 @@ def cmd_add_local_files(ns: argparse.Namespace) -> int:
     if not os.path.isdir(root):
         raise CliError(f"{root!r} is not a directory")
     manager = open_catalog(ns.db, create=ns.create_db, write=True)
+    skipped: Counter[str] = Counter()
     # A scan started by main() before this module loaded (main closes it too).
     added = add_local_files(manager, root, ns.archive_name, last_edit=ns.last_edit,
-                            dry=ns.dry, out=sys.stdout, scan=getattr(ns, "scan", None))
+                            dry=ns.dry, out=None if ns.json else sys.stdout,
+                            scan=getattr(ns, "scan", None), skipped=skipped)
+    counts = {reason: skipped.get(reason, 0) for reason in SKIP_REASONS}
+    if ns.json:
+        print(json.dumps({"archive": ns.archive_name, "root": root, "dry": ns.dry,
+                          "added": len(added), "skipped": counts,
+                          "files": added[:JSON_FILES]}, indent=2))
+        return 0
     if ns.dry:
         print(f"dry run: would add {len(added)} files")
     else:
         print(f"added {len(added)} files to archive {ns.archive_name}")
+    shown = [SKIP_REASONS[r].format(n=n, last_edit=f"{ns.last_edit:g}")
+             for r, n in counts.items() if n]
+    print("skipped: " + ("; ".join(shown) if shown else "none"))
     return 0
 
 
@@ -312,9 +356,16 @@ def cmd_retention(ns: argparse.Namespace) -> int:
 def cmd_retry_failed(ns: argparse.Namespace) -> int:
     manager = open_catalog(ns.db, write=True)
     _require_archive(manager, ns.archive_name)
-    count = maintenance.retry_failed(manager, ns.archive_name, ns.max_copy_attempts,
-                                     ns.path or None)
-    print(f"reset the failed attempts of {count} file(s)")
+    with Bar("resetting", total=len(ns.path or ()) or None, unit="paths",
+             enabled=not ns.json) as bar:
+        if not ns.path:
+            bar.phase(f"resetting the failed files of {ns.archive_name}")
+        count = maintenance.retry_failed(manager, ns.archive_name, ns.max_copy_attempts,
+                                         ns.path or None, progress=bar.update)
+    if ns.json:
+        print(json.dumps({"archive": ns.archive_name, "reset": count}, indent=2))
+    else:
+        print(f"reset the failed attempts of {count} file(s)")
     return 0
 
 
@@ -323,13 +374,22 @@ def cmd_set_ignore(ns: argparse.Namespace) -> int:
     count = maintenance.set_ignore(manager, ns.paths, not ns.unignore, ns.archive)
     if count == 0:
         raise CliError("none of these paths is in the catalog")
-    print(f"marked {count} file(s) {'not ignored' if ns.unignore else 'ignored'}")
+    if ns.json:
+        print(json.dumps({"ignore": not ns.unignore, "rows": count}, indent=2))
+    else:
+        print(f"marked {count} file(s) {'not ignored' if ns.unignore else 'ignored'}")
     return 0
 
 
 def cmd_recheck(ns: argparse.Namespace) -> int:
     manager = open_catalog(ns.db, write=True)
-    report = maintenance.recheck(manager, ns.paths, ns.archive)
+    with Bar("rechecking", total=len(ns.paths), enabled=not ns.json) as bar:
+        report = maintenance.recheck(manager, ns.paths, ns.archive, progress=bar.update)
+    if ns.json:
+        print(json.dumps({"queued": list(report.queued), "changed": list(report.changed),
+                          "conflicts": list(report.conflicts), "gone": list(report.gone),
+                          "not_found": list(report.not_found)}, indent=2))
+        return 0 if not report.not_found else 1
     for path in report.changed:
         print(f"changed since registration: {path}")
     for path in report.conflicts:
@@ -368,8 +428,23 @@ def cmd_resolve(ns: argparse.Namespace) -> int:
 def cmd_rebuild_timecode_dirs(ns: argparse.Namespace) -> int:
     manager = open_catalog(ns.db, write=True)
     _require_archive(manager, ns.archive_name)
-    created = manager.create_all_timecode_dirs(ns.archive_name, min_ctime=ns.min_ctime)
-    print(f"created {created} timecode dir(s)")
+    from .catalog.timecode import max_file_id, scan_timecodes
+
+    # Short transactions of REBUILD_CHUNK ids each, so other writers never wait long.
+    top = manager.read(max_file_id, what="highest file id")
+    created = 0
+    with Bar("scanning", total=top, unit="ids", enabled=not ns.json) as bar:
+        for after in range(0, top, REBUILD_CHUNK):
+            up_to = min(after + REBUILD_CHUNK, top)
+            created += manager.write(
+                lambda s, a=after, u=up_to: scan_timecodes(s, ns.archive_name, a, u,
+                                                           ns.min_ctime)[0],
+                what="create timecode dirs")
+            bar.update(up_to)
+    if ns.json:
+        print(json.dumps({"archive": ns.archive_name, "created": created}, indent=2))
+    else:
+        print(f"created {created} timecode dir(s)")
     return 0
 
 
@@ -380,19 +455,22 @@ def cmd_migrate(ns: argparse.Namespace) -> int:
         else ns.source
     if "://" not in source and not os.path.exists(source):
         raise CliError(f"source catalog {source!r} does not exist")
-    tty = sys.stderr.isatty()
+    bar = Bar("copying", unit="rows", enabled=not ns.json)
 
     def progress(table: str, done: int, total: int) -> None:
-        if tty:
-            sys.stderr.write(f"\r{table}: {done}/{total} rows")
-            sys.stderr.flush()
-            if done >= total:
-                sys.stderr.write("\n")
+        if bar.label != table:
+            bar.close()
+            bar.phase(table, total)
+        bar.update(done)
 
     try:
-        copied = migrate(source, ns.destination, progress=progress)
+        with bar:
+            copied = migrate(source, ns.destination, progress=progress)
     except MigrationError as exc:
         raise CliError(str(exc)) from None
+    if ns.json:
+        print(json.dumps({"copied": copied}, indent=2))
+        return 0
     for table, count in copied.items():
         print(f"{table}: {count} rows copied")
     return 0

@@ -14,6 +14,7 @@ from typing import Any
 
 from .catalog.schema import SupRsyncFile
 from .catalog.store import CopyResult, SupRsyncFilesManager
+from .events import event
 from .hashing import md5_file
 from .heap import release_free_memory
 from .leftovers import pid_alive
@@ -92,7 +93,8 @@ def _sendable(batch: list[SupRsyncFile], manager: SupRsyncFilesManager,
         try:
             rel = normalize_remote_path(row.remote_path)
         except ValueError as exc:
-            log.error("not copying %s (file id %s): %s", row.local_path, row.id, exc)
+            log.error("not copying %s (file id %s): %s", row.local_path, row.id, exc,
+                      extra=event("copy failed", row.local_path))
             bad_path.append(row.id)
             continue
         if rel in seen:
@@ -107,7 +109,8 @@ def _sendable(batch: list[SupRsyncFile], manager: SupRsyncFilesManager,
             if not os.access(row.local_path, os.R_OK):
                 raise PermissionError(f"{row.local_path!r} is not readable")
         except OSError as exc:
-            log.error("cannot copy %s (file id %s): %s", row.local_path, row.id, exc)
+            log.error("cannot copy %s (file id %s): %s", row.local_path, row.id, exc,
+                      extra=event("copy failed", row.local_path))
             unreadable.append(row.id)
             continue
         seen.add(rel)
@@ -364,11 +367,12 @@ def _judge_send(manager: SupRsyncFilesManager, transport: Transport, chunk: list
             to_verify.append(s)
         elif failure.blame is Blame.FILE:
             log.error("could not send %s (file id %s): %s", s.row.local_path, s.row.id,
-                      failure.reason)
+                      failure.reason, extra=event("copy failed", s.row.local_path))
             charged.append(s)
         else:
             log.error("could not send %s (file id %s), not its fault: %s; retrying next "
-                      "iteration", s.row.local_path, s.row.id, failure.reason)
+                      "iteration", s.row.local_path, s.row.id, failure.reason,
+                      extra=event("copy failed", s.row.local_path))
             with lock:
                 report.error, report.failed = "nonzero exit", True
     if charged:
@@ -410,10 +414,11 @@ def _verify_chunk(manager: SupRsyncFilesManager, transport: Transport, chunk: li
         if ok:
             log.info("copied and verified %s -> %s", s.row.local_path, s.rel)
         elif remote is None:
-            log.error("%s: missing on the destination after rsync (file id %s)", s.rel, s.row.id)
+            log.error("%s: missing on the destination after rsync (file id %s)", s.rel, s.row.id,
+                      extra=event("verify failed", s.row.local_path))
         else:
             log.error("%s: md5 mismatch, local %s remote %s (file id %s)", s.rel,
-                      local_md5, remote, s.row.id)
+                      local_md5, remote, s.row.id, extra=event("verify failed", s.row.local_path))
         new_md5 = local_md5 if local_md5 != s.row.local_md5sum else None
         results.append(CopyResult(s.row.id, remote, copied_at, ok, new_md5))
         verdicts.append([s.row.local_path, ok])

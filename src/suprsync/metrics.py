@@ -1,4 +1,4 @@
-"""Prometheus metrics and a JSON /status page for a running agent.
+"""Prometheus metrics, a JSON /status and the HTML status page of a running agent.
 
 Needs the optional ``metrics`` extra (prometheus-client).
 """
@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from importlib import resources
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -18,11 +19,21 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from .events import EventLog
+from .finalize_events import NoticeCounts
+from .pagedata import PageSource, Throughput
+from .webpage import render
+
 if TYPE_CHECKING:
     from .agent import Agent
     from .copying import CopyReport
 
 log = logging.getLogger(__name__)
+
+#: Files of the package's static/ folder the server hands out, with their types.
+STATIC = {"status.css": "text/css; charset=utf-8"}
+#: The only methods served: nothing on the server changes state.
+METHODS = ("GET", "HEAD")
 
 #: Buckets of the transfer-duration histogram (seconds).
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -73,6 +84,27 @@ class _SessionCollector:
         yield degraded
         yield from self._anomalies(self.agent)
         yield from self._retention(self.agent)
+        yield from self._notices(self.agent)
+
+    @staticmethod
+    def _notices(agent: Agent) -> Iterator[Metric]:
+        counts = (agent.notices.as_dict() if agent.notices is not None
+                  else NoticeCounts().as_dict())
+        delivered = CounterMetricFamily(
+            "suprsync_finalize_notices", "Finalization notices delivered (--on-finalize, "
+            "--on-finalize-url).")
+        delivered.add_metric([], counts["delivered"])
+        yield delivered
+        failures = CounterMetricFamily(
+            "suprsync_finalize_notice_failures", "Failed attempts to deliver a finalization "
+            "notice, per target (command, url).", labels=["target"])
+        for target, n in sorted(counts["failures"].items()):
+            failures.add_metric([target], n)
+        yield failures
+        pending = GaugeMetricFamily("suprsync_finalize_notices_pending",
+                                    "Finalization notices not delivered yet.")
+        pending.add_metric([], counts["pending"])
+        yield pending
 
     @staticmethod
     def _retention(agent: Agent) -> Iterator[Metric]:
@@ -151,8 +183,15 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug("metrics: " + format, *args)
 
 
+def _reply(start_response, status: str, body: bytes, content_type: str,  # type: ignore[no-untyped-def]
+           *headers: tuple[str, str]) -> list[bytes]:
+    start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                            *headers])
+    return [body]
+
+
 class MetricsServer:
-    """Serves /metrics (Prometheus text format) and /status (session data as JSON).
+    """Serves the status page at /, /metrics (Prometheus text format) and /status (JSON).
 
     It listens as soon as it is made (so a busy port is found before anything
     else starts); the agent is attached afterwards with :meth:`attach`.
@@ -173,17 +212,36 @@ class MetricsServer:
         self.transfer_seconds = Histogram("suprsync_transfer_duration_seconds",
                                           "Duration of each rsync call.",
                                           buckets=DURATION_BUCKETS, registry=self.registry)
+        #: The notable events logged since the server started, for the page.
+        self.events = EventLog()
+        self.events.install()
+        self.throughput = Throughput()
+        self.page: PageSource | None = None
         metrics_app = make_wsgi_app(self.registry)
 
         def app(environ: dict, start_response):  # type: ignore[no-untyped-def]
-            agent = self.agent
-            if environ.get("PATH_INFO") == "/status" and agent is not None:
+            method = environ.get("REQUEST_METHOD")
+            if method not in METHODS:
+                return _reply(start_response, "405 Method Not Allowed",
+                              b"read-only: GET only\n", "text/plain; charset=utf-8",
+                              ("Allow", ", ".join(METHODS)))
+            body = serve(environ, start_response)
+            return [] if method == "HEAD" else body
+
+        def serve(environ: dict, start_response):  # type: ignore[no-untyped-def]
+            agent, path = self.agent, environ.get("PATH_INFO")
+            if path == "/":
+                return self._page(start_response)
+            if path and path.startswith("/static/") and path[len("/static/"):] in STATIC:
+                name = path[len("/static/"):]
+                body = resources.files(__package__).joinpath("static", name).read_bytes()
+                return _reply(start_response, "200 OK", body, STATIC[name],
+                              ("Cache-Control", "max-age=300"))
+            if path == "/status" and agent is not None:
                 body = json.dumps({**agent.session.snapshot(),
                                    "degraded": agent.session.degraded,
                                    "anomalies": agent.anomalies()}).encode()
-                start_response("200 OK", [("Content-Type", "application/json"),
-                                          ("Content-Length", str(len(body)))])
-                return [body]
+                return _reply(start_response, "200 OK", body, "application/json")
             return metrics_app(environ, start_response)
 
         server_class = _ThreadingWSGIServer6 if ":" in host else _ThreadingWSGIServer
@@ -193,23 +251,36 @@ class MetricsServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics",
                                         daemon=True)
         self._thread.start()
-        log.info("serving metrics on http://%s:%d/metrics and /status", host, self.port)
+        log.info("serving the status page on http://%s:%d/, metrics on /metrics and /status",
+                 host, self.port)
 
     def attach(self, agent: Agent) -> None:
         """Publish this agent's session data and count its copy steps."""
         self.agent = agent
         self._collector.agent = agent
+        self.page = PageSource(agent, self.events, self.throughput)
         agent.observers.append(self.observe)
+
+    def _page(self, start_response):  # type: ignore[no-untyped-def]
+        """The HTML status page (a short note while no agent is attached)."""
+        if self.page is None:
+            return _reply(start_response, "503 Service Unavailable", b"the agent is starting\n",
+                          "text/plain; charset=utf-8", ("Retry-After", "2"))
+        body = render(self.page.view()).encode("utf-8", "backslashreplace")
+        return _reply(start_response, "200 OK", body, "text/html; charset=utf-8",
+                      ("Cache-Control", "no-store"))
 
     def observe(self, report: CopyReport) -> None:
         """Count what one copy step did."""
         self.files_copied.inc(sum(ok for _, ok in report.files))
         self.bytes_copied.inc(report.bytes_verified)
         self.verify_failures.inc(report.verify_failures)
+        self.throughput.add(report)
         for seconds in report.transfer_durations:
             self.transfer_seconds.observe(seconds)
 
     def close(self) -> None:
         """Stop serving."""
+        self.events.remove()
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -156,8 +156,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
                    help="seconds after which files claimed by an agent that died may be "
                         "taken by another agent sharing the catalog (default: 600)")
     s.add_argument("--metrics-port", type=_positive(int), default=None, metavar="PORT",
-                   help="serve Prometheus metrics on /metrics and the session data on "
-                        "/status at this port (needs suprsync[metrics])")
+                   help="serve a status page on /, Prometheus metrics on /metrics and "
+                        "the session data on /status at this port (needs suprsync[metrics])")
     s.add_argument("--metrics-host", default="127.0.0.1",
                    help="address the metrics server listens on (default: 127.0.0.1)")
     s.add_argument("--ssh-port", type=_positive(int), default=None, help="ssh port of the host")
@@ -179,6 +179,13 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
     r.add_argument("--local-root", default=None, metavar="DIR",
                    help="top local data directory: never removed, nothing above it is "
                         "(required with --remove-empty-dirs)")
+    e = parser.add_argument_group("event options")
+    e.add_argument("--on-finalize", nargs="+", default=None, metavar=("CMD", "ARG"),
+                   help="program (and its arguments, none starting with '-') run after a "
+                        "timecode dir's finalization file is verified on the destination; "
+                        "the file's fields are in SUPRSYNC_* environment variables")
+    e.add_argument("--on-finalize-url", default=None, metavar="URL",
+                   help="http(s) URL that gets the same fields as a JSON POST")
 
 
 def retention_from_args(ns: argparse.Namespace) -> tuple[Policy | None, MinFree | None]:
@@ -202,6 +209,20 @@ def retention_from_args(ns: argparse.Namespace) -> tuple[Policy | None, MinFree 
         except ValueError as exc:
             raise ConfigError(f"--min-free: {exc}") from None
     return policy, min_free
+
+
+def hooks_from_args(ns: argparse.Namespace) -> tuple[tuple[str, ...], str | None]:
+    """--on-finalize and --on-finalize-url, checked; ConfigError with a one-line reason."""
+    command = tuple(getattr(ns, "on_finalize", None) or ())
+    if command and not command[0]:
+        raise ConfigError("--on-finalize needs a program to run")
+    url = getattr(ns, "on_finalize_url", None)
+    if url is not None:
+        scheme, _, rest = url.partition("://")
+        if scheme.lower() not in ("http", "https") or not rest or rest.startswith("/"):
+            raise ConfigError(f"--on-finalize-url must be an http:// or https:// URL, "
+                              f"not {url!r}")
+    return command, url
 
 
 def config_from_args(ns: argparse.Namespace) -> AgentConfig:
@@ -234,6 +255,7 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
             raise ConfigError(f"--ssh-option must look like KEY=VALUE, not {opt!r}")
     spec = destination_from_args(ns)
     policy, min_free = retention_from_args(ns)
+    on_finalize, on_finalize_url = hooks_from_args(ns)
     local_root = getattr(ns, "local_root", None)
     remove_empty_dirs = bool(getattr(ns, "remove_empty_dirs", False))
     if remove_empty_dirs and not local_root:
@@ -273,6 +295,8 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
         min_free=min_free,
         remove_empty_dirs=remove_empty_dirs,
         local_root=os.path.abspath(local_root) if local_root else None,
+        on_finalize=on_finalize,
+        on_finalize_url=on_finalize_url,
     )
 
 

@@ -17,6 +17,7 @@ from .catalog.quarantine import quarantined_rows
 from .catalog.schema import SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .catalog.timecode import max_file_id
+from .events import event
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class QuarantineLog:
             self._lines += 1
             log.warning("%sfile id %d of archive %r is quarantined (never copied, deleted or "
                         "counted as synced until the row is fixed): %s", self.prefix,
-                        row["id"], archive, row["reason"])
+                        row["id"], archive, row["reason"], extra=event("quarantined"))
         if unlisted:
             log.warning("%s%d more row(s) of archive %r are quarantined (not listed one by one; "
                         "suprsync status lists them)", self.prefix, unlisted, archive)

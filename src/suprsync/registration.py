@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TextIO
@@ -25,7 +25,8 @@ from .catalog.settings import CATALOG_FILE_SUFFIXES
 from .catalog.store import SupRsyncFilesManager
 from .catalog.timecode import ensure_tcdir
 from .paths import timecode_of
-from .treescan import TreeScan
+from .progress import Bar
+from .treescan import SKIP_UNREADABLE, TreeScan
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +54,26 @@ def catalog_files(manager: SupRsyncFilesManager) -> set[str]:
 def add_local_files(manager: SupRsyncFilesManager, root: str, archive_name: str,
                     last_edit: float = 60, dry: bool = False,
                     out: TextIO | None = None, workers: int | None = None,
-                    scan: TreeScan | None = None) -> list[str]:
+                    scan: TreeScan | None = None,
+                    skipped: Counter[str] | None = None) -> list[str]:
     """Register every file under root not yet known; remote path is relative to root.
 
     ``scan``: a TreeScan of root already started by the caller (it is closed
-    here). Returns the local paths added (or, when dry, that would be added).
+    here). Returns the local paths added (or, when dry, that would be added);
+    ``skipped`` gets the number of files left out, by reason (treescan's SKIP_*).
     """
     root = os.path.abspath(root)
     if scan is None:
         scan = TreeScan(root, manager.clock() - last_edit,
                         lambda: manager.known_local_paths(archive_name),
                         exclude=catalog_files(manager), hashing=not dry, workers=workers)
-    with scan:
+    # Only for a person watching: never with --json (out is None) nor off a terminal.
+    bar = Bar("listing", unit="files", enabled=out is not None)
+    with scan, bar:
+        bar.phase(f"listing {root}")
         paths = scan.paths()
+        if skipped is not None:
+            skipped.update(scan.skipped)
         if dry:
             if out is not None:
                 for path in paths[:10]:
@@ -73,22 +81,22 @@ def add_local_files(manager: SupRsyncFilesManager, root: str, archive_name: str,
                 if len(paths) > 10:
                     out.write(f"... and {len(paths) - 10} more\n")
             return paths
-        progress_out = sys.stderr if out is not None and out.isatty() else None
-        added = _register(manager, scan, archive_name, len(paths), progress_out)
-    if progress_out is not None and paths:
-        progress_out.write("\n")
+        bar.phase("hashing and registering", total=len(paths))
+        added = _register(manager, scan, archive_name, bar)
+    if skipped is not None and len(added) < len(paths):
+        skipped[SKIP_UNREADABLE] += len(paths) - len(added)  # md5sum could not read them
     return added
 
 
-def _register(manager: SupRsyncFilesManager, scan: TreeScan, archive_name: str, total: int,
-              progress_out: TextIO | None) -> list[str]:
+def _register(manager: SupRsyncFilesManager, scan: TreeScan, archive_name: str,
+              bar: Bar) -> list[str]:
     """Insert the hashed files of scan; one batch is inserted while the next is hashed."""
     added: list[str] = []
     now = manager.clock()
     with ThreadPoolExecutor(1, thread_name_prefix="insert") as inserting:
         inserted: Future | None = None
         prefix = len(os.path.join(scan.root, ""))
-        for batch in _batches(scan.hashed()):
+        for batch in _batches(_counted(scan.hashed(), bar)):
             if inserted is not None:
                 inserted.result()
             inserted = inserting.submit(
@@ -96,11 +104,19 @@ def _register(manager: SupRsyncFilesManager, scan: TreeScan, archive_name: str, 
                 lambda s, batch=batch: _insert(s, batch, prefix, archive_name, now),
                 "register files")
             added += batch
-            if progress_out is not None:
-                _progress(progress_out, len(added), total)
         if inserted is not None:
             inserted.result()
     return added
+
+
+def _counted(hashed: Iterable[tuple[list[str], dict[str, str]]],
+             bar: Bar) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """The hash chunks, counted on the progress bar as they arrive."""
+    done = 0
+    for chunk, sums in hashed:
+        done += len(chunk)
+        bar.update(done)
+        yield chunk, sums
 
 
 def _batches(hashed: Iterable[tuple[list[str], dict[str, str]]]) -> Iterator[Batch]:
@@ -144,9 +160,3 @@ def _has_json_functions(session: Session) -> bool:
         return False
     return True
 
-
-def _progress(out: TextIO, done: int, total: int) -> None:
-    width = 30
-    filled = int(width * done / total) if total else width
-    out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} files")
-    out.flush()

@@ -22,6 +22,7 @@ from .catalog.pathkeys import as_partner, partners, scan_path_keys
 from .catalog.schema import SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .collisions import Action, Partner, judge
+from .events import event
 from .paths import normalize_remote_path, parents
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def screen_batch(manager: SupRsyncFilesManager, archive_name: str,
             if (row.id, other) not in notes:
                 notes.add((row.id, other))
                 log.warning("not sending %s (file id %s) to %r yet: %s", row.local_path,
-                            row.id, key, verdict.describe())
+                            row.id, key, verdict.describe(), extra=event("held", row.local_path))
         else:
             out.held.add(row.id)
             conflicts.append(NewConflict(row.id, COLLISION,
@@ -123,7 +124,7 @@ def screen_batch(manager: SupRsyncFilesManager, archive_name: str,
             row = by_id[c.file_id]
             log.error("conflict: %s (file id %s) is not sent to %r and keeps its local file: "
                       "%s; resolve it with 'suprsync resolve'", row.local_path, row.id,
-                      keys.get(row.id), c.detail)
+                      keys.get(row.id), c.detail, extra=event("conflict", row.local_path))
         out.new_conflicts = [c.file_id for c in new]
     out.bad_dirs = check_local_dirs(manager, [(r.local_path, r.timestamp) for r in out.send])
     return out

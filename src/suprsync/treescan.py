@@ -17,6 +17,7 @@ import stat
 import subprocess
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -31,34 +32,49 @@ HASH_CHUNK_FILES = 2500
 #: Most bytes of names on one md5sum command line.
 HASH_CHUNK_NAME_BYTES = 120_000
 
+#: Reasons a file under the root is not registered (keys of TreeScan.skipped).
+SKIP_RECENT = "modified_recently"
+SKIP_KNOWN = "already_registered"
+SKIP_UNREADABLE = "unreadable"
+SKIP_NOT_UTF8 = "name_not_utf8"
+SKIP_NOT_REGULAR = "not_a_regular_file"
+SKIP_CATALOG = "catalog_file"
 
-def list_tree(root: str, cutoff: float) -> list[str]:
+
+def list_tree(root: str, cutoff: float, skips: Counter[str] | None = None) -> list[str]:
     """Regular files under root last modified at or before cutoff, in path order.
 
     Symlinks are not followed: suprsync sends only the regular file a row names,
     so a link is skipped with a warning, like other entries that are not regular
     files, unreadable directories and names that are not valid UTF-8 (the
-    catalog cannot store them).
+    catalog cannot store them). ``skips`` counts what was left out, by reason
+    (the SKIP_* names).
     """
-    listing = _list_with_find(root, cutoff)
+    skips = Counter() if skips is None else skips
+    listing = _list_with_find(root, cutoff, skips)
     if listing is None:
-        listing = _list_with_python(root, cutoff)
+        skips.clear()
+        listing = _list_with_python(root, cutoff, skips)
     listing.sort()
     return listing
 
 
-def _list_with_find(root: str, cutoff: float) -> list[str] | None:
+def _list_with_find(root: str, cutoff: float,
+                    skips: Counter[str] | None = None) -> list[str] | None:
     """The listing by GNU find, or None when find is missing or cannot make it.
 
     find prints the path of each old enough regular file, and every other entry
     that is not a directory as an empty record followed by its type, its
-    target's type and its path; those (symlinks, mostly) are checked here.
+    target's type and its path; those (symlinks, mostly) are checked here. A
+    regular file modified after cutoff is such a record of type R.
     """
+    skips = Counter() if skips is None else skips
     find = shutil.which("find")
     if find is None:
         return None
     argv = [find, "-H", root, "-mindepth", "1",
             "(", "-type", "f", "!", "-newermt", f"@{cutoff:.9f}", "-printf", "%p\\0", ")",
+            "-o", "(", "-type", "f", "-printf", "\\0R %p\\0", ")",
             "-o", "(", "!", "-type", "f", "!", "-type", "d", "-printf", "\\0%y%Y %p\\0", ")"]
     try:
         returncode, stdout, stderr = _run_to_files(argv)
@@ -68,13 +84,14 @@ def _list_with_find(root: str, cutoff: float) -> list[str] | None:
         return None  # not GNU find, or root unreadable: the Python walk says why
     for line in stderr.decode("utf-8", "replace").splitlines():
         log.warning("skipping: %s", line)
+        skips[SKIP_UNREADABLE] += 1
     data = stdout[:-1]  # every record ends with a NUL
     if not data:
         return []
     try:
         records = data.decode("utf-8").split("\0")
     except UnicodeDecodeError:
-        records = [_decoded(raw) for raw in data.split(b"\0")]
+        records = [_decoded(raw, skips) for raw in data.split(b"\0")]
     if "" not in records and None not in records:
         return records  # regular files only: the common case, at C speed
     listing: list[str] = []
@@ -85,7 +102,7 @@ def _list_with_find(root: str, cutoff: float) -> list[str] | None:
         elif other:
             other = False
             if record is not None:
-                _check_other(listing, record, cutoff)
+                _check_other(record, skips)
         elif record is not None:
             listing.append(record)
     return listing
@@ -105,50 +122,63 @@ def _run_to_files(argv: list[str]) -> tuple[int, bytes, bytes]:
         return returncode, out.read(), err.read()
 
 
-def _decoded(raw: bytes) -> str | None:
+def _decoded(raw: bytes, skips: Counter[str]) -> str | None:
     """A find record as text, or None (with a warning) when its name is not UTF-8."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         log.warning("skipping %r: its name is not valid UTF-8", os.fsdecode(raw))
+        skips[SKIP_NOT_UTF8] += 1
         return None
 
 
-def _check_other(listing: list[str], record: str, cutoff: float) -> None:
-    """Warn about an entry that is not a regular file ('l' + target type + ' ' + path)."""
+def _check_other(record: str, skips: Counter[str]) -> None:
+    """Count a file too recent ('R ' + path); warn about one that is not a regular file
+    ('l' + target type + ' ' + path)."""
     kinds, _, path = record.partition(" ")
+    if kinds == "R":
+        skips[SKIP_RECENT] += 1
+        return
+    skips[SKIP_NOT_REGULAR] += 1
     if kinds[:1] == "l":
         log.warning("skipping %s: a symbolic link (only regular files are sent)", path)
     else:
         log.warning("skipping %s: not a regular file", path)
 
 
-def _list_with_python(root: str, cutoff: float) -> list[str]:
+def _list_with_python(root: str, cutoff: float,
+                      skips: Counter[str] | None = None) -> list[str]:
+    skips = Counter() if skips is None else skips
     listing: list[str] = []
-    for entry in _walk(root):
+    for entry in _walk(root, skips):
         try:
             path = os.fsencode(entry.path).decode("utf-8")
         except UnicodeDecodeError:
             log.warning("skipping %r: its name is not valid UTF-8", entry.path)
+            skips[SKIP_NOT_UTF8] += 1
             continue
         try:
             if entry.is_file(follow_symlinks=False):
                 if entry.stat(follow_symlinks=False).st_mtime <= cutoff:
                     listing.append(path)
+                else:
+                    skips[SKIP_RECENT] += 1
                 continue
         except OSError as exc:
             log.warning("skipping %s: %s", path, exc.strerror)
+            skips[SKIP_UNREADABLE] += 1
             continue
-        _add_if_regular(listing, path, cutoff)
+        _add_if_regular(listing, path, cutoff, skips)
     return listing
 
 
-def _walk(root: str) -> Iterator[os.DirEntry]:
+def _walk(root: str, skips: Counter[str]) -> Iterator[os.DirEntry]:
     """Every entry below root that is not a directory (symlinks to dirs included)."""
     try:
         entries = list(os.scandir(root))
     except OSError as exc:
         log.warning("skipping %s: %s", root, exc.strerror)
+        skips[SKIP_UNREADABLE] += 1
         return
     for entry in entries:
         try:
@@ -156,24 +186,30 @@ def _walk(root: str) -> Iterator[os.DirEntry]:
         except OSError:
             is_dir = False
         if is_dir:
-            yield from _walk(entry.path)
+            yield from _walk(entry.path, skips)
         else:
             yield entry
 
 
-def _add_if_regular(listing: list[str], path: str, cutoff: float) -> None:
+def _add_if_regular(listing: list[str], path: str, cutoff: float,
+                    skips: Counter[str]) -> None:
     """Append path if it is a regular file old enough; warn if not (links included)."""
     try:
         st = os.lstat(path)
     except OSError as exc:
         log.warning("skipping %s: %s", path, exc.strerror)
+        skips[SKIP_UNREADABLE] += 1
         return
     if stat.S_ISLNK(st.st_mode):
         log.warning("skipping %s: a symbolic link (only regular files are sent)", path)
+        skips[SKIP_NOT_REGULAR] += 1
     elif not stat.S_ISREG(st.st_mode):
         log.warning("skipping %s: not a regular file", path)
+        skips[SKIP_NOT_REGULAR] += 1
     elif st.st_mtime <= cutoff:
         listing.append(path)
+    else:
+        skips[SKIP_RECENT] += 1
 
 
 def hash_chunks(paths: list[str], workers: int) -> list[list[str]]:
@@ -220,6 +256,8 @@ class TreeScan:
         self._hashers = ThreadPoolExecutor(self._workers, thread_name_prefix="md5")
         self._selected: Future[list[tuple[list[str], Future[dict[str, str]]]]] | None = None
         self._paths: list[str] = []
+        #: What the listing left out, by reason (SKIP_* names); complete after paths().
+        self.skipped: Counter[str] = Counter()
 
     def start(self) -> TreeScan:
         """Begin listing (and hashing) in the background."""
@@ -227,10 +265,13 @@ class TreeScan:
         return self
 
     def _select(self) -> list[tuple[list[str], Future[dict[str, str]]]]:
-        listing = list_tree(self.root, self.cutoff)
+        listing = list_tree(self.root, self.cutoff, self.skipped)
         known = self._known()
         self._paths = [path for path in listing
                        if path not in known and path not in self._exclude]
+        excluded = sum(path in self._exclude for path in listing)
+        self.skipped[SKIP_CATALOG] += excluded
+        self.skipped[SKIP_KNOWN] += len(listing) - len(self._paths) - excluded
         if not self._hashing:
             return []
         return [(chunk, self._hashers.submit(self._hash, chunk))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select, update
@@ -24,21 +24,38 @@ def _abs(paths: Sequence[str] | None) -> list[str] | None:
     return None if paths is None else [os.path.abspath(p) for p in paths]
 
 
+#: Local paths looked up per statement by retry-failed.
+PATHS_PER_TRANSACTION = 500
+
+
 def retry_failed(manager: SupRsyncFilesManager, archive_name: str, max_copy_attempts: int,
-                 paths: Sequence[str] | None = None) -> int:
-    """Reset the attempt counter of unsynced files at the limit; return how many."""
+                 paths: Sequence[str] | None = None,
+                 progress: Callable[[int], None] | None = None) -> int:
+    """Reset the attempt counter of unsynced files at the limit; return how many.
+
+    Given paths are done PATHS_PER_TRANSACTION at a time; ``progress`` gets the
+    number of paths done.
+    """
     wanted = _abs(paths)
 
-    def apply(session) -> int:  # type: ignore[no-untyped-def]
+    def apply(session, chunk: list[str] | None) -> int:  # type: ignore[no-untyped-def]
         stmt = update(F).where(
             F.archive_name == archive_name, UNSYNCED, F.removed.is_(None),
             func.coalesce(F.failed_copy_attempts, 0) >= max_copy_attempts, HEALTHY,
         )
-        if wanted is not None:
-            stmt = stmt.where(F.local_path.in_(wanted))
+        if chunk is not None:
+            stmt = stmt.where(F.local_path.in_(chunk))
         return int(session.execute(stmt.values(failed_copy_attempts=0)).rowcount or 0)
 
-    count = manager.write(apply, what="retry failed files")
+    if wanted is None:
+        count = manager.write(lambda s: apply(s, None), what="retry failed files")
+    else:
+        count = 0
+        for start in range(0, len(wanted), PATHS_PER_TRANSACTION):
+            chunk = wanted[start:start + PATHS_PER_TRANSACTION]
+            count += manager.write(lambda s, c=chunk: apply(s, c), what="retry failed files")
+            if progress is not None:
+                progress(start + len(chunk))
     log.info("reset the failed attempts of %d file(s) of archive %s", count, archive_name)
     return count
 
@@ -71,7 +88,8 @@ class RecheckReport:
 
 
 def recheck(manager: SupRsyncFilesManager, paths: Sequence[str],
-            archive_name: str | None = None) -> RecheckReport:
+            archive_name: str | None = None,
+            progress: Callable[[int], None] | None = None) -> RecheckReport:
     """Re-hash these local files and queue them to be copied and verified again.
 
     Their failed attempts start again from zero.
@@ -79,7 +97,7 @@ def recheck(manager: SupRsyncFilesManager, paths: Sequence[str],
     Files whose local copy was already deleted cannot be re-sent and are reported.
     A verified file whose local copy changed is not re-sent over its verified
     copy: it becomes a conflict (see ``suprsync resolve``). Hashing happens
-    outside any transaction.
+    outside any transaction. ``progress`` is called with the number of files done.
     """
     report = RecheckReport()
     wanted = _abs(paths) or []
@@ -94,7 +112,9 @@ def recheck(manager: SupRsyncFilesManager, paths: Sequence[str],
     found = manager.read(rows, what="recheck lookup")
     seen = {r.local_path for r in found}
     report.not_found = [p for p in wanted if p not in seen]
-    for file_id, path, old_md5, remote_md5, removed, archive in found:
+    for done, (file_id, path, old_md5, remote_md5, removed, archive) in enumerate(found):
+        if progress is not None:
+            progress(done + len(report.not_found))
         if removed is not None:
             report.gone.append(path)
             continue
@@ -131,4 +151,6 @@ def recheck(manager: SupRsyncFilesManager, paths: Sequence[str],
                 .values(local_md5sum=m, remote_md5sum=None, failed_copy_attempts=0)),
             what="recheck")
         report.queued.append(path)
+    if progress is not None:
+        progress(len(wanted))
     return report

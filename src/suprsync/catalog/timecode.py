@@ -22,6 +22,7 @@ import yaml
 from sqlalchemy import case, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from ..events import event
 from ..fsutil import write_atomic
 from ..hashing import md5_file
 from ..paths import subdir_of, timecode_of
@@ -467,7 +468,8 @@ def finalize_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: int
                  timecode, archive_name)
         return None
     log.info("finalized timecode dir %s of archive %s: %s (%d files, subdirs %s)",
-             timecode, archive_name, remote_path, summary["num_files"], summary["subdirs"])
+             timecode, archive_name, remote_path, summary["num_files"], summary["subdirs"],
+             extra=event("finalized"))
     return result[0]
 
 
@@ -536,7 +538,8 @@ def supplement_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: i
         return None
     log.warning("wrote a further finalization file for timecode dir %s of archive %s: %s "
                 "(%d late files; %d files, subdirs %s)", timecode, archive_name, remote_path,
-                content.late, summary["num_files"], summary["subdirs"])
+                content.late, summary["num_files"], summary["subdirs"],
+                extra=event("finalized"))
     return remote_path, content.max_id
 
 
