@@ -468,7 +468,7 @@ def _expected_argv(base: str) -> dict[str, list[str]]:
         "mkdir": ["mkdir", "-p", "--", base],
         "md5sum": ["cd", "--", base, "&&", "xargs", "-0", "-r", "md5sum", "--"],
         "stat": ["cd", "--", base, "&&", "xargs", "-0", "-r", "stat", "--printf",
-                 "%s %Y %n\\000", "--"],
+                 "%s %Y %f %n\\000", "--"],
     }
 
 

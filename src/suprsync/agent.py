@@ -44,7 +44,7 @@ from .finalize_events import DEFAULT_TIMEOUT, HookSettings, Notices
 from .procs import child_ledger
 from .quarantine_log import QuarantineLog
 from .session import SessionData
-from .transport import Transport, TransportError, make_transport
+from .transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +104,7 @@ class Agent:
         sqlite_file = self.manager.sqlite_path()
         #: The catalog file opened, when it is sqlite (a server's database cannot vanish).
         self._watch = CatalogWatch(sqlite_file) if sqlite_file else None
-        transport = transport or make_transport(config.remote_basedir,
-                                                config.transfer_options(), config.ssh())
+        transport = transport or config.open_transport()
         self.transport = transport
         #: Who leases the files this agent copies, and how it pipelines transfers.
         self.agent_id = default_agent_id(config.instance_id)

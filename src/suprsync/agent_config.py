@@ -5,15 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .transport import SshOptions, TransferOptions
+from .transport import Access, TransferOptions, open_destination
+from .transport.destination import Destination, parse_destination
 
 if TYPE_CHECKING:
     from .retention import MinFree, Policy
+    from .transport import Transport
 
 
 @dataclass
 class AgentConfig:
-    """Everything one agent needs; field names follow the command-line flags."""
+    """Everything one agent needs; field names follow the command-line flags.
+
+    The destination is ``destination`` (a URL) when set, else ``remote_basedir``
+    on ``ssh_host`` (or on this host), as the original's flags name it.
+    """
 
     archive_name: str
     remote_basedir: str
@@ -49,6 +55,8 @@ class AgentConfig:
     #: --on-finalize program and arguments, and --on-finalize-url.
     on_finalize: tuple[str, ...] = ()
     on_finalize_url: str | None = None
+    #: The destination as a URL (--destination); replaces remote_basedir and ssh_host.
+    destination: str | None = None
 
     def policy(self) -> Policy | None:
         """The rules the deletion step applies; None when it does not run."""
@@ -66,12 +74,19 @@ class AgentConfig:
                                chmod=self.chmod, copy_timeout=self.copy_timeout,
                                cmd_timeout=self.cmd_timeout)
 
-    def ssh(self) -> SshOptions | None:
-        """ssh settings, or None for a local destination."""
-        if not self.ssh_host:
-            return None
-        return SshOptions(host=self.ssh_host, key=self.ssh_key, port=self.ssh_port,
-                          known_hosts=self.ssh_known_hosts,
-                          connect_timeout=self.cmd_timeout or 20.0,
-                          extra_options=tuple(self.ssh_options),
-                          reuse_connection=self.ssh_reuse_connection)
+    def destination_spec(self) -> Destination:
+        """Where files go (DestinationError for a URL that names no usable place)."""
+        if self.destination:
+            return parse_destination(self.destination)
+        return Destination.from_flags(self.remote_basedir, self.ssh_host)
+
+    def access(self) -> Access:
+        """How to log in to a remote destination: the --ssh-* settings of this config."""
+        return Access(key=self.ssh_key, port=self.ssh_port, known_hosts=self.ssh_known_hosts,
+                      connect_timeout=self.cmd_timeout or 20.0,
+                      extra_options=tuple(self.ssh_options),
+                      reuse_connection=self.ssh_reuse_connection)
+
+    def open_transport(self) -> Transport:
+        """A transport to this config's destination (not reached yet)."""
+        return open_destination(self.destination_spec(), self.transfer_options(), self.access())

@@ -34,10 +34,17 @@ from .catalog.pathkeys import not_canonical_sql
 from .catalog.quarantine import HEALTHY
 from .catalog.schema import NOT_IGNORED, SYNCED, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
-from .options import DEFAULT_BATCH, DEFAULT_LIST_LIMIT
+from .options import DEFAULT_BATCH, DEFAULT_LIST_LIMIT, ConfigError, destination_from_args
 from .paths import is_canonical, normalize_remote_path, normalized
 from .progress import Bar
-from .transport import SshOptions, TransferOptions, Transport, make_transport
+from .transport import (
+    Access,
+    Destination,
+    DestinationError,
+    TransferOptions,
+    Transport,
+    open_destination,
+)
 from .verdicts import judge_audit, judge_copy
 
 F = SupRsyncFile
@@ -385,13 +392,20 @@ def transport_from_args(ns: argparse.Namespace) -> Transport:
     if ns.cmd_timeout is not None and ns.cmd_timeout < 0:
         raise AuditError("--cmd-timeout must not be negative")
     options = TransferOptions(cmd_timeout=ns.cmd_timeout or None)
-    if not ns.ssh_host:
-        return make_transport(ns.remote_basedir, options)
-    host = ns.ssh_host
+    try:
+        where = destination_from_args(ns)
+    except ConfigError as exc:
+        raise AuditError(str(exc)) from None
+    access = Access(key=ns.ssh_key, port=ns.ssh_port, known_hosts=ns.ssh_known_hosts,
+                    connect_timeout=ns.cmd_timeout or 20.0, extra_options=tuple(ns.ssh_option))
+    if where.scheme != "ssh":
+        return _open(where, options, access, ns.md5)
+    host = where.login or ""
     if host.startswith("-") or any(c.isspace() for c in host):
         raise AuditError(f"--ssh-host is not a host name: {host!r}")
     if shutil.which("ssh") is None:
-        raise AuditError("ssh is not installed (no 'ssh' on PATH) but --ssh-host is set")
+        raise AuditError("ssh is not installed (no 'ssh' on PATH) but the destination is "
+                         "reached with ssh")
     for opt in ns.ssh_option:
         if "=" not in opt:
             raise AuditError(f"--ssh-option must look like KEY=VALUE, not {opt!r}")
@@ -400,11 +414,17 @@ def transport_from_args(ns: argparse.Namespace) -> Transport:
             raise AuditError(f"{flag} {path!r} does not exist or is not readable")
         if path is not None and "${" in path:
             raise AuditError(f"{flag}: ssh cannot take a path containing '${{'")
-    ssh = SshOptions(host=host, key=ns.ssh_key, port=ns.ssh_port,
-                     known_hosts=ns.ssh_known_hosts,
-                     connect_timeout=ns.cmd_timeout or 20.0,
-                     extra_options=tuple(ns.ssh_option))
-    return make_transport(ns.remote_basedir, options, ssh)
+    return _open(where, options, access, ns.md5)
+
+
+def _open(where: Destination, options: TransferOptions, access: Access, md5: bool) -> Transport:
+    try:
+        transport = open_destination(where, options, access)
+    except DestinationError as exc:
+        raise AuditError(str(exc)) from None
+    if md5 and "md5" not in transport.capabilities.hashes:
+        raise AuditError(f"--md5: {transport.describe()} computes no md5 of its copies")
+    return transport
 
 
 def _shown(path: str) -> str:

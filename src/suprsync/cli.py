@@ -232,19 +232,17 @@ def _exit_cleanly(signum: int, _frame: object) -> None:
 def _reach_destination(ns: argparse.Namespace) -> tuple[AgentConfig, Transport] | None:
     """For run over ssh: (config, transport) whose host is reached while the catalog code loads.
 
-    None when there is no ssh host or the settings are wrong (the command says why).
+    None when no remote destination is named or the settings are wrong (the command says why).
     """
-    if not getattr(ns, "ssh_host", None):
+    if not getattr(ns, "ssh_host", None) and "://" not in (getattr(ns, "destination", None) or ""):
         return None
     from .options import ConfigError, check_environment, config_from_args
-    from .transport import make_transport
-
     try:
         config = config_from_args(ns)
         check_environment(config)
     except ConfigError:
         return None
-    transport = make_transport(config.remote_basedir, config.transfer_options(), config.ssh())
+    transport = config.open_transport()
     transport.prepare_soon()
     return config, transport
 

@@ -1,12 +1,10 @@
-"""One copy step: pick a batch, stage it, rsync it, verify it on the destination, record."""
+"""One copy step: pick a batch, send it, verify it on the destination, record."""
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -14,19 +12,27 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .blame import blames_the_place, describe
 from .catalog.schema import SupRsyncFile
 from .catalog.store import CopyResult, SupRsyncFilesManager
 from .events import event
 from .hashing import md5_file
 from .heap import release_free_memory
+from .leftovers import pid_alive
 from .paths import check_local_file, normalize_remote_path
-from .procs import ProcResult
 from .screening import screen_batch
-from .transport.base import PARTIAL_EXIT_CODES, Transport, TransportError
-from .transport.rsync_errors import destination_failure
-from .transport.ssh import CONTROL_PREFIX, end_connection_master
+from .transport import (
+    Blame,
+    SendResult,
+    SendStatus,
+    StagingFailed,
+    Transport,
+    TransportError,
+    remove_leftovers,
+)
 from .verdicts import MD5_MISMATCH, judge_copy
+
+__all__ = ["CopyReport", "Pipeline", "StagingFailed", "copy_batch", "default_agent_id",
+           "dead_local_agents", "remove_stale_temp_dirs"]
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +51,7 @@ class CopyReport:
     bytes_verified: int = 0
     #: Files whose copy did not verify (mismatch or missing).
     verify_failures: int = 0
-    #: Seconds each rsync call took.
+    #: Seconds each send call took.
     transfer_durations: list[float] = field(default_factory=list)
     #: Conflicts recorded by this step (file ids).
     conflicts: list[int] = field(default_factory=list)
@@ -67,34 +73,21 @@ class _Staged:
     row: SupRsyncFile
     rel: str
     size: int
-    #: Directory rsync reads the file from, as <source>/<rel>.
-    source: str
     #: Only the registered md5 is accepted (the file was verified once, or its
     #: destination already holds another row's verified copy).
     strict: bool = False
 
 
-def _source_root(local_path: str, rel: str) -> str | None:
-    """The directory D with local_path == D/rel, when there is one."""
-    if local_path.endswith("/" + rel):
-        return local_path[:-len(rel) - 1] or "/"
-    return None
-
-
-def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManager,
-           max_copy_attempts: int | None, strict: set[int] | frozenset[int] = frozenset(),
-           bad_dirs: dict[str, str] | None = None) -> list[_Staged]:
-    """Give each sendable file a source dir in which it has its remote name.
-
-    A file whose local path already ends with its remote path is read in place;
-    any other is linked into the staging tree under its remote name.
+def _sendable(batch: list[SupRsyncFile], manager: SupRsyncFilesManager,
+              max_copy_attempts: int | None, strict: set[int] | frozenset[int] = frozenset(),
+              bad_dirs: dict[str, str] | None = None) -> list[_Staged]:
+    """The files of the batch that can be sent, each with its remote path and size.
 
     Files that cannot be sent cost themselves an attempt (or, for a remote path
     that would leave the base dir, go straight to the limit) and are left out.
     """
     staged: list[_Staged] = []
     seen: set[str] = set()
-    made: set[str] = set()
     bad_path: list[int] = []
     unreadable: list[int] = []
     for row in batch:
@@ -116,47 +109,24 @@ def _stage(batch: list[SupRsyncFile], staging: str, manager: SupRsyncFilesManage
             size = check_local_file(row.local_path).st_size
             if not os.access(row.local_path, os.R_OK):
                 raise PermissionError(f"{row.local_path!r} is not readable")
-            source = _source_root(row.local_path, rel)
-            if source is None:
-                source = staging
-                _link(row.local_path, staging, rel, made)
         except OSError as exc:
             log.error("cannot copy %s (file id %s): %s", row.local_path, row.id, exc,
                       extra=event("copy failed", row.local_path))
             unreadable.append(row.id)
             continue
         seen.add(rel)
-        staged.append(_Staged(row, rel, size, source, row.id in strict))
+        staged.append(_Staged(row, rel, size, row.id in strict))
     manager.mark_unsendable(bad_path, max_copy_attempts if max_copy_attempts else 1 << 30)
     manager.count_failed_attempt(unreadable)
     return staged
-
-
-class StagingFailed(RuntimeError):
-    """The staging dir took no link (full, read-only): no file's fault."""
-
-
-def _link(local_path: str, staging: str, rel: str, made: set[str]) -> None:
-    """Link local_path into the staging tree as rel; StagingFailed if the tree refuses."""
-    link = os.path.join(staging, rel)
-    folder = os.path.dirname(link)
-    try:
-        if folder not in made:
-            os.makedirs(folder, exist_ok=True)
-            made.add(folder)
-        os.symlink(local_path, link)
-    except OSError as exc:
-        if blames_the_place(exc.errno):
-            raise StagingFailed(f"cannot stage files in {staging}: {describe(exc)}") from exc
-        raise
 
 
 @dataclass(frozen=True)
 class Pipeline:
     """How a batch is cut into chunks and how many run at once.
 
-    Each chunk is one rsync call followed by one verification call; while a
-    chunk is verified the next one is already being sent. ``parallel`` rsync
+    Each chunk is one send call followed by one verification call; while a
+    chunk is verified the next one is already being sent. ``parallel`` send
     streams run at once.
     """
 
@@ -169,50 +139,9 @@ class Pipeline:
     slice_files: int = 10_000
 
 
-#: Staging dirs are named <prefix><pid>-<random> so that a dead run's can be found.
-STAGING_PREFIX = "suprsync-stage-"
-
-
-def remove_stale_temp_dirs(staging_root: str | None = None,
-                         prefixes: tuple[str, ...] = (STAGING_PREFIX, CONTROL_PREFIX)) -> int:
-    """Delete staging and ssh control dirs left by runs that were killed."""
-    roots = {staging_root or tempfile.gettempdir(), "/tmp"}
-    removed = 0
-    for root in roots:
-        try:
-            names = os.listdir(root)
-        except OSError:
-            continue
-        for name in names:
-            removed += _remove_if_stale(root, name, prefixes)
-    return removed
-
-
-def _remove_if_stale(root: str, name: str, prefixes: tuple[str, ...]) -> int:
-    for prefix in prefixes:
-        if not name.startswith(prefix):
-            continue
-        pid, sep, _ = name.removeprefix(prefix).partition("-")
-        if not sep or not pid.isdigit():
-            continue
-        if int(pid) == os.getpid() or _alive(int(pid)):
-            continue
-        folder = os.path.join(root, name)
-        if prefix == CONTROL_PREFIX:
-            end_connection_master(folder)
-        shutil.rmtree(folder, ignore_errors=True)
-        return 1
-    return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def remove_stale_temp_dirs() -> int:
+    """Delete what runs that were killed left behind (each kind of destination knows what)."""
+    return remove_leftovers()
 
 
 def default_agent_id(name: str) -> str:
@@ -228,7 +157,7 @@ def dead_local_agents(agent_ids: Iterable[str], name: str) -> list[str]:
         pid = agent_id.removeprefix(prefix)
         if pid == agent_id or not pid.isdigit() or int(pid) == os.getpid():
             continue
-        if not _alive(int(pid)):
+        if not pid_alive(int(pid)):
             dead.append(agent_id)
     return dead
 
@@ -279,7 +208,6 @@ def copy_batch(
     max_copy_attempts: int | None = None,
     num_files: int | None = None,
     clock: Callable[[], float] = time.time,
-    staging_root: str | None = None,
     pipeline: Pipeline | None = None,
     agent_id: str | None = None,
     notes: set[tuple[int, int | None]] | None = None,
@@ -322,14 +250,14 @@ def copy_batch(
             if ready is None:
                 ready = connecting.submit(transport.ensure_ready)
             after = (float(batch[-1].timestamp), int(batch[-1].id))
-            _copy_claimed(manager, transport, batch, ready, report, clock, staging_root,
-                          pipeline, agent_id, max_copy_attempts, notes)
+            _copy_claimed(manager, transport, batch, ready, report, clock, pipeline, agent_id,
+                          max_copy_attempts, notes)
             if remaining is not None:
                 remaining -= len(batch)
             last = len(batch) < want  # a short slice: nothing later was copyable
             del batch
             release_free_memory()  # what the slice's threads freed, before the next one
-            if report.failed or transport.children.aborted:
+            if report.failed or transport.aborted:
                 break  # the destination is in doubt: the rest waits for the next iteration
             if last:
                 break
@@ -341,16 +269,10 @@ def copy_batch(
 
 def _copy_claimed(manager: SupRsyncFilesManager, transport: Transport,
                   batch: list[SupRsyncFile], ready: Future, report: CopyReport,
-                  clock: Callable[[], float], staging_root: str | None, pipeline: Pipeline,
-                  agent_id: str, max_copy_attempts: int | None,
+                  clock: Callable[[], float], pipeline: Pipeline, agent_id: str,
+                  max_copy_attempts: int | None,
                   notes: set[tuple[int, int | None]]) -> CopyReport:
-    """Stage, send and verify a claimed batch once the destination is ready."""
-    try:
-        staging = tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=staging_root)
-    except OSError as exc:
-        manager.release_claims(agent_id)
-        where = staging_root or tempfile.gettempdir()
-        raise StagingFailed(f"cannot stage files in {where}: {describe(exc)}") from exc
+    """Screen, send and verify a claimed batch once the destination is ready."""
     renewing = _LeaseRenewer(manager, agent_id, pipeline.lease)
     try:
         screened = screen_batch(manager, batch[0].archive_name, batch, max_copy_attempts,
@@ -358,18 +280,18 @@ def _copy_claimed(manager: SupRsyncFilesManager, transport: Transport,
         report.conflicts += screened.new_conflicts
         held = [r.id for r in batch if r.id in screened.held]
         manager.release_claims(agent_id, held)
-        staged = _stage(screened.send, staging, manager, max_copy_attempts, screened.strict,
-                        screened.bad_dirs)
+        staged = _sendable(screened.send, manager, max_copy_attempts, screened.strict,
+                           screened.bad_dirs)
         staged_ids = {s.row.id for s in staged}
         report.files += [[row.local_path, False] for row in screened.send
                          if row.id not in staged_ids]
-        checks = [_Staged(row, rel, 0, "", True) for row, rel in screened.verify_only]
+        checks = [_Staged(row, rel, 0, True) for row, rel in screened.verify_only]
         ready.result()
         # Files whose earlier copy did not verify are re-sent even if they look current.
-        groups: dict[tuple[str, bool], list[_Staged]] = {}
+        groups: dict[bool, list[_Staged]] = {}
         for s in staged:
-            groups.setdefault((s.source, s.row.remote_md5sum is not None), []).append(s)
-        work = [(chunk, force) for (_, force), group in groups.items()
+            groups.setdefault(s.row.remote_md5sum is not None, []).append(s)
+        work = [(chunk, force) for force, group in groups.items()
                 for chunk in _chunks(group, pipeline)]
         _run_pipeline(manager, transport, work, pipeline, report, clock, agent_id)
         # Rows whose bytes another row's verified copy holds: checked, never sent.
@@ -378,9 +300,6 @@ def _copy_claimed(manager: SupRsyncFilesManager, transport: Transport,
             _verify_chunk(manager, transport, chunk, clock(), report, lock, agent_id)
     finally:
         renewing.stop()
-        # A tree of symlinks only: removing it need not delay the iteration.
-        threading.Thread(target=shutil.rmtree, args=(staging, True), daemon=True,
-                         name="unstage").start()
         manager.release_claims(agent_id)
     report.stop_time = clock()
     return report
@@ -393,17 +312,19 @@ def _run_pipeline(manager: SupRsyncFilesManager, transport: Transport,
     streams = max(1, pipeline.parallel)
     # Hashing is CPU-bound where the destination is local: use every core for it.
     checkers = max(streams, min(4, os.cpu_count() or 1))
-    with ThreadPoolExecutor(streams, thread_name_prefix="rsync") as senders, \
+    with ThreadPoolExecutor(streams, thread_name_prefix="send") as senders, \
             ThreadPoolExecutor(checkers, thread_name_prefix="verify") as verifiers:
 
         def send_then_queue_verify(chunk: list[_Staged], force: bool) -> Future | None:
-            result = transport.copy(chunk[0].source, [s.rel for s in chunk], force=force)
+            result = transport.send([(s.row.local_path, s.rel) for s in chunk], force=force)
             copied_at = clock()
             with lock:
                 report.transfer_durations.append(result.duration)
-            if not _transfer_ok(result, len(chunk), transport, report, lock):
+            sent = _judge_send(manager, transport, chunk, result, copied_at, report, lock,
+                               agent_id)
+            if not sent:
                 return None
-            return verifiers.submit(_verify_chunk, manager, transport, chunk, copied_at,
+            return verifiers.submit(_verify_chunk, manager, transport, sent, copied_at,
                                     report, lock, agent_id)
 
         sent = [senders.submit(send_then_queue_verify, chunk, force) for chunk, force in work]
@@ -413,36 +334,55 @@ def _run_pipeline(manager: SupRsyncFilesManager, transport: Transport,
                 verifying.result()
 
 
-def _transfer_ok(result: ProcResult, count: int, transport: Transport, report: CopyReport,
-                 lock: threading.Lock) -> bool:
-    """Judge one rsync call; a whole-transfer failure is recorded in the report.
+def _judge_send(manager: SupRsyncFilesManager, transport: Transport, chunk: list[_Staged],
+                result: SendResult, copied_at: float, report: CopyReport,
+                lock: threading.Lock, agent_id: str) -> list[_Staged]:
+    """Act on one send call; the files to verify.
 
-    A failure of the destination (see destination_failure) fails the whole chunk,
-    whatever the exit status, and is logged once per copy step.
+    A call that failed as a whole is recorded in the report and charges no file
+    (logged once per copy step). A file that failed by its own fault is charged
+    an attempt; one whose failure the destination caused is not, and is retried.
     """
-    if result.timed_out:
+    if result.status is SendStatus.TIMED_OUT:
         with lock:
             report.error, report.timed_out, report.failed = "timed out", True, True
-        log.error("rsync of %d files to %s timed out after %.1f s; retrying next iteration",
-                  count, transport.describe(), result.duration)
-        return False
-    blamed = destination_failure(result.stderr) if result.returncode != 0 else None
-    if result.returncode not in (0, *PARTIAL_EXIT_CODES) or blamed is not None:
-        # The destination failed, not a file: no file is charged, nothing is verified.
+        log.error("%s; retrying next iteration", result.reason)
+        return []
+    if not result.ok:
         with lock:
             first = not report.failed
             report.error, report.failed = "nonzero exit", True
-        if transport.children.aborted:
-            log.info("rsync of %d files to %s stopped by request", count, transport.describe())
+        if result.status is SendStatus.ABORTED or transport.aborted:
+            log.info("sending %d files to %s stopped by request", len(chunk),
+                     transport.describe())
         elif first:
-            log.error("rsync to %s failed (exit %s): %s; no file is charged, retrying next "
-                      "iteration", transport.describe(), result.returncode,
-                      blamed or result.stderr_tail())
-        return False
-    if result.returncode != 0:
-        log.warning("rsync to %s could not send some files (exit %s): %s",
-                    transport.describe(), result.returncode, result.stderr_tail())
-    return True
+            log.error("%s; no file is charged, retrying next iteration", result.reason)
+        return []
+    if result.warning:
+        log.warning("%s", result.warning)
+    to_verify: list[_Staged] = []
+    charged: list[_Staged] = []
+    for s in chunk:
+        failure = result.failed.get(s.rel)
+        if failure is None:
+            to_verify.append(s)
+        elif failure.blame is Blame.FILE:
+            log.error("could not send %s (file id %s): %s", s.row.local_path, s.row.id,
+                      failure.reason, extra=event("copy failed", s.row.local_path))
+            charged.append(s)
+        else:
+            log.error("could not send %s (file id %s), not its fault: %s; retrying next "
+                      "iteration", s.row.local_path, s.row.id, failure.reason,
+                      extra=event("copy failed", s.row.local_path))
+            with lock:
+                report.error, report.failed = "nonzero exit", True
+    if charged:
+        manager.record_results([CopyResult(s.row.id, None, copied_at, False, None)
+                                for s in charged], agent_id)
+        with lock:
+            report.files += [[s.row.local_path, False] for s in charged]
+            report.verify_failures += len(charged)
+    return to_verify
 
 
 def _verify_chunk(manager: SupRsyncFilesManager, transport: Transport, chunk: list[_Staged],
@@ -458,7 +398,7 @@ def _verify_chunk(manager: SupRsyncFilesManager, transport: Transport, chunk: li
         with lock:
             report.error = "timed out" if exc.timed_out else "nonzero exit"
             report.timed_out, report.failed = exc.timed_out, True
-        if transport.children.aborted:
+        if transport.aborted:
             log.info("verification of %d files stopped by request", len(chunk))
         else:
             log.error("verification of %d files failed: %s; retrying next iteration",

@@ -10,7 +10,14 @@ from .catalog.store import SupRsyncFilesManager
 from .copying import CopyReport, Pipeline, default_agent_id
 from .deletion import DeleteReport
 from .retention import Policy
-from .transport import SshOptions, TransferOptions, Transport, TransportError, make_transport
+from .transport import (
+    Access,
+    Destination,
+    TransferOptions,
+    Transport,
+    TransportError,
+    open_destination,
+)
 
 
 class SupRsyncFileHandler:
@@ -28,7 +35,7 @@ class SupRsyncFileHandler:
         compression: bool | None = None,
         bwlimit: str | None = None,
         chmod: str | None = None,
-        ssh_options: SshOptions | None = None,
+        ssh_options: Access | None = None,
         transport: Transport | None = None,
         pipeline: Pipeline | None = None,
         agent_id: str | None = None,
@@ -46,9 +53,9 @@ class SupRsyncFileHandler:
         if transport is None:
             options = TransferOptions(compression=self.compression, bwlimit=bwlimit, chmod=chmod,
                                       copy_timeout=copy_timeout, cmd_timeout=cmd_timeout)
-            if ssh_options is None and ssh_host:
-                ssh_options = SshOptions(host=ssh_host, key=ssh_key)
-            transport = make_transport(remote_basedir, options, ssh_options)
+            host = getattr(ssh_options, "host", None) or ssh_host
+            transport = open_destination(Destination.from_flags(remote_basedir, host), options,
+                                         ssh_options or Access(key=ssh_key))
         self.transport = transport
         self.pipeline = pipeline or Pipeline()
         self.agent_id = agent_id or default_agent_id(archive_name)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .agent_config import AgentConfig
     from .retention import MinFree, Policy
+    from .transport.destination import Destination
 
 DEFAULT_CHMOD = "g+rwX,o+rX"
 #: Rows per catalog page and per remote call.
@@ -22,8 +23,42 @@ DEFAULT_BATCH = 1000
 DEFAULT_LIST_LIMIT = 100_000
 
 
+#: What --destination takes.
+DESTINATION_HELP = ("where files go: /abs/path, file:///abs/path, "
+                    "ssh://[user@]host[:port]/abs/path or rsync://[user@]host[:port]/module[/path]")
+
+
 class ConfigError(ValueError):
     """A flag value or the environment makes the agent unable to start."""
+
+
+def destination_from_args(ns: argparse.Namespace) -> Destination:
+    """The destination the flags name: --destination, or --remote-basedir [--ssh-host].
+
+    ConfigError, naming the flags, when they name none or two.
+    """
+    from .transport.destination import Destination, DestinationError, parse_destination
+
+    url = getattr(ns, "destination", None)
+    if url is None:
+        if not ns.remote_basedir:
+            raise ConfigError("no destination given: use --destination URL (or "
+                              "--remote-basedir DIR, with --ssh-host for a remote host)")
+        return Destination.from_flags(ns.remote_basedir, ns.ssh_host)
+    if ns.remote_basedir is not None:
+        raise ConfigError("give the destination once: --destination or --remote-basedir, "
+                          "not both")
+    if ns.ssh_host is not None:
+        raise ConfigError("--ssh-host cannot go with --destination: put the host in the URL "
+                          "(ssh://[user@]host[:port]/abs/path)")
+    try:
+        spec = parse_destination(url)
+    except DestinationError as exc:
+        raise ConfigError(f"--destination: {exc}") from None
+    port = getattr(ns, "ssh_port", None)
+    if spec.port is not None and port is not None and spec.port != port:
+        raise ConfigError(f"--destination has port {spec.port} but --ssh-port is {port}")
+    return spec
 
 
 def _positive(kind: type):  # type: ignore[no-untyped-def]
@@ -62,8 +97,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
     g = parser.add_argument_group("Agent Options")
     g.add_argument("--archive-name", required=True,
                    help="Name of managed archive. Determines which files should be copied")
-    g.add_argument("--remote-basedir", required=True,
-                   help="Base directory on the remote server where files will be copied")
+    g.add_argument("--remote-basedir", default=None,
+                   help="Base directory on the remote server where files will be copied "
+                        "(or give --destination)")
     g.add_argument("--db-path", "--db", dest="db_path", default=env_db,
                    help="Path to the suprsync sqlite db (default: $SUPRSYNC_DB)")
     g.add_argument("--ssh-host", default=None,
@@ -98,6 +134,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
     g.add_argument("--chmod", default=DEFAULT_CHMOD,
                    help=f"chmod applied by rsync to copied files (default: {DEFAULT_CHMOD})")
     s = parser.add_argument_group("suprsync options")
+    s.add_argument("--destination", default=None, metavar="URL",
+                   help=DESTINATION_HELP + " (instead of --remote-basedir and --ssh-host)")
     if instance_id:
         s.add_argument("--instance-id", default=None,
                        help="Name of this agent in logs and finalization paths "
@@ -215,6 +253,7 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
     for opt in ns.ssh_option:
         if "=" not in opt:
             raise ConfigError(f"--ssh-option must look like KEY=VALUE, not {opt!r}")
+    spec = destination_from_args(ns)
     policy, min_free = retention_from_args(ns)
     on_finalize, on_finalize_url = hooks_from_args(ns)
     local_root = getattr(ns, "local_root", None)
@@ -226,7 +265,8 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
         raise ConfigError(f"--local-root {local_root!r} is not a directory")
     return AgentConfig(
         archive_name=ns.archive_name,
-        remote_basedir=ns.remote_basedir,
+        remote_basedir=ns.remote_basedir if ns.remote_basedir is not None else spec.path,
+        destination=getattr(ns, "destination", None),
         db_path=db,
         suprsync_file_root=os.path.abspath(ns.suprsync_file_root),
         ssh_host=ns.ssh_host,
@@ -267,9 +307,19 @@ def check_environment(config: AgentConfig) -> None:
     _check_rsync_values(config)
     if config.ssh_port is not None and not 1 <= config.ssh_port <= 65535:
         raise ConfigError(f"--ssh-port must be between 1 and 65535, not {config.ssh_port}")
-    if config.ssh_host:
+    from .transport.registry import kinds
+
+    scheme = config.destination_spec().scheme
+    if scheme not in kinds():
+        raise ConfigError(f"--destination: destinations of kind {scheme}:// are not supported "
+                          f"by this installation (supported: {', '.join(sorted(kinds()))})")
+    if config.verify_before_delete and "md5" not in config.open_transport().capabilities.hashes:
+        raise ConfigError(f"--verify-before-delete: {config.destination_spec().url()} "
+                          "computes no md5 of its copies")
+    if scheme == "ssh":
         if shutil.which("ssh") is None:
-            raise ConfigError("ssh is not installed (no 'ssh' on PATH) but --ssh-host is set")
+            raise ConfigError("ssh is not installed (no 'ssh' on PATH) but the destination "
+                              "is reached with ssh")
         if config.ssh_key:
             _check_key(config.ssh_key)
         for flag, path in (("--ssh-key", config.ssh_key),
@@ -326,8 +376,10 @@ def _check_key(path: str) -> None:
 def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``suprsync audit`` (the catalog flag --db is added by the caller)."""
     parser.add_argument("archive_name")
-    parser.add_argument("--remote-basedir", required=True,
-                        help="base directory of the archive on the destination")
+    parser.add_argument("--destination", default=None, metavar="URL", help=DESTINATION_HELP)
+    parser.add_argument("--remote-basedir", default=None,
+                        help="base directory of the archive on the destination (or give "
+                             "--destination)")
     parser.add_argument("--ssh-host", default=None,
                         help="destination host ('<user>@<host>'); without it, a local dir")
     parser.add_argument("--ssh-key", default=None, help="private key for ssh")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import abc
+import enum
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
-from ..procs import ProcGroup, ProcResult, Stream
+from ..procs import Stream
 
 
 class TransportError(RuntimeError):
@@ -18,9 +19,16 @@ class TransportError(RuntimeError):
         self.timed_out = timed_out
 
 
+class StagingFailed(RuntimeError):
+    """This host could not lay out the files to send (a full temp dir): no file's fault.
+
+    Not a TransportError: the destination is not in doubt, this host is.
+    """
+
+
 @dataclass(frozen=True)
 class TransferOptions:
-    """rsync settings shared by every destination."""
+    """Transfer settings shared by every destination."""
 
     compression: bool = False
     bwlimit: str | None = None
@@ -96,18 +104,110 @@ def last_line(output: bytes) -> str:
     return lines[-1] if lines else ""
 
 
-#: rsync exit codes that mean some files failed but the transfer as a whole ran.
-PARTIAL_EXIT_CODES = (23, 24)
+@dataclass(frozen=True)
+class Access:
+    """How to reach and log in to a remote destination (what its URL does not say).
+
+    Kinds take what applies to them: ssh the key, port and known_hosts; an rsync
+    daemon the password file. A port in the URL wins over ``port``.
+    """
+
+    key: str | None = None
+    port: int | None = None
+    known_hosts: str | None = None
+    strict_host_key_checking: str = "yes"
+    connect_timeout: float = 20.0
+    extra_options: tuple[str, ...] = field(default_factory=tuple)
+    ssh: str = "ssh"
+    #: Share one connection among all calls to the host (ssh ControlMaster).
+    reuse_connection: bool = True
+    fast_ciphers: bool = True
+    password_file: str | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a kind of destination can do; the steps decide on these, never on a kind's name."""
+
+    #: Hashes the far side computes of the stored bytes (e.g. ``{"md5"}``).
+    hashes: frozenset[str] = frozenset({"md5"})
+    #: Hashing reads the stored bytes again (rather than reporting what was written).
+    rereads: bool = True
+    #: The stored file keeps the source's mtime (stat can compare it).
+    keeps_mtime: bool = True
+    #: The kind runs commands other than rsync on the far side (a login shell).
+    remote_shell: bool = False
+
+
+class SendStatus(enum.Enum):
+    """How one send call ended as a whole."""
+
+    OK = "ok"
+    TIMED_OUT = "timed out"
+    ABORTED = "aborted"
+    #: The destination (or the way to it) failed: no file is to blame.
+    DESTINATION_FAILED = "destination failed"
+
+
+class Blame(enum.Enum):
+    """Whose fault a file's failure is."""
+
+    FILE = "file"
+    DESTINATION = "destination"
+
+
+@dataclass(frozen=True)
+class FileFailure:
+    """Why one file was not sent."""
+
+    reason: str
+    blame: Blame = Blame.FILE
+
+
+#: One file to send: (local path, path relative to the base dir).
+Outgoing = tuple[str, str]
+
+
+@dataclass
+class SendResult:
+    """The outcome of one send call: for the call, and for each file not sent.
+
+    A file not in ``failed`` was sent (or was already there, unchanged) as far as
+    the kind can tell; its copy still has to be verified. With a status other
+    than OK no file was sent for certain and none is to blame.
+    """
+
+    status: SendStatus
+    failed: dict[str, FileFailure] = field(default_factory=dict)
+    #: For a failed call: what went wrong, in one line.
+    reason: str = ""
+    #: Seconds the call took.
+    duration: float = 0.0
+    #: For an OK call: problems that did not stop it (files that could not be sent).
+    warning: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when the call as a whole succeeded (some files may still have failed)."""
+        return self.status is SendStatus.OK
+
+    def sent(self, rel_paths: Sequence[str]) -> list[str]:
+        """Those of ``rel_paths`` the call sent."""
+        if not self.ok:
+            return []
+        return [rel for rel in rel_paths if rel not in self.failed]
 
 
 class Transport(abc.ABC):
-    """Copies a staged tree to the destination and answers questions about it."""
+    """Sends files to one destination and answers questions about the copies there."""
+
+    #: What this kind can do (each kind sets its own).
+    capabilities: Capabilities = Capabilities()
 
     def __init__(self, remote_basedir: str, options: TransferOptions) -> None:
         self.remote_basedir = remote_basedir
         self.options = options
-        #: Every rsync/ssh child of this transport, so abort() can stop them.
-        self.children = ProcGroup()
+        self._aborted = False
         self._ready = False
         self._ready_lock = threading.Lock()
         #: A prepare() started by prepare_soon(), and how it failed.
@@ -147,9 +247,18 @@ class Transport(abc.ABC):
             self._early = threading.Thread(target=attempt, name="connect", daemon=True)
             self._early.start()
 
+    @property
+    def aborted(self) -> bool:
+        """True once abort() was called: what runs or starts later is stopped."""
+        return self._aborted
+
     def abort(self) -> None:
-        """Kill running transfers and checks now (copies are atomic, so this is safe)."""
-        self.children.kill_all()
+        """Stop running transfers and checks now, and any started later (copies are atomic)."""
+        self._aborted = True
+        self.stop_all()
+
+    def stop_all(self) -> None:  # noqa: B027 - optional hook, nothing runs by default
+        """Kill what this transport runs (the kind's part of abort())."""
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -160,8 +269,14 @@ class Transport(abc.ABC):
         """Make sure the remote base dir exists; raise TransportError otherwise."""
 
     @abc.abstractmethod
-    def copy(self, staging_dir: str, rel_paths: list[str], force: bool = False) -> ProcResult:
-        """rsync these paths (relative to staging_dir) to the base dir."""
+    def send(self, files: Sequence[Outgoing], force: bool = False) -> SendResult:
+        """Send each local file to its path under the base dir, atomically.
+
+        ``force`` re-sends files that look unchanged on the destination. A file
+        is never visible there under its final name before it is complete.
+        Failures are returned, not raised, except StagingFailed (this host could
+        not prepare the call).
+        """
 
     @abc.abstractmethod
     def checksums(self, rel_paths: list[str], total_bytes: int = 0) -> dict[str, str]:

@@ -9,27 +9,39 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from ..hashing import md5_file
+from ..leftovers import remove_stale_dirs
 from ..procs import ProcResult, Stream, run
 from .base import (
     FIND_FILES,
     SORT_BYTEWISE,
+    Access,
+    Capabilities,
     RemoteStat,
     TransferOptions,
-    Transport,
     TransportError,
     Warn,
     list_timeout,
     read_listing,
 )
-from .rsync import rsync_argv, rsync_files_from
+from .destination import Destination
+from .registry import register
+from .rsync import STAGING_PREFIX, RsyncTransport, rsync_argv, rsync_files_from
 
 #: Files of at most this many bytes in all are hashed in the calling thread: for
 #: them, starting threads costs more than it saves.
 INLINE_HASH_BYTES = 8 << 20
 
 
-class LocalTransport(Transport):
+def remove_stale_staging() -> int:
+    """Remove the staging trees of runs that were killed."""
+    return remove_stale_dirs(STAGING_PREFIX)
+
+
+class LocalTransport(RsyncTransport):
     """rsync to a directory of this host; checksums computed here."""
+
+    capabilities = Capabilities(hashes=frozenset({"md5"}), rereads=True, keeps_mtime=True,
+                                remote_shell=False)
 
     def __init__(self, remote_basedir: str, options: TransferOptions) -> None:
         super().__init__(os.path.abspath(os.path.expanduser(remote_basedir)), options)
@@ -43,8 +55,8 @@ class LocalTransport(Transport):
         except OSError as exc:
             raise TransportError(f"cannot create base dir {self.remote_basedir!r}: {exc}") from exc
 
-    def copy(self, staging_dir: str, rel_paths: list[str], force: bool = False) -> ProcResult:
-        argv = rsync_argv(self.options, staging_dir, self.remote_basedir + "/", force=force)
+    def copy(self, source_dir: str, rel_paths: list[str], force: bool = False) -> ProcResult:
+        argv = rsync_argv(self.options, source_dir, self.remote_basedir + "/", force=force)
         return run(argv, input=rsync_files_from(rel_paths), timeout=self.options.copy_timeout,
                    group=self.children)
 
@@ -98,3 +110,10 @@ class LocalTransport(Transport):
             raise TransportError(f"cannot list {self.remote_basedir!r}: "
                                  f"{exc.strerror or exc}") from exc
         return read_listing(stream, self.remote_basedir, on_warning)
+
+
+@register("file", remove_leftovers=remove_stale_staging)
+def open_local(destination: Destination, options: TransferOptions,
+               access: Access) -> LocalTransport:
+    """A directory of this host (``access`` does not apply)."""
+    return LocalTransport(destination.path, options)

@@ -5,26 +5,31 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import TypeVar
 
+from ..leftovers import remove_stale_dirs
 from ..procs import ProcResult, Stream, run
 from .base import (
     FIND_FILES,
     SORT_BYTEWISE,
+    Access,
+    Capabilities,
     RemoteStat,
     TransferOptions,
-    Transport,
     TransportError,
     Warn,
     list_timeout,
     read_listing,
     scaled_timeout,
 )
-from .rsync import files_from, rsync_argv, rsync_files_from
+from .destination import Destination
+from .registry import register
+from .rsync import STAGING_PREFIX, RsyncTransport, files_from, rsync_argv, rsync_files_from
 
 #: Exit status of ssh itself when the connection failed.
 SSH_FAILED = 255
@@ -41,21 +46,11 @@ SOCKET_DIR_MAX = 60
 CONTROL_PERSIST = 120
 
 
-@dataclass(frozen=True)
-class SshOptions:
-    """How to reach the remote host."""
+@dataclass(frozen=True, kw_only=True)
+class SshOptions(Access):
+    """How to reach the remote host: the login (``[user@]host``) and the access options."""
 
     host: str
-    key: str | None = None
-    port: int | None = None
-    known_hosts: str | None = None
-    strict_host_key_checking: str = "yes"
-    connect_timeout: float = 20.0
-    extra_options: tuple[str, ...] = field(default_factory=tuple)
-    ssh: str = "ssh"
-    #: Share one connection among all ssh and rsync calls (ControlMaster).
-    reuse_connection: bool = True
-    fast_ciphers: bool = True
 
     def argv(self, control_dir: str | None = None) -> list[str]:
         """ssh and its options, without the host; control_dir shares one connection."""
@@ -147,14 +142,27 @@ def parse_md5sum(output: bytes) -> dict[str, str]:
     return sums
 
 
+#: ``stat --printf`` format of one record: size, mtime, raw mode (hex) and name.
+STAT_FORMAT = "%s %Y %f %n\\000"
+
+
 def parse_stat(output: bytes) -> dict[str, RemoteStat]:
-    """Parse NUL-terminated ``<size> <mtime> <name>`` records of ``stat --printf``."""
+    """Parse the NUL-terminated records of STAT_FORMAT; only regular files are kept.
+
+    A directory or a link at a file's path holds no copy of it.
+    """
     found: dict[str, RemoteStat] = {}
     for record in output.split(b"\0"):
-        parts = record.split(b" ", 2)
-        if len(parts) == 3 and parts[0].isdigit() and parts[1].lstrip(b"-").isdigit():
-            name = parts[2].decode("utf-8", "surrogateescape")
-            found[name] = RemoteStat(int(parts[0]), int(parts[1]))
+        parts = record.split(b" ", 3)
+        if len(parts) != 4 or not parts[0].isdigit() or not parts[1].lstrip(b"-").isdigit():
+            continue
+        try:
+            regular = stat.S_ISREG(int(parts[2], 16))
+        except ValueError:
+            continue
+        if regular:
+            found[parts[3].decode("utf-8", "surrogateescape")] = RemoteStat(int(parts[0]),
+                                                                            int(parts[1]))
     return found
 
 
@@ -178,12 +186,21 @@ def _unprefixed(found: dict[str, V]) -> dict[str, V]:
     return {name.removeprefix("./"): value for name, value in found.items()}
 
 
-class SshTransport(Transport):
+def remove_stale_leftovers() -> int:
+    """End the connection masters of runs that were killed; remove their dirs and staging."""
+    return (remove_stale_dirs(CONTROL_PREFIX, end_connection_master)
+            + remove_stale_dirs(STAGING_PREFIX))
+
+
+class SshTransport(RsyncTransport):
     """rsync over ssh; checksums computed on the remote host by md5sum.
 
     Remote commands are fixed strings whose only variable part (the base dir)
     is quoted; file names travel on stdin, NUL-separated, to xargs -0.
     """
+
+    capabilities = Capabilities(hashes=frozenset({"md5"}), rereads=True, keeps_mtime=True,
+                                remote_shell=True)
 
     def __init__(self, remote_basedir: str, options: TransferOptions, ssh: SshOptions) -> None:
         super().__init__(remote_basedir, options)
@@ -244,10 +261,10 @@ class SshTransport(Transport):
         if result.returncode != 0:
             raise TransportError(f"cannot create {self.describe()}: {result.stderr_tail()}")
 
-    def copy(self, staging_dir: str, rel_paths: list[str], force: bool = False) -> ProcResult:
+    def copy(self, source_dir: str, rel_paths: list[str], force: bool = False) -> ProcResult:
         shell = " ".join(shlex.quote(a) for a in self.ssh_argv())
         destination = f"{self.ssh.host}:{self.remote_basedir.rstrip('/')}/"
-        argv = rsync_argv(self.options, staging_dir, destination, force=force,
+        argv = rsync_argv(self.options, source_dir, destination, force=force,
                           remote_shell=shell)
         return run(argv, input=rsync_files_from(rel_paths), timeout=self.options.copy_timeout,
                    group=self.children)
@@ -279,7 +296,7 @@ class SshTransport(Transport):
     def stat(self, rel_paths: list[str]) -> dict[str, RemoteStat]:
         if not rel_paths:
             return {}
-        out = self._xargs("remote stat", rel_paths, "stat", "--printf", "%s %Y %n\\000")
+        out = self._xargs("remote stat", rel_paths, "stat", "--printf", STAT_FORMAT)
         return _unprefixed(parse_stat(out))
 
     def list_files(self, expected_files: int = 0,
@@ -290,3 +307,12 @@ class SshTransport(Transport):
                         timeout=list_timeout(self.options.cmd_timeout, expected_files),
                         group=self.children)
         return read_listing(stream, self.describe(), on_warning)
+
+
+@register("ssh", remove_leftovers=remove_stale_leftovers)
+def open_ssh(destination: Destination, options: TransferOptions, access: Access) -> SshTransport:
+    """A directory of a host reached with ssh; a port in the URL wins over ``access.port``."""
+    values = {f.name: getattr(access, f.name) for f in fields(Access)}
+    values["port"] = destination.port or access.port
+    return SshTransport(destination.path, options,
+                        SshOptions(host=destination.login or "", **values))

@@ -1,0 +1,47 @@
+"""The kinds of destination the transport contract suite runs against, one factory each.
+
+A factory gets the test's request, a base dir of this host (where the far side
+stores the files: the tests read it directly) and TransferOptions, and returns
+an open transport to that dir. Adding a kind is one factory and one line in KINDS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sshd_server import SshServer
+
+from suprsync.transport import Access, TransferOptions, Transport, open_destination
+
+Factory = Callable[[pytest.FixtureRequest, Path, TransferOptions], Transport]
+
+
+def local_kind(request: pytest.FixtureRequest, base: Path,
+               options: TransferOptions) -> Transport:
+    """A directory of this host, named by file:// URL."""
+    return open_destination(f"file://{base}", options)
+
+
+def ssh_kind(request: pytest.FixtureRequest, base: Path, options: TransferOptions) -> Transport:
+    """The same directory reached through the real sshd of the tests (ssh:// URL)."""
+    sshd: SshServer = request.getfixturevalue("sshd")
+    access = Access(key=str(sshd.key), known_hosts=str(sshd.known_hosts), connect_timeout=10)
+    return open_destination(f"ssh://{sshd.user}@{sshd.host}:{sshd.port}{base}", options, access)
+
+
+@dataclass(frozen=True)
+class KindUnderTest:
+    """One kind of destination in the contract suite."""
+
+    name: str
+    open: Factory
+
+
+#: Every kind the contract suite runs against.
+KINDS = [
+    KindUnderTest("local", local_kind),
+    KindUnderTest("ssh", ssh_kind),
+]
