@@ -3,19 +3,19 @@
 ``start_rsyncd(base)`` runs an rsync daemon on 127.0.0.1 at a free port with one
 module whose ``auth users`` are checked against a secrets file; ``start_rrsync_sshd``
 runs an sshd whose only client key is forced to ``rrsync DIR`` (the authorized_keys
-line an operator writes first). Neither depends on pytest.
+line an operator writes first).
 """
 
 from __future__ import annotations
 
-import getpass
 import os
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sshd_server import START_TIMEOUT, SshServer, free_port, keygen, port_accepts, write_sshd_config
+from helpers import make_sshd
+from sshd_server import START_TIMEOUT, SshServer, free_port, port_accepts
 
 RRSYNC = "/usr/bin/rrsync"
 
@@ -95,21 +95,9 @@ def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], log: Pa
 
 def start_rrsync_sshd(base: Path, restricted: Path) -> SshServer:
     """A real sshd whose client key may only run ``rrsync <restricted>``."""
-    base.mkdir(parents=True, exist_ok=True)
     restricted.mkdir(parents=True, exist_ok=True)
-    host_key = base / "ssh_host_ed25519_key"
-    client_key = base / "client_ed25519"
-    keygen(host_key, "suprsync-rrsync-host")
-    keygen(client_key, "suprsync-rrsync-client")
-    authorized_keys = base / "authorized_keys"
+    server = make_sshd(base)
     public = (base / "client_ed25519.pub").read_text().strip()
-    authorized_keys.write_text(f'command="{RRSYNC} {restricted}",restrict {public}\n')
-    authorized_keys.chmod(0o600)
-    server = SshServer(host="127.0.0.1", port=free_port(), user=getpass.getuser(),
-                       key=client_key, known_hosts=base / "known_hosts", log=base / "sshd.log",
-                       dir=base)
-    server.known_hosts.write_text(server.known_hosts_line())
-    write_sshd_config(server, host_key, authorized_keys)
-    Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+    (base / "authorized_keys").write_text(f'command="{RRSYNC} {restricted}",restrict {public}\n')
     server.start()
     return server
