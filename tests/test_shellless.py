@@ -33,6 +33,7 @@ from sshd_server import SshServer
 
 from suprsync import SupRsyncFilesManager
 from suprsync.agent import Agent, AgentConfig
+from suprsync.audit import audit_archive
 from suprsync.transport.base import TransferOptions, Transport
 from suprsync.transport.rrsync import RrsyncTransport, make_rrsync_transport
 from suprsync.transport.rsyncd import make_rsyncd_transport
@@ -264,5 +265,12 @@ def test_agent_deletes_only_what_the_far_side_still_holds(
             assert files[name].exists(), f"{name} deleted although its far copy is bad"
             assert get_row(manager, ids[name]).removed is None
         check_invariants(manager.db_path, {ARCHIVE: base}, absent_ok=[files["kept.dat"]])
+
+        # The bad copies are sent again; audit then finds all three in order, by rsync alone.
+        assert agent.iterate() is True
+        report = audit_archive(manager, agent.handler.transport, ARCHIVE, md5=True)
+        assert report.ok, report.as_json()
+        assert (report.remote_files, report.checked) == (3, 3)
+        check_invariants(manager.db_path, {ARCHIVE: base}, absent_ok=files.values())
     finally:
         agent.handler.close()
