@@ -37,7 +37,7 @@ from suprsync.audit import audit_archive
 from suprsync.transport.base import TransferOptions, Transport
 from suprsync.transport.rrsync import RrsyncTransport, make_rrsync_transport
 from suprsync.transport.rsyncd import make_rsyncd_transport
-from suprsync.transport.rsyncproto import decode_name, parse_sums
+from suprsync.transport.rsyncproto import decode_name, parse_sums, refusal
 from suprsync.transport.ssh import SshOptions
 
 OPTIONS = TransferOptions(cmd_timeout=30, copy_timeout=60)
@@ -112,6 +112,15 @@ def test_names_printed_by_rsync_are_decoded() -> None:
     dirline = b"cd+++++++++                                  4096 2026/12/02-14:34:34 sub/\n"
     assert parse_sums(line + dirline + b"skipping non-regular file \"x\"\n") == {
         "a b": "5d41402abc4b2a76b9719d911017c592"}
+
+
+def test_a_refusal_by_rrsync_is_reported_in_its_own_words() -> None:
+    stderr = (b"/usr/bin/rrsync error: Another instance of rrsync is already accessing this "
+              b"directory.\nrsync: connection unexpectedly closed (0 bytes received so far)\n"
+              b"rsync error: error in rsync protocol data stream (code 12)\n")
+    assert refusal(stderr).endswith("Another instance of rrsync is already accessing this "
+                                    "directory.")
+    assert refusal(b"rsync: x\nrsync error: y (code 5)\n") == "rsync error: y (code 5)"
 
 
 # ------------------------------------------------------------------ no shell

@@ -111,6 +111,14 @@ def parse_sums(output: bytes) -> dict[str, str]:
     return found
 
 
+def refusal(stderr: bytes) -> str:
+    """Why the far side refused: rrsync's own message if it gave one, else rsync's last."""
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        if "rrsync error:" in line:
+            return line.strip()
+    return last_line(stderr)
+
+
 class RsyncProtocol:
     """The rsync-only operations of a destination; a kind supplies how to reach it.
 
@@ -140,7 +148,7 @@ class RsyncProtocol:
                                  f"{result.duration:.1f} s", timed_out=True)
         if result.returncode not in (0, *PARTIAL_EXIT_CODES):
             raise TransportError(f"{what} on {self.where} failed (exit {result.returncode}): "
-                                 f"{last_line(result.stderr)}")
+                                 f"{refusal(result.stderr)}")
 
     def prepare(self, remote: str, extra: list[str], env: dict[str, str]) -> None:
         """Create the base dir: send an empty dir there with --mkpath."""
@@ -156,7 +164,7 @@ class RsyncProtocol:
             os.rmdir(empty)
         if result.timed_out or result.returncode != 0:
             self._check(result, "creating the base dir")
-            raise TransportError(f"cannot create {self.where}: {last_line(result.stderr)}")
+            raise TransportError(f"cannot create {self.where}: {refusal(result.stderr)}")
 
     def copy(self, staging_dir: str, rel_paths: list[str], force: bool, remote: str,
              extra: list[str], env: dict[str, str]) -> ProcResult:
