@@ -28,7 +28,7 @@ APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 all: test
 
 deps:
-	@if ! command -v rsync >/dev/null 2>&1 || [ ! -x /usr/bin/rrsync ] || [ ! -x /usr/sbin/sshd ] \
+	@if ! command -v rsync >/dev/null 2>&1 || [ ! -x /usr/sbin/sshd ] \
 	    || ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; then \
 	  echo "Installing rsync and OpenSSH with apt-get"; \
 	  $(APT) update -q && \
