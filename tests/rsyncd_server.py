@@ -47,11 +47,15 @@ class RsyncDaemon:
             proc.wait(timeout=10)
 
 
-def start_rsyncd(base: Path) -> RsyncDaemon:
-    """Write rsyncd.conf, a 0600 secrets file and a 0600 client password file; start."""
+def start_rsyncd(base: Path, root: Path | None = None) -> RsyncDaemon:
+    """Write rsyncd.conf, a 0600 secrets file and a 0600 client password file; start.
+
+    ``root``: the module's path (default: a new dir under base).
+    """
     base.mkdir(parents=True, exist_ok=True)
-    root = base / "module"
-    root.mkdir()
+    if root is None:
+        root = base / "module"
+        root.mkdir()
     daemon = RsyncDaemon(host="127.0.0.1", port=free_port(), module="archive",
                          user="suprsync", password="s3cret pass", password_file=base / "client.pw",
                          root=root, log=base / "rsyncd.log", dir=base)

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from helpers import (
@@ -34,9 +33,9 @@ from sshd_server import SshServer
 from suprsync import SupRsyncFilesManager
 from suprsync.agent import Agent, AgentConfig
 from suprsync.audit import audit_archive
+from suprsync.transport import Access, open_destination
 from suprsync.transport.base import TransferOptions, Transport
-from suprsync.transport.rrsync import RrsyncTransport, make_rrsync_transport
-from suprsync.transport.rsyncd import make_rsyncd_transport
+from suprsync.transport.rrsync import RrsyncTransport
 from suprsync.transport.rsyncproto import decode_name, parse_sums, refusal
 from suprsync.transport.ssh import SshOptions
 
@@ -78,6 +77,11 @@ def rrsync_sshd(tmp_path_factory: pytest.TempPathFactory,
     server.stop()
 
 
+def rrsync_access(server: SshServer) -> Access:
+    return Access(key=str(server.key), known_hosts=str(server.known_hosts),
+                  remote_shell=False)
+
+
 def ssh_options(server: SshServer) -> SshOptions:
     return SshOptions(host=server.destination, key=str(server.key), port=server.port,
                       known_hosts=str(server.known_hosts))
@@ -87,11 +91,13 @@ def ssh_options(server: SshServer) -> SshOptions:
 def far(request: pytest.FixtureRequest) -> FarSide:
     if request.param == "rsyncd":
         daemon: RsyncDaemon = request.getfixturevalue("rsyncd")
-        return FarSide("rsyncd", daemon.root, lambda rel: make_rsyncd_transport(
-            urlsplit(daemon.url(rel)), OPTIONS, str(daemon.password_file)))
+        return FarSide("rsyncd", daemon.root, lambda rel: open_destination(
+            daemon.url(rel), OPTIONS, Access(password_file=str(daemon.password_file))))
     server: SshServer = request.getfixturevalue("rrsync_sshd")
     return FarSide("rrsync", request.getfixturevalue("rrsync_dir"),
-                   lambda rel: make_rrsync_transport("/" + rel, OPTIONS, ssh_options(server)))
+                   lambda rel: open_destination(
+                       f"ssh://{server.user}@{server.host}:{server.port}/{rel}", OPTIONS,
+                       rrsync_access(server)))
 
 
 #: Names a shell or rsync's list parsing would mangle; rsync prints several escaped.
@@ -234,7 +240,7 @@ def test_agent_copies_hostile_names_and_a_poison_fails_only_itself(
     try:
         agent.iterate()
     finally:
-        agent.handler.close()
+        agent.close()
     for file_id, data in good.items():
         row = get_row(manager, file_id)
         assert row.remote_md5sum == row.local_md5sum == md5(data), row
@@ -277,9 +283,9 @@ def test_agent_deletes_only_what_the_far_side_still_holds(
 
         # The bad copies are sent again; audit then finds all three in order, by rsync alone.
         assert agent.iterate() is True
-        report = audit_archive(manager, agent.handler.transport, ARCHIVE, md5=True)
+        report = audit_archive(manager, agent.transport, ARCHIVE, md5=True)
         assert report.ok, report.as_json()
         assert (report.remote_files, report.checked) == (3, 3)
         check_invariants(manager.db_path, {ARCHIVE: base}, absent_ok=files.values())
     finally:
-        agent.handler.close()
+        agent.close()

@@ -16,7 +16,12 @@ from pathlib import Path
 
 import pytest
 from helpers import mount_tmpfs, umount
-from transport_kinds import KINDS, KindUnderTest
+from transport_kinds import (  # noqa: F401 - the fixtures of the kinds
+    KINDS,
+    KindUnderTest,
+    contract_rrsync_sshd,
+    contract_rsyncd,
+)
 
 from suprsync.transport import (
     Blame,

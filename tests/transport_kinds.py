@@ -7,11 +7,12 @@ an open transport to that dir. Adding a kind is one factory and one line in KIND
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from rsyncd_server import RsyncDaemon, start_rrsync_sshd, start_rsyncd
 from sshd_server import SshServer
 
 from suprsync.transport import Access, TransferOptions, Transport, open_destination
@@ -32,6 +33,39 @@ def ssh_kind(request: pytest.FixtureRequest, base: Path, options: TransferOption
     return open_destination(f"ssh://{sshd.user}@{sshd.host}:{sshd.port}{base}", options, access)
 
 
+@pytest.fixture(scope="session")
+def contract_rsyncd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RsyncDaemon]:
+    """An rsync daemon whose module is this host's /, so any base dir can be named."""
+    daemon = start_rsyncd(tmp_path_factory.mktemp("contract-rsyncd"), root=Path("/"))
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def contract_rrsync_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    """An sshd whose test key is forced to ``rrsync /``."""
+    server = start_rrsync_sshd(tmp_path_factory.mktemp("contract-rrsync"), Path("/"))
+    yield server
+    server.stop()
+
+
+def rsyncd_kind(request: pytest.FixtureRequest, base: Path,
+                options: TransferOptions) -> Transport:
+    """The directory as a path inside an rsync daemon's module (rsync:// URL, password)."""
+    daemon: RsyncDaemon = request.getfixturevalue("contract_rsyncd")
+    return open_destination(daemon.url(str(base).lstrip("/")), options,
+                            Access(password_file=str(daemon.password_file)))
+
+
+def rrsync_kind(request: pytest.FixtureRequest, base: Path,
+                options: TransferOptions) -> Transport:
+    """The directory through an ssh key that runs nothing but rrsync (--remote-shell=no)."""
+    sshd: SshServer = request.getfixturevalue("contract_rrsync_sshd")
+    access = Access(key=str(sshd.key), known_hosts=str(sshd.known_hosts), connect_timeout=10,
+                    remote_shell=False)
+    return open_destination(f"ssh://{sshd.user}@{sshd.host}:{sshd.port}{base}", options, access)
+
+
 @dataclass(frozen=True)
 class KindUnderTest:
     """One kind of destination in the contract suite."""
@@ -44,4 +78,6 @@ class KindUnderTest:
 KINDS = [
     KindUnderTest("local", local_kind),
     KindUnderTest("ssh", ssh_kind),
+    KindUnderTest("rsyncd", rsyncd_kind),
+    KindUnderTest("ssh-rrsync", rrsync_kind),
 ]

@@ -46,6 +46,9 @@ class AgentConfig:
     verify_before_delete: bool = False
     parallel: int = 1
     ssh_reuse_connection: bool = True
+    #: False: --remote-shell=no (an ssh key forced to rrsync).
+    remote_shell: bool = True
+    rsync_password_file: str | None = None
     claim_timeout: float = 600.0
     #: Retention rules (--retention); None: --delete-local-after for every file.
     retention: Policy | None = None
@@ -85,7 +88,9 @@ class AgentConfig:
         return Access(key=self.ssh_key, port=self.ssh_port, known_hosts=self.ssh_known_hosts,
                       connect_timeout=self.cmd_timeout or 20.0,
                       extra_options=tuple(self.ssh_options),
-                      reuse_connection=self.ssh_reuse_connection)
+                      reuse_connection=self.ssh_reuse_connection,
+                      remote_shell=self.remote_shell,
+                      password_file=self.rsync_password_file)
 
     def open_transport(self) -> Transport:
         """A transport to this config's destination (not reached yet)."""

@@ -34,7 +34,13 @@ from .catalog.pathkeys import not_canonical_sql
 from .catalog.quarantine import HEALTHY
 from .catalog.schema import NOT_IGNORED, SYNCED, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
-from .options import DEFAULT_BATCH, DEFAULT_LIST_LIMIT, ConfigError, destination_from_args
+from .options import (
+    DEFAULT_BATCH,
+    DEFAULT_LIST_LIMIT,
+    ConfigError,
+    destination_from_args,
+    password_file_from_args,
+)
 from .paths import is_canonical, normalize_remote_path, normalized
 from .progress import Bar
 from .transport import (
@@ -396,8 +402,13 @@ def transport_from_args(ns: argparse.Namespace) -> Transport:
         where = destination_from_args(ns)
     except ConfigError as exc:
         raise AuditError(str(exc)) from None
+    try:
+        password_file = password_file_from_args(ns)
+    except ConfigError as exc:
+        raise AuditError(str(exc)) from None
     access = Access(key=ns.ssh_key, port=ns.ssh_port, known_hosts=ns.ssh_known_hosts,
-                    connect_timeout=ns.cmd_timeout or 20.0, extra_options=tuple(ns.ssh_option))
+                    connect_timeout=ns.cmd_timeout or 20.0, extra_options=tuple(ns.ssh_option),
+                    remote_shell=ns.remote_shell != "no", password_file=password_file)
     if where.scheme != "ssh":
         return _open(where, options, access, ns.md5)
     host = where.login or ""

@@ -165,6 +165,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
                    help="known_hosts file to check the host key against (default: ssh's own)")
     s.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra ssh -o option; may be repeated")
+    s.add_argument("--remote-shell", choices=("yes", "no"), default="yes",
+                   help="no: the ssh key may run nothing but rsync (a key forced to rrsync); "
+                        "verification, stat and listing then use the rsync protocol alone "
+                        "(default: yes)")
+    s.add_argument("--rsync-password-file", default=None, metavar="FILE",
+                   help="password of an rsync:// daemon module (default: $RSYNC_PASSWORD)")
     r = parser.add_argument_group("retention options")
     r.add_argument("--retention", default=None, metavar="FILE",
                    help="YAML file of retention rules (first match wins); replaces "
@@ -223,6 +229,21 @@ def hooks_from_args(ns: argparse.Namespace) -> tuple[tuple[str, ...], str | None
             raise ConfigError(f"--on-finalize-url must be an http:// or https:// URL, "
                               f"not {url!r}")
     return command, url
+
+
+def password_file_from_args(ns: argparse.Namespace) -> str | None:
+    """--rsync-password-file, checked (rsync refuses one others can read)."""
+    path = getattr(ns, "rsync_password_file", None)
+    if path is None:
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise ConfigError(f"--rsync-password-file {path!r}: {exc.strerror}") from None
+    if mode & 0o077:
+        raise ConfigError(f"--rsync-password-file {path!r} can be read by others: "
+                          f"chmod 600 it (rsync refuses it otherwise)")
+    return os.path.abspath(path)
 
 
 def config_from_args(ns: argparse.Namespace) -> AgentConfig:
@@ -290,6 +311,8 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
         verify_before_delete=ns.verify_before_delete,
         parallel=ns.parallel,
         ssh_reuse_connection=ns.ssh_reuse_connection,
+        remote_shell=ns.remote_shell != "no",
+        rsync_password_file=password_file_from_args(ns),
         claim_timeout=ns.claim_timeout,
         retention=policy,
         min_free=min_free,
@@ -388,6 +411,12 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
                         help="known_hosts file to check the host key against")
     parser.add_argument("--ssh-option", action="append", default=[], metavar="KEY=VALUE",
                         help="extra ssh -o option; may be repeated")
+    parser.add_argument("--remote-shell", choices=("yes", "no"), default="yes",
+                        help="no: the ssh key may run nothing but rsync (a key forced to rrsync); "
+                             "verification, stat and listing then use the rsync protocol alone "
+                             "(default: yes)")
+    parser.add_argument("--rsync-password-file", default=None, metavar="FILE",
+                        help="password of an rsync:// daemon module (default: $RSYNC_PASSWORD)")
     parser.add_argument("--cmd-timeout", type=float, default=None, metavar="SEC",
                         help="time limit of each remote command; the listing gets this plus "
                              "1 s per 2000 catalogued files (default: none)")

@@ -122,7 +122,10 @@ class Access:
     #: Share one connection among all calls to the host (ssh ControlMaster).
     reuse_connection: bool = True
     fast_ciphers: bool = True
+    #: Password file of an rsync daemon (else RSYNC_PASSWORD from the environment).
     password_file: str | None = None
+    #: False: the ssh key may run nothing but rsync (rrsync); every check is an rsync session.
+    remote_shell: bool = True
 
 
 @dataclass(frozen=True)

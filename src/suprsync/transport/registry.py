@@ -21,7 +21,7 @@ from .base import Access, TransferOptions, Transport
 from .destination import Destination, DestinationError, parse_destination
 
 #: The modules (of this package) that define a kind of destination, imported on first use.
-KIND_MODULES = ("local", "ssh")
+KIND_MODULES = ("local", "ssh", "rsyncd")
 
 Factory = Callable[[Destination, TransferOptions, Access], Transport]
 

@@ -37,9 +37,3 @@ class RrsyncTransport(RsyncOnly, SshTransport):
 
     def _extra(self) -> list[str]:
         return ["-e", " ".join(shlex.quote(a) for a in self.ssh_argv())]
-
-
-def make_rrsync_transport(remote_basedir: str, options: TransferOptions,
-                          ssh: SshOptions) -> RrsyncTransport:
-    """The ``--remote-shell=no`` variant of an ssh destination (base dir inside rrsync's DIR)."""
-    return RrsyncTransport(remote_basedir, options, ssh)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import math
 import os
-from urllib.parse import SplitResult, unquote
 
-from .base import TransferOptions, Transport
+from .base import Access, TransferOptions
+from .destination import Destination
+from .registry import register
+from .rsync import RsyncTransport
 from .rsyncproto import RSYNC_PROTOCOL_CAPABILITIES, RsyncOnly, RsyncProtocol
 
 CAPABILITIES = RSYNC_PROTOCOL_CAPABILITIES
 
 
-class RsyncdTransport(RsyncOnly, Transport):
+class RsyncdTransport(RsyncOnly, RsyncTransport):
     """rsync to a daemon module; checksums, stat and listing are dry-run pulls."""
 
     def __init__(self, host: str, path: str, options: TransferOptions, user: str | None = None,
@@ -54,14 +56,11 @@ class RsyncdTransport(RsyncOnly, Transport):
         return env
 
 
-def make_rsyncd_transport(url: SplitResult, options: TransferOptions,
-                          password_file: str | None = None) -> RsyncdTransport:
-    """The transport of an ``rsync://`` URL (split by urllib.parse.urlsplit)."""
-    if url.scheme != "rsync" or not url.hostname:
-        raise ValueError(f"not an rsync:// URL with a host: {url.geturl()!r}")
-    path = unquote(url.path).strip("/")
-    if not path:
-        raise ValueError(f"an rsync:// URL names a module: {url.geturl()!r}")
-    return RsyncdTransport(url.hostname, path, options,
-                           user=unquote(url.username) if url.username else None,
-                           port=url.port, password_file=password_file)
+@register("rsync")
+def open_rsyncd(destination: Destination, options: TransferOptions,
+                access: Access) -> RsyncdTransport:
+    """A module (and a path in it) of an rsync daemon; the password from ``access``."""
+    path = "/".join(p for p in (destination.module, destination.path) if p)
+    return RsyncdTransport(destination.host or "", path, options, user=destination.user,
+                           port=destination.port or access.port,
+                           password_file=access.password_file)

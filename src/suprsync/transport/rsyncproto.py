@@ -26,11 +26,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from ..procs import ProcGroup, ProcResult, Stream, run
 from .base import (
-    PARTIAL_EXIT_CODES,
+    Capabilities,
     RemoteStat,
     TransferOptions,
     TransportError,
@@ -40,26 +39,11 @@ from .base import (
     read_listing,
     scaled_timeout,
 )
-from .rsync import rsync_argv, rsync_files_from
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a kind of destination can tell about the bytes it stores."""
-
-    #: Hashes the far side computes for us.
-    hashes: tuple[str, ...]
-    #: True when a far-side hash reads the stored bytes again (not the bytes in flight).
-    hash_rereads_stored: bool
-    #: True when a copy keeps the source's mtime (so size + mtime can be compared).
-    keeps_mtimes: bool
-    #: True when the kind runs commands other than rsync on the far side.
-    needs_remote_shell: bool
-
+from .rsync import PARTIAL_EXIT_CODES, rsync_argv, rsync_files_from
 
 #: Every kind built on this module: md5 of the stored bytes, read by the far side's rsync.
-RSYNC_PROTOCOL_CAPABILITIES = Capabilities(hashes=("md5",), hash_rereads_stored=True,
-                                           keeps_mtimes=True, needs_remote_shell=False)
+RSYNC_PROTOCOL_CAPABILITIES = Capabilities(hashes=frozenset({"md5"}), rereads=True,
+                                           keeps_mtime=True, remote_shell=False)
 
 #: ``%i`` (itemized change), ``%l`` (size), ``%M`` (mtime) and ``%n`` (name) of each file.
 STAT_FORMAT = "%i %l %M %n"

@@ -314,5 +314,9 @@ def open_ssh(destination: Destination, options: TransferOptions, access: Access)
     """A directory of a host reached with ssh; a port in the URL wins over ``access.port``."""
     values = {f.name: getattr(access, f.name) for f in fields(Access)}
     values["port"] = destination.port or access.port
-    return SshTransport(destination.path, options,
-                        SshOptions(host=destination.login or "", **values))
+    ssh = SshOptions(host=destination.login or "", **values)
+    if not access.remote_shell:
+        from .rrsync import RrsyncTransport  # the key runs nothing but rsync
+
+        return RrsyncTransport(destination.path, options, ssh)
+    return SshTransport(destination.path, options, ssh)
