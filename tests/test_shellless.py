@@ -289,3 +289,39 @@ def test_agent_deletes_only_what_the_far_side_still_holds(
         check_invariants(manager.db_path, {ARCHIVE: base}, absent_ok=files.values())
     finally:
         agent.close()
+
+
+def test_run_and_audit_take_the_shell_less_flags(rsyncd: RsyncDaemon, rrsync_sshd: SshServer,
+                                                 rrsync_dir: Path, tmp_path: Path) -> None:
+    """`run --once` and `audit --md5` over rsync:// with --rsync-password-file, and over
+    ssh:// with --remote-shell=no; a password file others can read is refused."""
+    from conftest import run_cli
+
+    local = write_file(tmp_path / "data" / "16750" / "a b.dat", b"payload")
+    rel = f"cli {uuid.uuid4().hex[:8]}"
+    daemon_flags = ["--destination", rsyncd.url(rel), "--rsync-password-file",
+                    str(rsyncd.password_file)]
+    rrsync_flags = ["--destination", f"ssh://{rrsync_sshd.user}@{rrsync_sshd.host}:"
+                    f"{rrsync_sshd.port}/{rel}", "--remote-shell", "no",
+                    "--ssh-key", str(rrsync_sshd.key), "--ssh-known-hosts",
+                    str(rrsync_sshd.known_hosts)]
+    for name, flags, root in (("daemon", daemon_flags, rsyncd.root),
+                              ("rrsync", rrsync_flags, rrsync_dir)):
+        db = str(tmp_path / f"{name}.db")
+        manager = SupRsyncFilesManager(db, create_all=True)
+        manager.add_file(str(local), "16750/a b.dat", ARCHIVE)
+        manager.close()
+        result = run_cli("run", "--once", "--archive-name", ARCHIVE, "--db", db,
+                         "--suprsync-file-root", str(tmp_path / "srf"), *flags)
+        assert result.returncode == 0, result.stderr
+        assert (root / rel / "16750" / "a b.dat").read_bytes() == b"payload"
+        audit = run_cli("audit", ARCHIVE, "--db", db, "--md5", *flags)
+        assert audit.returncode == 0, audit.stdout + audit.stderr
+        check_invariants(db, {ARCHIVE: root / rel})
+
+    loose = tmp_path / "loose.pw"
+    loose.write_text(rsyncd.password + "\n")
+    loose.chmod(0o644)
+    result = run_cli("audit", ARCHIVE, "--db", db, "--destination", rsyncd.url(rel),
+                     "--rsync-password-file", str(loose))
+    assert result.returncode == 2 and "can be read by others" in result.stderr
