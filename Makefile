@@ -2,6 +2,7 @@
 #
 #   make demo         install what is missing, then run the demo
 #   make test         install what is missing, then lint and run the whole test suite
+#                     in parallel (PYTEST_XDIST= for a serial run; PYTEST_ARGS= adds arguments)
 #   make bench        run the benchmarks (several minutes); table on stdout and in
 #                     benchmarks/results.json (see docs/benchmarks.md)
 #   make bench-quick  the small variants of the benchmarks (a smoke test, ~30 s)
@@ -16,6 +17,11 @@ PY := $(VENV)/bin/python
 PEER := .venv-peer
 CROSSBAR := .venv-crossbar
 PYTEST_ARGS ?=
+# The suite runs in parallel (pytest-xdist); each test file stays on one worker, which
+# keeps its module fixtures (and the 1M-row catalog of test_query_plans) built once.
+# Most tests wait on subprocesses, so more workers than cores pay. PYTEST_XDIST= runs
+# it serially.
+PYTEST_XDIST ?= -n 4 --dist loadfile
 BENCH_ARGS ?=
 PIP_QUIET := -q --disable-pip-version-check
 
@@ -63,7 +69,7 @@ test: deps pgdeps venv peer crossbar
 	$(VENV)/bin/ruff check src tests scripts benchmarks
 	SUPRSYNC_PEER_PYTHON=$(CURDIR)/$(PEER)/bin/python \
 	SUPRSYNC_CROSSBAR=$(CURDIR)/$(CROSSBAR)/bin/crossbar \
-	  $(PY) -m pytest -q $(PYTEST_ARGS)
+	  $(PY) -m pytest -q $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 demo: deps venv
 	$(PY) scripts/demo.py

@@ -118,3 +118,18 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return str(tmp_path / "catalog" / "suprsync.db")
     server: PgServer = request.getfixturevalue("pg")
     return "postgresql://" + server.create_database().split("://", 1)[1]
+
+
+#: Test files that take longest (a minute or more each in CI): under pytest-xdist they are
+#: handed out first, so that no worker starts one of them when the others are nearly done.
+SLOW_FIRST = ("test_benchmarks_smoke.py", "test_scale.py", "test_fault_concurrency.py",
+              "test_fault_crash.py", "test_adversarial.py", "test_audit.py",
+              "test_quarantine.py", "test_query_plans.py", "test_ocs_agent.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, put the slowest files first (the order within a file is kept)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))

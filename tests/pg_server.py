@@ -92,18 +92,23 @@ def start_pg(base: Path) -> PgServer:
     subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", user, "-A", "trust",
                     "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120,
                    **_as_user(os_user))
-    port = _free_port()
     log = base / "postgres.log"
-    options = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={base}"
-               " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-               " -c max_connections=200")
-    result = subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-o",
-                             options, "-w", "-t", str(int(START_TIMEOUT)), "start"],
-                            capture_output=True, text=True, timeout=START_TIMEOUT + 30,
-                            check=False, **_as_user(os_user))
-    if result.returncode != 0:
+    for attempt in range(3):
+        port = _free_port()
+        options = (f"-c listen_addresses=127.0.0.1 -c port={port} "
+                   f"-c unix_socket_directories={base}"
+                   " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+                   " -c max_connections=200")
+        result = subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log),
+                                 "-o", options, "-w", "-t", str(int(START_TIMEOUT)), "start"],
+                                capture_output=True, text=True, timeout=START_TIMEOUT + 30,
+                                check=False, **_as_user(os_user))
+        if result.returncode == 0:
+            break
         text = log.read_text(errors="replace") if log.exists() else ""
-        raise RuntimeError(f"PostgreSQL did not start: {result.stderr}\n{text}")
+        # Parallel test workers pick free ports too: one may have taken this one.
+        if attempt == 2 or "Address already in use" not in text:
+            raise RuntimeError(f"PostgreSQL did not start: {result.stderr}\n{text}")
     deadline = time.monotonic() + START_TIMEOUT
     server = PgServer(base, port, user, os_user, bindir)
     while True:

@@ -203,5 +203,16 @@ def start_sshd(base: Path, log_level: str = "VERBOSE") -> SshServer:
         except PermissionError:
             pass
 
-    server.start()
-    return server
+    for attempt in range(3):
+        try:
+            server.start()
+            return server
+        except RuntimeError:
+            # Parallel test workers pick free ports too: one may have taken this one.
+            if attempt == 2 or "Address already in use" not in server.log.read_text(
+                    errors="replace"):
+                raise
+            server.port = free_port()
+            server.known_hosts.write_text(server.known_hosts_line())
+            write_sshd_config(server, host_key, authorized_keys, log_level=log_level)
+    raise AssertionError("unreachable")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -204,11 +205,18 @@ def test_run_once_over_ssh_prepares_the_destination_once_and_closes_its_connecti
     files = register(manager, tmp_path / "local", 3)
     remote = tmp_path / "remote"
     server = wrapped_sshd(tmp_path / "sshd")
-    before = set(_control_dirs())
-    with running(server):
-        result = run_cli(*run_args(tmp_path, tmp_catalog, remote, "--once",
-                                   *server.agent_flags()), timeout=60)
-        commands = logged_commands(server)
+    # A temporary directory of this run alone (short: it holds the control socket), so
+    # that control dirs of agents other tests run meanwhile are not counted.
+    tmpdir = Path(tempfile.mkdtemp(prefix="sst-"))
+    try:
+        with running(server):
+            result = run_cli(*run_args(tmp_path, tmp_catalog, remote, "--once",
+                                       *server.agent_flags()), timeout=60,
+                             env={"TMPDIR": str(tmpdir)})
+            commands = logged_commands(server)
+        left = [d.name for d in tmpdir.glob("suprsync-ssh-*")]
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert [c for c in commands if c.startswith("mkdir ")] == [f"mkdir -p -- {remote}"]
@@ -216,14 +224,8 @@ def test_run_once_over_ssh_prepares_the_destination_once_and_closes_its_connecti
         row = get_row(manager, file_id)
         assert row.remote_md5sum == md5(data)
         assert (remote / row.remote_path).read_bytes() == data
-    # The shared connection ended with the process: no control dir of a dead run is left.
-    left = [d.name for d in set(_control_dirs()) - before
-            if not Path(f"/proc/{d.name.removeprefix('suprsync-ssh-').split('-')[0]}").exists()]
+    # The shared connection ended with the process: no control dir of the run is left.
     assert left == []
-
-
-def _control_dirs() -> list[Path]:
-    return list(Path(tempfile.gettempdir()).glob("suprsync-ssh-*"))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP],
