@@ -18,7 +18,7 @@ from helpers import ARCHIVE, T0
 
 from suprsync import SupRsyncFilesManager
 
-COUNT = 100_000
+COUNT = 30_000
 PER_DIR = 1000
 #: Seconds before the run is given up as hung (it takes about 25 s on 2 idle cores;
 #: its speed is measured by `make bench`, not here).
@@ -49,7 +49,7 @@ def pending_files(db: Path, root: Path, count: int) -> dict[str, str]:
     return expected
 
 
-def test_run_once_verifies_100000_pending_files(tmp_path: Path) -> None:
+def test_run_once_verifies_30000_pending_files(tmp_path: Path) -> None:
     db = tmp_path / "catalog.db"
     remote = tmp_path / "remote"
     expected = pending_files(db, tmp_path / "local", COUNT)
