@@ -325,3 +325,49 @@ def test_run_and_audit_take_the_shell_less_flags(rsyncd: RsyncDaemon, rrsync_ssh
     result = run_cli("audit", ARCHIVE, "--db", db, "--destination", rsyncd.url(rel),
                      "--rsync-password-file", str(loose))
     assert result.returncode == 2 and "can be read by others" in result.stderr
+
+
+def test_work_dirs_of_a_killed_run_are_removed_by_the_next(
+        far: FarSide, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every shell-less operation works in ``suprsync-rsyncproto-<pid>-*`` dirs; those
+    of a process that is gone are removed when an agent starts, those of a live one
+    are kept."""
+    import tempfile
+
+    from suprsync.copying import remove_stale_temp_dirs
+    from suprsync.transport import rsyncproto
+    from suprsync.transport.rsyncproto import WORK_PREFIX
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    base, _ = far.new_base()
+    transport = far.connect(base)
+    seen: set[str] = set()
+    make = rsyncproto._work_dir
+    try:
+        # Record the names of the dirs the operations make (removed again at once).
+        monkeypatch.setattr(rsyncproto, "_work_dir",
+                            lambda: (seen.add(os.path.basename(d := make())), d)[1])
+        transport.ensure_ready()
+        assert transport.checksums(["absent.dat"], total_bytes=0) == {}
+        assert list(transport.list_files()) == []
+    finally:
+        transport.close()
+    assert len(seen) == 3, seen  # --mkpath, md5 pull, listing
+    assert all(n.startswith(f"{WORK_PREFIX}{os.getpid()}-") for n in seen), seen
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(WORK_PREFIX)]
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    alive = subprocess.Popen(["sleep", "30"])
+    try:
+        stale = tmp_path / f"{WORK_PREFIX}{gone.pid}-x1"
+        (stale / "empty").mkdir(parents=True)
+        (stale / "names").write_bytes(b"a\0" * 1000)
+        kept = tmp_path / f"{WORK_PREFIX}{alive.pid}-x2"
+        kept.mkdir()
+        remove_stale_temp_dirs()
+        assert not stale.exists()
+        assert kept.exists()
+    finally:
+        alive.kill()
+        alive.wait()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ast
+import sqlite3
 from pathlib import Path
 
 import yaml
-from helpers import ARCHIVE, Clock, get_row, new_agent, write_file
+from helpers import ARCHIVE, Clock, get_row, is_synced, new_agent, write_file
 from invariants import check_invariants
 from test_layers import ROOT, imports_of
 
@@ -87,3 +88,58 @@ def test_steps_read_no_clock_of_their_own() -> None:
 def test_settings_name_an_agent_id_by_default() -> None:
     assert steps.Settings(archive_name=ARCHIVE).agent_id
     assert steps.Settings(archive_name=ARCHIVE, agent_id="me").agent_id == "me"
+
+
+def test_verify_step_judges_copies_the_caller_sent(tmp_path: Path) -> None:
+    """steps.verify md5s named rows on the destination: a true copy is verified, a
+    changed or missing one is not and costs a failed attempt, and a row whose remote
+    path leaves the base dir is not touched."""
+    from suprsync.transport import open_destination
+
+    clock = Clock(1_700_000_000.0)
+    manager = SupRsyncFilesManager(str(tmp_path / "catalog.db"), clock=clock)
+    remote = tmp_path / "remote"
+    rows = {}
+    for name in ("good", "changed", "missing"):
+        local = write_file(tmp_path / "data" / f"{name}.dat", name.encode() * 50)
+        rows[name] = manager.add_file(str(local), f"12345/{name}.dat", ARCHIVE,
+                                      timestamp=clock() - 100)
+    outside = manager.add_file(str(tmp_path / "data" / "good.dat"), "12345/other.dat", ARCHIVE,
+                               timestamp=clock() - 100)
+    with sqlite3.connect(manager.db_path) as db:  # as another program could write it
+        db.execute("UPDATE supersync_v0 SET remote_path='../escape.dat' WHERE id=?",
+                   (outside.id,))
+    outside = get_row(manager, outside.id)
+    transport = open_destination(str(remote))
+    try:
+        sent = transport.send([(r.local_path, r.remote_path)
+                               for name, r in rows.items() if name != "missing"])
+        assert sent.ok
+        (remote / "12345" / "changed.dat").write_bytes(b"tampered")
+        clock.advance(5)
+        settings = steps.Settings(ARCHIVE)
+        report = steps.verify(manager, transport, clock, settings,
+                              [*rows.values(), outside])
+    finally:
+        transport.close()
+    assert sorted(report.files) == sorted([[rows["good"].local_path, True],
+                                           [rows["changed"].local_path, False],
+                                           [rows["missing"].local_path, False]])
+    assert report.failures == 2 and report.error is None
+    good = get_row(manager, rows["good"].id)
+    assert good.remote_md5sum == good.local_md5sum and good.copied == clock()
+    for name in ("changed", "missing"):
+        row = get_row(manager, rows[name].id)
+        assert row.remote_md5sum != row.local_md5sum, name
+        assert not is_synced(manager, row.id) and row.failed_copy_attempts == 1, name
+    untouched = get_row(manager, outside.id)
+    assert untouched.remote_md5sum is None and not untouched.failed_copy_attempts
+    check_invariants(manager.db_path, {ARCHIVE: remote})
+    manager.close()
+
+
+def test_the_copy_step_verifies_through_the_verify_step() -> None:
+    """copying.py judges no copy itself: it hands each sent chunk to verification.py."""
+    source = (ROOT / "copying.py").read_text()
+    assert "verify_files(" in source and "judge_copy" not in source
+    assert "suprsync.verification" in imports_of(ROOT / "steps.py")

@@ -15,7 +15,6 @@ from typing import Any
 from .catalog.schema import SupRsyncFile
 from .catalog.store import CopyResult, SupRsyncFilesManager
 from .events import event
-from .hashing import md5_file
 from .heap import release_free_memory
 from .leftovers import pid_alive
 from .paths import check_local_file, normalize_remote_path
@@ -26,10 +25,9 @@ from .transport import (
     SendStatus,
     StagingFailed,
     Transport,
-    TransportError,
     remove_leftovers,
 )
-from .verdicts import MD5_MISMATCH, judge_copy
+from .verification import Staged, verify_files
 
 __all__ = ["CopyReport", "Pipeline", "StagingFailed", "copy_batch", "default_agent_id",
            "dead_local_agents", "remove_stale_temp_dirs"]
@@ -68,25 +66,15 @@ class CopyReport:
         return data
 
 
-@dataclass(slots=True)
-class _Staged:
-    row: SupRsyncFile
-    rel: str
-    size: int
-    #: Only the registered md5 is accepted (the file was verified once, or its
-    #: destination already holds another row's verified copy).
-    strict: bool = False
-
-
 def _sendable(batch: list[SupRsyncFile], manager: SupRsyncFilesManager,
               max_copy_attempts: int | None, strict: set[int] | frozenset[int] = frozenset(),
-              bad_dirs: dict[str, str] | None = None) -> list[_Staged]:
+              bad_dirs: dict[str, str] | None = None) -> list[Staged]:
     """The files of the batch that can be sent, each with its remote path and size.
 
     Files that cannot be sent cost themselves an attempt (or, for a remote path
     that would leave the base dir, go straight to the limit) and are left out.
     """
-    staged: list[_Staged] = []
+    staged: list[Staged] = []
     seen: set[str] = set()
     bad_path: list[int] = []
     unreadable: list[int] = []
@@ -115,7 +103,7 @@ def _sendable(batch: list[SupRsyncFile], manager: SupRsyncFilesManager,
             unreadable.append(row.id)
             continue
         seen.add(rel)
-        staged.append(_Staged(row, rel, size, row.id in strict))
+        staged.append(Staged(row, rel, size, row.id in strict))
     manager.mark_unsendable(bad_path, max_copy_attempts if max_copy_attempts else 1 << 30)
     manager.count_failed_attempt(unreadable)
     return staged
@@ -183,9 +171,9 @@ class _LeaseRenewer:
         self._thread.join()
 
 
-def _chunks(group: list[_Staged], pipeline: Pipeline) -> list[list[_Staged]]:
-    chunks: list[list[_Staged]] = []
-    current: list[_Staged] = []
+def _chunks(group: list[Staged], pipeline: Pipeline) -> list[list[Staged]]:
+    chunks: list[list[Staged]] = []
+    current: list[Staged] = []
     size = 0
     # Spread a small batch over the streams, but never below one file per chunk.
     per_stream = -(-len(group) // max(1, pipeline.parallel))
@@ -285,10 +273,10 @@ def _copy_claimed(manager: SupRsyncFilesManager, transport: Transport,
         staged_ids = {s.row.id for s in staged}
         report.files += [[row.local_path, False] for row in screened.send
                          if row.id not in staged_ids]
-        checks = [_Staged(row, rel, 0, True) for row, rel in screened.verify_only]
+        checks = [Staged(row, rel, 0, True) for row, rel in screened.verify_only]
         ready.result()
         # Files whose earlier copy did not verify are re-sent even if they look current.
-        groups: dict[bool, list[_Staged]] = {}
+        groups: dict[bool, list[Staged]] = {}
         for s in staged:
             groups.setdefault(s.row.remote_md5sum is not None, []).append(s)
         work = [(chunk, force) for force, group in groups.items()
@@ -306,7 +294,7 @@ def _copy_claimed(manager: SupRsyncFilesManager, transport: Transport,
 
 
 def _run_pipeline(manager: SupRsyncFilesManager, transport: Transport,
-                  work: list[tuple[list[_Staged], bool]], pipeline: Pipeline,
+                  work: list[tuple[list[Staged], bool]], pipeline: Pipeline,
                   report: CopyReport, clock: Callable[[], float], agent_id: str) -> None:
     lock = threading.Lock()
     streams = max(1, pipeline.parallel)
@@ -315,7 +303,7 @@ def _run_pipeline(manager: SupRsyncFilesManager, transport: Transport,
     with ThreadPoolExecutor(streams, thread_name_prefix="send") as senders, \
             ThreadPoolExecutor(checkers, thread_name_prefix="verify") as verifiers:
 
-        def send_then_queue_verify(chunk: list[_Staged], force: bool) -> Future | None:
+        def send_then_queue_verify(chunk: list[Staged], force: bool) -> Future | None:
             result = transport.send([(s.row.local_path, s.rel) for s in chunk], force=force)
             copied_at = clock()
             with lock:
@@ -334,9 +322,9 @@ def _run_pipeline(manager: SupRsyncFilesManager, transport: Transport,
                 verifying.result()
 
 
-def _judge_send(manager: SupRsyncFilesManager, transport: Transport, chunk: list[_Staged],
+def _judge_send(manager: SupRsyncFilesManager, transport: Transport, chunk: list[Staged],
                 result: SendResult, copied_at: float, report: CopyReport,
-                lock: threading.Lock, agent_id: str) -> list[_Staged]:
+                lock: threading.Lock, agent_id: str) -> list[Staged]:
     """Act on one send call; the files to verify.
 
     A call that failed as a whole is recorded in the report and charges no file
@@ -360,8 +348,8 @@ def _judge_send(manager: SupRsyncFilesManager, transport: Transport, chunk: list
         return []
     if result.warning:
         log.warning("%s", result.warning)
-    to_verify: list[_Staged] = []
-    charged: list[_Staged] = []
+    to_verify: list[Staged] = []
+    charged: list[Staged] = []
     for s in chunk:
         failure = result.failed.get(s.rel)
         if failure is None:
@@ -385,66 +373,14 @@ def _judge_send(manager: SupRsyncFilesManager, transport: Transport, chunk: list
     return to_verify
 
 
-def _verify_chunk(manager: SupRsyncFilesManager, transport: Transport, chunk: list[_Staged],
+def _verify_chunk(manager: SupRsyncFilesManager, transport: Transport, chunk: list[Staged],
                   copied_at: float, report: CopyReport, lock: threading.Lock,
                   agent_id: str) -> None:
-    """md5 the chunk on the destination and record each file's verdict."""
-    if not chunk:
-        return
-    try:
-        sums = transport.checksums([s.rel for s in chunk],
-                                   total_bytes=sum(s.size for s in chunk))
-    except TransportError as exc:
-        with lock:
-            report.error = "timed out" if exc.timed_out else "nonzero exit"
-            report.timed_out, report.failed = exc.timed_out, True
-        if transport.aborted:
-            log.info("verification of %d files stopped by request", len(chunk))
-        else:
-            log.error("verification of %d files failed: %s; retrying next iteration",
-                      len(chunk), exc)
-        return
-    results = []
-    verdicts = []
-    for s in chunk:
-        remote = sums.get(s.rel)
-        local_md5 = s.row.local_md5sum
-        if judge_copy(local_md5, remote).kind == MD5_MISMATCH and not s.strict:
-            local_md5 = _rehash_changed(s.row) or local_md5
-        ok = judge_copy(local_md5, remote).ok
-        if ok:
-            log.info("copied and verified %s -> %s", s.row.local_path, s.rel)
-        elif remote is None:
-            log.error("%s: missing on the destination after rsync (file id %s)", s.rel, s.row.id,
-                      extra=event("verify failed", s.row.local_path))
-        else:
-            log.error("%s: md5 mismatch, local %s remote %s (file id %s)", s.rel,
-                      local_md5, remote, s.row.id, extra=event("verify failed", s.row.local_path))
-        new_md5 = local_md5 if local_md5 != s.row.local_md5sum else None
-        results.append(CopyResult(s.row.id, remote, copied_at, ok, new_md5))
-        verdicts.append([s.row.local_path, ok])
-    manager.record_results(results, agent_id)
+    """Run the verify step on a chunk and add what it found to the copy report."""
+    found = verify_files(manager, transport, chunk, copied_at, agent_id)
     with lock:
-        report.files += verdicts
-        report.bytes_verified += sum(s.size for s, r in zip(chunk, results, strict=True) if r.ok)
-        report.verify_failures += sum(not r.ok for r in results)
-
-
-def _rehash_changed(row: SupRsyncFile) -> str | None:
-    """The local file's md5 now, when it was modified after registration and differs.
-
-    A file whose mtime is not later than its registration keeps its registered md5:
-    its content must not have changed, so a mismatch is a real failure.
-    """
-    try:
-        if check_local_file(row.local_path).st_mtime <= row.timestamp:
-            return None
-        current = md5_file(row.local_path)
-    except OSError as exc:
-        log.error("cannot re-hash %s: %s", row.local_path, exc.strerror)
-        return None
-    if current == row.local_md5sum:
-        return None
-    log.warning("%s changed after it was registered (md5 %s -> %s); the new content is the "
-                "one copied", row.local_path, row.local_md5sum, current)
-    return current
+        report.files += found.files
+        report.bytes_verified += found.bytes_verified
+        report.verify_failures += found.failures
+        if found.error is not None:
+            report.error, report.timed_out, report.failed = found.error, found.timed_out, True

@@ -4,8 +4,9 @@ Every front end runs the same steps: the agent loop (:mod:`suprsync.agent`) and 
 original's API (:class:`suprsync.handler.SupRsyncFileHandler`). Each step is given
 the clock it dates its work with; none reads the time from anywhere else.
 
-- :func:`copy` sends a batch and verifies each chunk on the destination as it lands
-  (the verify step of the transfer, judged by :func:`suprsync.verdicts.judge_copy`);
+- :func:`copy` sends a batch and runs the verify step on each chunk as it lands;
+- :func:`verify` md5s named files on the destination and records each verdict
+  (judged by :func:`suprsync.verdicts.judge_copy`);
 - :func:`delete` checks verified copies again and deletes the local files due;
 - :func:`finalize` advances the timecode dirs and writes their finalization files;
 - :func:`stats` reads the archive's statistics.
@@ -16,21 +17,28 @@ is held by the caller in :class:`Memory`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .catalog.anomalies import DirWatch
 from .catalog.conflicts import conflict_count
-from .catalog.schema import TimecodeDir
+from .catalog.schema import SupRsyncFile, TimecodeDir
 from .catalog.store import SupRsyncFilesManager
 from .copying import CopyReport, Pipeline, copy_batch, default_agent_id
 from .deletion import DeleteReport, delete_due
 from .diskspace import DiskWatch
 from .emptydirs import EmptyDirs
+from .events import event
 from .finalization import update_timecode_dirs
+from .paths import normalize_remote_path
 from .retention import Policy
 from .transport.base import Transport
+from .verification import Staged, VerifyReport, verify_files
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 
@@ -94,6 +102,35 @@ def copy(catalog: SupRsyncFilesManager, transport: Transport, clock: Clock,
                       num_files=settings.num_files, clock=clock, pipeline=settings.pipeline,
                       agent_id=settings.agent_id, notes=memory.copy_notes,
                       reach_first=reach_first)
+
+
+def verify(catalog: SupRsyncFilesManager, transport: Transport, clock: Clock,
+           settings: Settings, rows: Sequence[SupRsyncFile]) -> VerifyReport:
+    """md5 these rows' copies on the destination and record each verdict, dated by the
+    clock; the copy step runs the same on every chunk it sends.
+
+    A row whose copy matches is verified; one that is missing or differs gets a
+    failed attempt and is copied again. A row whose remote path is not a path
+    inside the base dir is left alone (the copy step refuses it). The caller
+    holds the rows (``settings.agent_id``'s claims on them end here). Raises
+    TransportError when the destination cannot be reached.
+    """
+    files: list[Staged] = []
+    for row in rows:
+        try:
+            rel = normalize_remote_path(row.remote_path)
+        except ValueError as exc:
+            log.error("not verifying %s (file id %s): %s", row.local_path, row.id, exc,
+                      extra=event("verify failed", row.local_path))
+            continue
+        try:
+            size = os.stat(row.local_path).st_size  # only to size the time-out
+        except OSError:
+            size = 0
+        files.append(Staged(row, rel, size))
+    if files:
+        transport.ensure_ready()
+    return verify_files(catalog, transport, files, clock(), settings.agent_id)
 
 
 def delete(catalog: SupRsyncFilesManager, transport: Transport, clock: Clock,

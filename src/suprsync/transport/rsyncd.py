@@ -14,7 +14,7 @@ from .base import Access, TransferOptions
 from .destination import Destination
 from .registry import register
 from .rsync import RsyncTransport
-from .rsyncproto import RSYNC_PROTOCOL_CAPABILITIES, RsyncOnly, RsyncProtocol
+from .rsyncproto import RSYNC_PROTOCOL_CAPABILITIES, RsyncOnly, RsyncProtocol, remove_stale_work
 
 CAPABILITIES = RSYNC_PROTOCOL_CAPABILITIES
 
@@ -56,7 +56,7 @@ class RsyncdTransport(RsyncOnly, RsyncTransport):
         return env
 
 
-@register("rsync")
+@register("rsync", remove_leftovers=remove_stale_work)
 def open_rsyncd(destination: Destination, options: TransferOptions,
                 access: Access) -> RsyncdTransport:
     """A module (and a path in it) of an rsync daemon; the password from ``access``."""

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+from ..leftovers import remove_stale_dirs
 from ..procs import ProcGroup, ProcResult, Stream, run
 from .base import (
     Capabilities,
@@ -44,6 +45,9 @@ from .rsync import PARTIAL_EXIT_CODES, rsync_argv, rsync_files_from
 #: Every kind built on this module: md5 of the stored bytes, read by the far side's rsync.
 RSYNC_PROTOCOL_CAPABILITIES = Capabilities(hashes=frozenset({"md5"}), rereads=True,
                                            keeps_mtime=True, remote_shell=False)
+
+#: Private work dirs (empty targets, name lists) are named ``<prefix><pid>-<random>``.
+WORK_PREFIX = "suprsync-rsyncproto-"
 
 #: ``%i`` (itemized change), ``%l`` (size), ``%M`` (mtime) and ``%n`` (name) of each file.
 STAT_FORMAT = "%i %l %M %n"
@@ -103,6 +107,15 @@ def refusal(stderr: bytes) -> str:
     return last_line(stderr)
 
 
+def _work_dir() -> str:
+    return tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-")
+
+
+def remove_stale_work() -> int:
+    """Remove the work dirs (empty targets, name lists) of runs that were killed."""
+    return remove_stale_dirs(WORK_PREFIX)
+
+
 class RsyncProtocol:
     """The rsync-only operations of a destination; a kind supplies how to reach it.
 
@@ -136,7 +149,7 @@ class RsyncProtocol:
 
     def prepare(self, remote: str, extra: list[str], env: dict[str, str]) -> None:
         """Create the base dir: send an empty dir there with --mkpath."""
-        empty = tempfile.mkdtemp(prefix="suprsync-mkpath-")
+        empty = _work_dir()
         try:
             os.chmod(empty, 0o755)
             argv = [self.options.rsync, "--dirs", "--mkpath", *extra]
@@ -160,7 +173,7 @@ class RsyncProtocol:
 
     def _pull(self, rel_paths: list[str], remote: str, extra: list[str], env: dict[str, str],
               checksum: bool, timeout: float | None) -> bytes:
-        empty = tempfile.mkdtemp(prefix="suprsync-pull-")
+        empty = _work_dir()
         try:
             argv = [self.options.rsync, "--dry-run", "-8", "--from0", "--files-from=-",
                     f"--out-format={SUM_FORMAT if checksum else STAT_FORMAT}", *extra]
@@ -196,7 +209,7 @@ class RsyncProtocol:
                    extra: list[str], env: dict[str, str]) -> Iterator[str]:
         """Every regular file there, in bytewise order (sorted here, on disk, by sort -z)."""
         timeout = list_timeout(self.options.cmd_timeout, expected_files)
-        work = tempfile.mkdtemp(prefix="suprsync-list-")
+        work = _work_dir()
         try:
             empty = os.path.join(work, "empty")
             os.mkdir(empty)

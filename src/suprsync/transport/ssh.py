@@ -30,6 +30,7 @@ from .base import (
 from .destination import Destination
 from .registry import register
 from .rsync import STAGING_PREFIX, RsyncTransport, files_from, rsync_argv, rsync_files_from
+from .rsyncproto import remove_stale_work
 
 #: Exit status of ssh itself when the connection failed.
 SSH_FAILED = 255
@@ -187,9 +188,10 @@ def _unprefixed(found: dict[str, V]) -> dict[str, V]:
 
 
 def remove_stale_leftovers() -> int:
-    """End the connection masters of runs that were killed; remove their dirs and staging."""
+    """End the connection masters of runs that were killed; remove their dirs, staging
+    and the rrsync variant's work dirs."""
     return (remove_stale_dirs(CONTROL_PREFIX, end_connection_master)
-            + remove_stale_dirs(STAGING_PREFIX))
+            + remove_stale_dirs(STAGING_PREFIX) + remove_stale_work())
 
 
 class SshTransport(RsyncTransport):
