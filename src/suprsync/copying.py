@@ -17,7 +17,7 @@ from .catalog.store import CopyResult, SupRsyncFilesManager
 from .events import event
 from .heap import release_free_memory
 from .leftovers import pid_alive
-from .paths import check_local_file, normalize_remote_path
+from .paths import check_local_file
 from .screening import screen_batch
 from .transport import (
     Blame,
@@ -27,7 +27,7 @@ from .transport import (
     Transport,
     remove_leftovers,
 )
-from .verification import Staged, verify_files
+from .verification import Staged, remote_rel, verify_files
 
 __all__ = ["CopyReport", "Pipeline", "StagingFailed", "copy_batch", "default_agent_id",
            "dead_local_agents", "remove_stale_temp_dirs"]
@@ -79,11 +79,8 @@ def _sendable(batch: list[SupRsyncFile], manager: SupRsyncFilesManager,
     bad_path: list[int] = []
     unreadable: list[int] = []
     for row in batch:
-        try:
-            rel = normalize_remote_path(row.remote_path)
-        except ValueError as exc:
-            log.error("not copying %s (file id %s): %s", row.local_path, row.id, exc,
-                      extra=event("copy failed", row.local_path))
+        rel = remote_rel(row, "copying", "copy failed")
+        if rel is None:
             bad_path.append(row.id)
             continue
         if rel in seen:

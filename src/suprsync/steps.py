@@ -17,7 +17,6 @@ is held by the caller in :class:`Memory`.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,14 +30,10 @@ from .copying import CopyReport, Pipeline, copy_batch, default_agent_id
 from .deletion import DeleteReport, delete_due
 from .diskspace import DiskWatch
 from .emptydirs import EmptyDirs
-from .events import event
 from .finalization import update_timecode_dirs
-from .paths import normalize_remote_path
 from .retention import Policy
 from .transport.base import Transport
-from .verification import Staged, VerifyReport, verify_files
-
-log = logging.getLogger(__name__)
+from .verification import Staged, VerifyReport, remote_rel, verify_files
 
 Clock = Callable[[], float]
 
@@ -117,11 +112,8 @@ def verify(catalog: SupRsyncFilesManager, transport: Transport, clock: Clock,
     """
     files: list[Staged] = []
     for row in rows:
-        try:
-            rel = normalize_remote_path(row.remote_path)
-        except ValueError as exc:
-            log.error("not verifying %s (file id %s): %s", row.local_path, row.id, exc,
-                      extra=event("verify failed", row.local_path))
+        rel = remote_rel(row, "verifying", "verify failed")
+        if rel is None:
             continue
         try:
             size = os.stat(row.local_path).st_size  # only to size the time-out

@@ -15,11 +15,11 @@ from .catalog.schema import SupRsyncFile
 from .catalog.store import CopyResult, SupRsyncFilesManager
 from .events import event
 from .hashing import md5_file
-from .paths import check_local_file
+from .paths import check_local_file, normalize_remote_path
 from .transport import Transport, TransportError
 from .verdicts import MD5_MISMATCH, judge_copy
 
-__all__ = ["Staged", "VerifyReport", "verify_files"]
+__all__ = ["Staged", "VerifyReport", "remote_rel", "verify_files"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,16 @@ class Staged:
     #: Only the registered md5 is accepted (the file was verified once, or its
     #: destination already holds another row's verified copy).
     strict: bool = False
+
+
+def remote_rel(row: SupRsyncFile, doing: str, what: str) -> str | None:
+    """The row's remote path inside the base dir, or None (logged) when it has none."""
+    try:
+        return normalize_remote_path(row.remote_path)
+    except (ValueError, TypeError) as exc:
+        log.error("not %s %s (file id %s): %s", doing, row.local_path, row.id, exc,
+                  extra=event(what, row.local_path))
+        return None
 
 
 @dataclass
