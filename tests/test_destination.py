@@ -200,3 +200,27 @@ def test_steps_that_need_a_far_side_md5_are_refused_for_a_kind_without_one(
         transport_from_args(parser.parse_args(["a", "--destination", url, "--md5"]))
     assert transport_from_args(parser.parse_args(["a", "--destination", url])).describe() == \
         "nohash:base"
+
+
+@pytest.mark.parametrize("url", ["/srv/a", "file:///srv/a", "ssh://so@h/srv/a"])
+def test_a_password_file_for_a_destination_that_takes_none_is_refused(url: str,
+                                                                       tmp_path) -> None:
+    """--rsync-password-file is read only by rsync:// daemons; given with any other
+    destination it would be ignored without a word, so run and audit refuse it."""
+    from suprsync.audit import AuditError, transport_from_args
+    from suprsync.options import add_audit_arguments
+
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    with pytest.raises(ConfigError, match="--rsync-password-file .* only for rsync://"):
+        config_from_args(_run_flags("--destination", url, "--rsync-password-file",
+                                    str(secret)))
+    parser = argparse.ArgumentParser()
+    add_audit_arguments(parser)
+    with pytest.raises(AuditError, match="--rsync-password-file .* only for rsync://"):
+        transport_from_args(parser.parse_args(["a", "--destination", url,
+                                               "--rsync-password-file", str(secret)]))
+    ok = config_from_args(_run_flags("--destination", "rsync://h/mod/base",
+                                     "--rsync-password-file", str(secret)))
+    assert ok.rsync_password_file == str(secret)

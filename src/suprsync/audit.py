@@ -403,7 +403,7 @@ def transport_from_args(ns: argparse.Namespace) -> Transport:
     except ConfigError as exc:
         raise AuditError(str(exc)) from None
     try:
-        password_file = password_file_from_args(ns)
+        password_file = password_file_from_args(ns, where)
     except ConfigError as exc:
         raise AuditError(str(exc)) from None
     access = Access(key=ns.ssh_key, port=ns.ssh_port, known_hosts=ns.ssh_known_hosts,

@@ -231,11 +231,15 @@ def hooks_from_args(ns: argparse.Namespace) -> tuple[tuple[str, ...], str | None
     return command, url
 
 
-def password_file_from_args(ns: argparse.Namespace) -> str | None:
-    """--rsync-password-file, checked (rsync refuses one others can read)."""
+def password_file_from_args(ns: argparse.Namespace, spec: Destination) -> str | None:
+    """--rsync-password-file for the destination ``spec``, checked: only an rsync://
+    daemon reads one, and rsync refuses one others can read."""
     path = getattr(ns, "rsync_password_file", None)
     if path is None:
         return None
+    if spec.scheme != "rsync":
+        raise ConfigError(f"--rsync-password-file is read only for rsync:// destinations, "
+                          f"not for {spec.url()}: leave it out (ssh logs in with --ssh-key)")
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
@@ -312,7 +316,7 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
         parallel=ns.parallel,
         ssh_reuse_connection=ns.ssh_reuse_connection,
         remote_shell=ns.remote_shell != "no",
-        rsync_password_file=password_file_from_args(ns),
+        rsync_password_file=password_file_from_args(ns, spec),
         claim_timeout=ns.claim_timeout,
         retention=policy,
         min_free=min_free,
