@@ -519,3 +519,60 @@ def check_invariants(db: str | os.PathLike[str], destinations: Mapping[str, str 
             f"{len(problems)} invariant violation(s) in catalog {os.fspath(db)!r}:\n  "
             + "\n  ".join(shown) + (f"\n  ... and {more} more" if more else ""))
     return report
+
+
+# ------------------------------------------------------------------ further destinations
+
+_COPIES_QUERY = (
+    "SELECT f.id, f.local_path, f.local_md5sum, f.remote_path, f.removed, f.\"ignore\", "
+    "d.name, c.remote_md5sum, c.verified "
+    f"FROM {FILES_TABLE} f JOIN suprsync_copies_v0 c ON c.file_id = f.id "
+    "JOIN suprsync_destinations_v0 d ON d.id = c.dest WHERE f.archive_name = :archive"
+)
+
+
+def check_every_destination(db: str | os.PathLike[str], archive: str, primary: str | os.PathLike,
+                            further: Mapping[str, str | os.PathLike], min_copies: int,
+                            absent_ok: Iterable[str | os.PathLike[str]] = ()) -> int:
+    """Assert the invariants of an archive's further destinations; the rows checked.
+
+    further: destination id -> its base dir on this host. A copy that reads verified
+    holds the local md5 at that destination; a row whose local file is gone has at
+    least ``min_copies`` destinations (``primary`` among them) holding its md5.
+    """
+    from sqlalchemy import create_engine, text
+
+    url = os.fspath(db)
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    elif "://" not in url:
+        url = "sqlite:///" + url
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            copies = conn.execute(text(_COPIES_QUERY), {"archive": archive}).fetchall()
+            rows = conn.execute(text(
+                f"SELECT id, local_path, local_md5sum, remote_path, \"ignore\" FROM {FILES_TABLE} "
+                "WHERE archive_name = :archive"), {"archive": archive}).fetchall()
+    finally:
+        engine.dispose()
+    gone_ok = {os.fsdecode(os.fspath(p)) for p in absent_ok}
+    bases = {name: Path(p) for name, p in further.items()}
+    problems = []
+    for fid, _local, md5, remote, _removed, _ignore, name, seen, verified in copies:
+        if verified and seen == md5:
+            found, why = destination_md5(bases[name], remote)
+            if found != md5:
+                problems.append(f"file id {fid}: verified at destination {name} but {why}")
+    for fid, local, md5, remote, ignore in rows:
+        if ignore or os.path.lexists(local) or local in gone_ok:
+            continue
+        holders = [name for name, base in [("primary", Path(primary)), *bases.items()]
+                   if destination_md5(base, remote)[0] == md5]
+        if len(holders) < min_copies:
+            problems.append(f"file id {fid}: local file {local!r} is gone and only "
+                            f"{holders} hold md5 {md5} (min copies {min_copies})")
+    if problems:
+        raise AssertionError("further-destination invariant violation(s):\n  "
+                             + "\n  ".join(problems))
+    return len(copies)

@@ -23,6 +23,9 @@ from . import steps
 from .agent_config import AgentConfig
 from .blame import describe
 from .catalog.anomalies import DirWatch
+from .catalog.copies import DestinationCopies, registered
+from .catalog.copies import counts as copy_counts
+from .catalog.copies import register as register_destinations
 from .catalog.engine import CatalogBusy
 from .catalog.meta import publish_disk_pressure
 from .catalog.store import SupRsyncFilesManager
@@ -37,10 +40,11 @@ from .copying import (
     default_agent_id,
     remove_stale_temp_dirs,
 )
-from .deletion import DeleteReport
+from .deletion import CopyRule, CopyTarget, DeleteReport
 from .diskspace import DiskWatch
 from .emptydirs import EmptyDirs
 from .finalize_events import DEFAULT_TIMEOUT, HookSettings, Notices
+from .outlets import Outlet, make_outlets
 from .procs import child_ledger
 from .quarantine_log import QuarantineLog
 from .session import SessionData
@@ -96,6 +100,7 @@ class Agent:
         """``transport``: one made from ``config`` already (reaching its host, say)."""
         self.config = config
         self.clock = clock
+        self.monotonic = monotonic
         #: Compares ``clock`` with ``monotonic`` at each timecode step.
         self.clock_check = ClockCheck(clock, monotonic, name=config.instance_id)
         #: Timecode-dir anomalies of the archive: future dirs, late files.
@@ -106,6 +111,23 @@ class Agent:
         self._watch = CatalogWatch(sqlite_file) if sqlite_file else None
         transport = transport or config.open_transport()
         self.transport = transport
+        more = config.open_more_transports()
+        try:
+            records = self.manager.write(
+                lambda s: register_destinations(s, config.archive_name,
+                                                config.wanted_destinations(), clock()),
+                what="record destinations")
+        except BaseException:
+            for t in more:
+                t.close()
+            raise
+        #: Every destination of this agent (the first is the one of ``transport``).
+        self.outlets = make_outlets(self.manager, records, [transport, *more])
+        #: The archive's primary destination is one of this agent's: it finalizes.
+        self.holds_primary = any(o.record.primary for o in self.outlets)
+        for o in self.outlets[1:] if len(self.outlets) > 1 else ():
+            log.info("[%s] also syncing archive %r to destination %s (%s)",
+                     config.instance_id, config.archive_name, o.name, o.transport.describe())
         #: Who leases the files this agent copies, and how it pipelines transfers.
         self.agent_id = default_agent_id(config.instance_id)
         self.pipeline = Pipeline(parallel=config.parallel, lease=config.claim_timeout)
@@ -122,6 +144,8 @@ class Agent:
         self._requests: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
         self._next_transfer_stats = 0.0
         self._failures = 0
+        #: The last iteration failed only at destinations that back off on their own.
+        self._only_destinations_failed = False
         #: Called with the report of every copy step (metrics use this).
         self.observers: list[Callable[[CopyReport], None]] = []
         #: Recorded conflicts of the archive, as of the last stats step.
@@ -148,8 +172,15 @@ class Agent:
             file_root=cfg.suprsync_file_root, instance_id=cfg.instance_id)
 
     def close(self) -> None:
-        """Release the transport's connections."""
-        self.transport.close()
+        """Release the transports' connections."""
+        for outlet in self.outlets:
+            outlet.transport.close()
+
+    @property
+    def several(self) -> bool:
+        """True when the archive has more than one destination in this agent, or this
+        agent ships to one that is not the archive's primary."""
+        return len(self.outlets) > 1 or not self.holds_primary
 
     def _open_manager(self) -> SupRsyncFilesManager:
         cfg = self.config
@@ -193,11 +224,12 @@ class Agent:
     def _release_dead_claims(self) -> None:
         """Drop the leases of earlier runs of this agent on this host that died."""
         try:
-            holders = self.manager.claim_holders()
-            for agent_id in dead_local_agents(holders, self.config.instance_id):
-                log.info("[%s] releasing the files leased by %s, which is no longer running",
-                         self.config.instance_id, agent_id)
-                self.manager.release_claims(agent_id)
+            for outlet in self.outlets:
+                holders = outlet.catalog.claim_holders()
+                for agent_id in dead_local_agents(holders, self.config.instance_id):
+                    log.info("[%s] releasing the files leased by %s, which is no longer "
+                             "running", self.config.instance_id, agent_id)
+                    outlet.catalog.release_claims(agent_id)
         except (SQLAlchemyError, CatalogBusy) as exc:
             log.error("[%s] cannot release the leases of dead runs: %s",
                       self.config.instance_id, str(exc).splitlines()[0])
@@ -210,12 +242,13 @@ class Agent:
         """
         self.stop_event.set()
         self._wake.set()
-        self.transport.abort()
+        for outlet in self.outlets:
+            outlet.transport.abort()
 
     def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
+        deadline = self.monotonic() + seconds
         while not self.stop_event.is_set():
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.monotonic()
             if remaining <= 0:
                 return
             self._wake.wait(remaining)
@@ -251,7 +284,8 @@ class Agent:
                 future.set_exception(exc)
 
     def _pause(self, ok: bool) -> float:
-        if ok:
+        if ok or self._only_destinations_failed:
+            # With several destinations each one waits out its own backoff.
             self._failures = 0
             return self.config.sleep_time
         self._failures += 1
@@ -275,23 +309,28 @@ class Agent:
             self.quarantine.check()
             # After a failed copy step the destination is in doubt: delete nothing now.
             settings = self.settings()
-            if settings.policy is not None and ok:
+            if settings.policy is not None and (ok or self.several):
                 self.session.set("activity", "deleting")
                 deleted = steps.delete(self.manager, self.transport, self.clock, settings,
-                                       self.memory, disks=self.disks, dirs=self.empty_dirs)
+                                       self.memory, disks=self.disks, dirs=self.empty_dirs,
+                                       copies=self._copy_rule())
                 self._retention_step(deleted)
                 if deleted.error is not None and not self.stop_event.is_set():
                     self.session.count("errors_timeout" if deleted.timed_out
                                        else "errors_nonzero")
                     ok = False
-            if self._timecode_step() and ok and not self.stop_event.is_set():
+            if self.holds_primary and self._timecode_step() and not self.stop_event.is_set() \
+                    and (ok or self.several):
                 # Ship the finalization files just written: downstream learns that a
                 # day is complete in this iteration, and `run --once` leaves none behind.
                 ok = self._copy_step()
-            self._notify_step()
+            if self.holds_primary:
+                self._notify_step()
             self.session.degraded = False
+            self._only_destinations_failed = not ok and self.several
             return ok
         except (SQLAlchemyError, CatalogBusy) as exc:
+            self._only_destinations_failed = False
             self.session.count("errors_sqlite")
             self.session.degraded = True
             log.error("[%s] catalog unavailable: %s", self.config.instance_id,
@@ -299,6 +338,7 @@ class Agent:
             self._check_catalog(exc)
             return False
         except (OSError, StagingFailed) as exc:
+            self._only_destinations_failed = False
             # A local place (the file root, the staging dir) refused: retried next time.
             self.session.count("errors_nonzero")
             log.error("[%s] iteration failed: %s; retrying next iteration",
@@ -340,6 +380,12 @@ class Agent:
     def _timecode_step(self) -> bool:
         """Advance the timecode dirs; True when finalization files were registered."""
         clock_ok = self.clock_check.check()
+        # Every further destination of the archive, this agent's or not, knows of every
+        # file first: a dir is synced only once each of them has it.
+        for rec in self.manager.read(lambda s: registered(s, self.config.archive_name),
+                                     what="destinations"):
+            if not rec.primary:
+                DestinationCopies(self.manager, rec).track(self.config.archive_name)
         before = self.dir_watch.supplements_written
         finalized = steps.finalize(self.manager, self.transport, self.clock, self.settings(),
                                    self.memory, clock_ok=clock_ok)
@@ -418,19 +464,71 @@ class Agent:
 
     def _release_own_claims(self) -> None:
         try:
-            self.manager.release_claims(self.agent_id)
+            for outlet in self.outlets:
+                outlet.catalog.release_claims(self.agent_id)
         except (SQLAlchemyError, CatalogBusy):
             pass  # they expire, and the next claim of this agent drops them
 
+    def _copy_rule(self) -> CopyRule | None:
+        """With several destinations: how many verified copies a file needs, and where."""
+        known = self.manager.read(lambda s: registered(s, self.config.archive_name),
+                                  what="destinations")
+        if len(known) <= 1 and not self.several:
+            return None
+        mine = {o.record.key: o for o in self.outlets}
+        targets = []
+        for rec in known:
+            outlet = mine.get(rec.key)
+            key = None if rec.primary else rec.key
+            if outlet is None:
+                targets.append(CopyTarget(key, rec.name))
+            else:
+                targets.append(CopyTarget(key, rec.name, outlet.catalog,
+                                          None if outlet.in_doubt else outlet.transport))
+        wanted = self.config.min_copies or len(targets)
+        if wanted > len(targets):
+            log.warning("[%s] --min-copies %d but archive %r has %d destination(s): no "
+                        "local file can be deleted", self.config.instance_id, wanted,
+                        self.config.archive_name, len(targets))
+        return CopyRule(wanted, tuple(targets))
+
     def _copy_step(self) -> bool:
+        """Copy to every destination that is due; True when none failed."""
+        if not self.several:
+            return self._copy_to(self.outlets[0])
+        ok = True
+        now = self.monotonic()
+        for outlet in self.outlets:
+            if self.stop_event.is_set():
+                break
+            if not outlet.due(now):
+                outlet.counters["skipped_iterations"] += 1
+                ok = False
+                continue
+            if isinstance(outlet.catalog, DestinationCopies):
+                outlet.catalog.track(self.config.archive_name)
+            if self._copy_to(outlet):
+                outlet.succeeded()
+            else:
+                ok = False
+                wait = outlet.failed(self.monotonic(), self.config.sleep_time)
+                log.info("[%s] destination %s waits %.0f s after %d failed step(s); the "
+                         "others go on", self.config.instance_id, outlet.name, wait,
+                         outlet.failures)
+        self.session.set("destinations", {o.name: o.as_dict(self.monotonic())
+                                          for o in self.outlets})
+        return ok
+
+    def _copy_to(self, outlet: Outlet) -> bool:
         cfg = self.config
         self.session.set("activity", "copying")
         try:
-            report = steps.copy(self.manager, self.transport, self.clock, self.settings(),
-                                self.memory)
+            report = steps.copy(outlet.catalog, outlet.transport, self.clock,
+                                self.settings(), self.memory)
         except TransportError as exc:
             if not self.stop_event.is_set():
-                log.error("[%s] destination unavailable: %s", cfg.instance_id, exc)
+                log.error("[%s] destination %sunavailable: %s", cfg.instance_id,
+                          f"{outlet.name} " if self.several else "", exc)
             report = CopyReport(start_time=self.clock(), stop_time=self.clock(),
                                 error="timed out" if exc.timed_out else "nonzero exit",
                                 timed_out=exc.timed_out, failed=True)
@@ -446,11 +544,18 @@ class Agent:
         self.session.count("copies", len(report.files))
         if report.failed:
             self.session.count("errors_timeout" if report.timed_out else "errors_nonzero")
+        good = sum(ok for _, ok in report.files)
         if report.files:
-            good = sum(ok for _, ok in report.files)
-            log.info("[%s] copied %d files, %d verified, %d failed", cfg.instance_id,
-                     len(report.files), good, len(report.files) - good)
-        self.session.set("last_copy", report.as_session_data())
+            where = f" to {outlet.name}" if self.several else ""
+            log.info("[%s] copied %d files%s, %d verified, %d failed", cfg.instance_id,
+                     len(report.files), where, good, len(report.files) - good)
+        outlet.counters["copies"] += len(report.files)
+        outlet.counters["verified"] += good
+        outlet.last_copy = {"start_time": report.start_time, "stop_time": report.stop_time,
+                            "files": len(report.files), "verified": good,
+                            **({"error": report.error} if report.error else {})}
+        if outlet is self.outlets[0]:
+            self.session.set("last_copy", report.as_session_data())
         self.session.set("timestamp", self.clock())
         return not report.failed
 
@@ -459,6 +564,15 @@ class Agent:
         read = steps.stats(self.manager, self.transport, self.clock, self.settings())
         now, stats, self.conflicts = read.time, read.archive, read.conflicts
         self.session.set_archive_stats(cfg.archive_name, stats)
+        if self.several:
+            for outlet in self.outlets:
+                if isinstance(outlet.catalog, DestinationCopies):
+                    key = outlet.record.key
+                    outlet.files = self.manager.read(
+                        lambda s, k=key: copy_counts(s, k, cfg.max_copy_attempts),
+                        what="files per destination").as_dict()
+            self.session.set("destinations", {o.name: o.as_dict(self.monotonic())
+                                              for o in self.outlets})
         self.publish("archive_stats", {"block_name": cfg.archive_name, "timestamp": now,
                                        "data": stats})
         if now >= self._next_transfer_stats:

@@ -9,6 +9,7 @@ from .transport import Access, TransferOptions, open_destination
 from .transport.destination import Destination, parse_destination
 
 if TYPE_CHECKING:
+    from .catalog.copies import Wanted
     from .retention import MinFree, Policy
     from .transport import Transport
 
@@ -60,6 +61,12 @@ class AgentConfig:
     on_finalize_url: str | None = None
     #: The destination as a URL (--destination); replaces remote_basedir and ssh_host.
     destination: str | None = None
+    #: The first destination's --destination-id (None: made from its URL).
+    destination_id: str | None = None
+    #: (id or None, URL) of the further destinations, in order.
+    more_destinations: tuple[tuple[str | None, str], ...] = ()
+    #: --min-copies (None: every destination of the archive).
+    min_copies: int | None = None
 
     def policy(self) -> Policy | None:
         """The rules the deletion step applies; None when it does not run."""
@@ -95,3 +102,21 @@ class AgentConfig:
     def open_transport(self) -> Transport:
         """A transport to this config's destination (not reached yet)."""
         return open_destination(self.destination_spec(), self.transfer_options(), self.access())
+
+    def wanted_destinations(self) -> list[Wanted]:
+        """Every destination of this config, with its id (the first one first)."""
+        from .catalog.copies import Wanted, default_destination_id
+
+        first = self.destination_spec().url()
+        out = [Wanted(self.destination_id or default_destination_id(first), first,
+                      self.destination_id is not None)]
+        for name, url in self.more_destinations:
+            url = parse_destination(url).url()
+            out.append(Wanted(name or default_destination_id(url), url, name is not None))
+        return out
+
+    def open_more_transports(self) -> list[Transport]:
+        """A transport to each further destination (the same flags, its own URL)."""
+        access = self.access()
+        return [open_destination(parse_destination(url), self.transfer_options(), access)
+                for _, url in self.more_destinations]

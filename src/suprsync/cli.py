@@ -234,7 +234,8 @@ def _reach_destination(ns: argparse.Namespace) -> tuple[AgentConfig, Transport] 
 
     None when no remote destination is named or the settings are wrong (the command says why).
     """
-    if not getattr(ns, "ssh_host", None) and "://" not in (getattr(ns, "destination", None) or ""):
+    if not getattr(ns, "ssh_host", None) and "://" not in " ".join(
+            getattr(ns, "destination", None) or ()):
         return None
     from .options import ConfigError, check_environment, config_from_args
     try:

@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .catalog import maintenance
 from .catalog.anomalies import catalog_anomalies
 from .catalog.conflicts import list_conflicts
+from .catalog.copies import DestinationConflict
 from .catalog.engine import CatalogBusy
 from .catalog.quarantine import (
     homeless_rows,
@@ -128,7 +129,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
             check_environment(config)
         metrics = _start_metrics(ns) if ns.metrics_port is not None else None
         agent = Agent(config, transport=transport)
-    except ConfigError as exc:
+    except (ConfigError, DestinationConflict) as exc:
         raise CliError(str(exc)) from None
     except (SQLAlchemyError, CatalogBusy) as exc:
         where = getattr(ns, "db_url", None) or ns.db_path

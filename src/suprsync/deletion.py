@@ -24,11 +24,13 @@ import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session
 
 from .catalog.conflicts import CHANGED, NewConflict, conflicted_ids, record_conflicts
+from .catalog.copies import forget_verifications, verified_at
 from .catalog.meta import DELETE_RULE_PREFIX, get_meta, publish_policy
 from .catalog.quarantine import HEALTHY
 from .catalog.schema import DELETABLE, SYNCED, Conflict, SupRsyncFile
@@ -75,6 +77,30 @@ class DeleteReport:
     def short(self) -> list[Space]:
         """File systems still below --min-free after the step."""
         return [s for s in self.space if s.short > 0]
+
+
+@dataclass(frozen=True)
+class CopyTarget:
+    """One destination of the archive, as the deletion step counts its copies.
+
+    ``key`` None is the primary (the files table's columns). ``catalog`` None: a
+    destination another agent ships to, whose verified copies the catalog vouches
+    for. ``transport`` None with a catalog: in doubt now (its last step failed),
+    so it is not counted.
+    """
+
+    key: int | None
+    name: str
+    catalog: Any = None
+    transport: Transport | None = None
+
+
+@dataclass(frozen=True)
+class CopyRule:
+    """How many verified copies a local file needs before it goes, and where they are."""
+
+    min_copies: int
+    targets: tuple[CopyTarget, ...]
 
 
 @dataclass
@@ -286,7 +312,7 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
                transport: Transport | None = None, verify_md5: bool = False,
                notes: set[str] | None = None, *, policy: Policy | None = None,
                disks: DiskWatch | None = None, dirs: EmptyDirs | None = None,
-               clock: Clock) -> DeleteReport:
+               clock: Clock, copies: CopyRule | None = None) -> DeleteReport:
     """Delete every local file due for deletion (see the module doc); report what happened.
 
     ``policy`` (default: ``delete_after`` for every file) says when; with ``disks``
@@ -294,7 +320,9 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
     oldest first, while their file system is short of space. ``dirs`` removes the
     directories left empty. With a transport, each remote copy is checked first. A
     file that cannot be deleted is logged (once per ``notes``) and kept; the pass
-    goes on. ``clock`` dates the decisions and the deletions.
+    goes on. ``clock`` dates the decisions and the deletions. ``copies``: the
+    archive has several destinations; a file goes only once it is verified (and,
+    where this agent ships, checked again) on ``copies.min_copies`` of them.
     """
     report = DeleteReport()
     notes = notes if notes is not None else set()
@@ -325,7 +353,9 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
                        and plan.verdicts[r.local_path].delete)
         groups = {p: g for p, (g, _) in plan.delete.items()}
         rows = [r for group in groups.values() for r in group]
-        if transport is not None and rows:
+        if copies is not None and rows:
+            groups = _enough_copies(manager, copies, groups, verify_md5, report, now, notes)
+        elif transport is not None and rows:
             try:
                 good = _confirmed_on_remote(manager, transport, rows, verify_md5, report, now)
             except TransportError as exc:
@@ -362,10 +392,63 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
     return report
 
 
+def _enough_copies(manager: SupRsyncFilesManager, rule: CopyRule,
+                   groups: dict[str, list[SupRsyncFile]], verify_md5: bool,
+                   report: DeleteReport, now: float,
+                   notes: set[str]) -> dict[str, list[SupRsyncFile]]:
+    """The local paths whose rows are all verified on at least ``rule.min_copies``
+    destinations (each one this agent ships to is asked again first)."""
+    rows = [r for g in groups.values() for r in g]
+    ids = [r.id for r in rows]
+    further = [t.key for t in rule.targets if t.key is not None]
+
+    def read(session: Session) -> dict[int, set[int]]:
+        forget_verifications(session, ids)
+        return verified_at(session, ids, further)
+
+    verified = manager.write(read, what="verified copies")
+    good: dict[int, int] = defaultdict(int)
+    for target in rule.targets:
+        # Candidate rows are verified at the primary already (see candidate_rows).
+        here = [r for r in rows if target.key is None or target.key in verified.get(r.id, ())]
+        if not here:
+            continue
+        if target.catalog is None:
+            confirmed = {r.id for r in here}
+        elif target.transport is None:
+            continue
+        else:
+            try:
+                confirmed = _confirmed_on_remote(target.catalog, target.transport, here,
+                                                 verify_md5, report, now,
+                                                 where=f" at destination {target.name}")
+            except TransportError as exc:
+                report.error, report.timed_out = str(exc), exc.timed_out
+                log.error("cannot check the copies at destination %s now, not counting "
+                          "them: %s", target.name, exc)
+                continue
+        for file_id in confirmed:
+            good[file_id] += 1
+    out = {}
+    for path, group in groups.items():
+        have = min(good[r.id] for r in group)
+        if have >= rule.min_copies:
+            out[path] = group
+            continue
+        why = (f"verified on {have} of the {len(rule.targets)} destinations, "
+               f"--min-copies is {rule.min_copies}")
+        report.kept.append((path, why))
+        if path not in notes:
+            notes.add(path)
+            log.info("keeping %s for now: %s", path, why)
+    return out
+
+
 def _confirmed_on_remote(manager: SupRsyncFilesManager, transport: Transport,
                          rows: list[SupRsyncFile], verify_md5: bool,
-                         report: DeleteReport, now: float) -> set[int]:
-    """Ids of the rows whose remote copy still matches; the others are handled here."""
+                         report: DeleteReport, now: float, where: str = "") -> set[int]:
+    """Ids of the rows whose remote copy still matches; the others are handled here
+    (``where`` names the destination in the logs)."""
     rels = {}
     for row in rows:
         try:
@@ -406,8 +489,8 @@ def _confirmed_on_remote(manager: SupRsyncFilesManager, transport: Transport,
             if judge_copy(row.local_md5sum, observed).ok:
                 confirmed.add(row.id)  # same bytes, only the mtime moved
                 continue
-            log.error("not deleting %s: %s; its local file still holds the registered bytes, "
-                      "so it is queued to be sent again", row.local_path, reason)
+            log.error("not deleting %s: %s%s; its local file still holds the registered "
+                      "bytes, so it is queued to be sent again", row.local_path, reason, where)
             manager.requeue(row.id, observed)
             report.requeued.append((row.local_path, reason))
     return confirmed

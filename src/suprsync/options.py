@@ -134,8 +134,16 @@ def add_run_arguments(parser: argparse.ArgumentParser, instance_id: bool = True)
     g.add_argument("--chmod", default=DEFAULT_CHMOD,
                    help=f"chmod applied by rsync to copied files (default: {DEFAULT_CHMOD})")
     s = parser.add_argument_group("suprsync options")
-    s.add_argument("--destination", default=None, metavar="URL",
-                   help=DESTINATION_HELP + " (instead of --remote-basedir and --ssh-host)")
+    s.add_argument("--destination", action="append", default=None, metavar="URL",
+                   help=DESTINATION_HELP + " (instead of --remote-basedir and --ssh-host); "
+                        "may be repeated: the archive is shipped to every one")
+    s.add_argument("--destination-id", action="append", default=None, metavar="NAME=URL",
+                   help="a destination with a stable id NAME (its state survives a change of "
+                        "the URL); may be repeated. Without it a destination's id is made "
+                        "from its URL")
+    s.add_argument("--min-copies", type=at_least_one, default=None, metavar="N",
+                   help="delete a local file only once it is verified on at least N "
+                        "destinations (default: every destination of the archive)")
     if instance_id:
         s.add_argument("--instance-id", default=None,
                        help="Name of this agent in logs and finalization paths "
@@ -250,9 +258,53 @@ def password_file_from_args(ns: argparse.Namespace, spec: Destination) -> str | 
     return os.path.abspath(path)
 
 
+def destinations_from_args(ns: argparse.Namespace) -> list[tuple[str | None, str]]:
+    """(id or None, URL) of every --destination and --destination-id, in that order.
+
+    The first is the one the other flags (--remote-basedir, --ssh-port, ...) go with.
+    """
+    from .catalog.copies import check_destination_id
+
+    out: list[tuple[str | None, str]] = []
+    urls = getattr(ns, "destination", None)
+    if isinstance(urls, str):
+        urls = [urls]
+    out += [(None, url) for url in urls or ()]
+    for item in getattr(ns, "destination_id", None) or ():
+        name, eq, url = item.partition("=")
+        if not eq or not url:
+            raise ConfigError(f"--destination-id must look like NAME=URL, not {item!r}")
+        try:
+            out.append((check_destination_id(name), url))
+        except ValueError as exc:
+            raise ConfigError(f"--destination-id: {exc}") from None
+    return out
+
+
 def config_from_args(ns: argparse.Namespace) -> AgentConfig:
     """Build and check the agent config; raise ConfigError with a one-line reason."""
     from .agent_config import AgentConfig
+    from .transport.destination import DestinationError, parse_destination
+
+    given = destinations_from_args(ns)
+    first_id = None
+    extra: list[tuple[str | None, str]] = []
+    if given:
+        ns = argparse.Namespace(**vars(ns))
+        (first_id, ns.destination), extra = given[0], given[1:]
+        if ns.remote_basedir is not None:
+            if first_id is None:
+                raise ConfigError("give the first destination once: --destination or "
+                                  "--remote-basedir, not both")
+            first_id, ns.destination, extra = None, None, given
+    for _, url in extra:
+        try:
+            parse_destination(url)
+        except DestinationError as exc:
+            raise ConfigError(f"--destination {url!r}: {exc}") from None
+    if getattr(ns, "min_copies", None) is not None and ns.min_copies > 1 + len(extra):
+        raise ConfigError(f"--min-copies {ns.min_copies} is more than the {1 + len(extra)} "
+                          f"destination(s) given")
 
     db_url = getattr(ns, "db_url", None)
     if db_url and ns.db_path and ns.db_path != os.environ.get("SUPRSYNC_DB"):
@@ -324,6 +376,9 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
         local_root=os.path.abspath(local_root) if local_root else None,
         on_finalize=on_finalize,
         on_finalize_url=on_finalize_url,
+        destination_id=first_id,
+        more_destinations=tuple(extra),
+        min_copies=getattr(ns, "min_copies", None),
     )
 
 
@@ -334,8 +389,17 @@ def check_environment(config: AgentConfig) -> None:
     _check_rsync_values(config)
     if config.ssh_port is not None and not 1 <= config.ssh_port <= 65535:
         raise ConfigError(f"--ssh-port must be between 1 and 65535, not {config.ssh_port}")
+    from .transport.destination import parse_destination
     from .transport.registry import kinds
 
+    for _, url in config.more_destinations:
+        extra = parse_destination(url).scheme
+        if extra not in kinds():
+            raise ConfigError(f"--destination {url}: destinations of kind {extra}:// are not "
+                              f"supported by this installation")
+        if extra == "ssh" and shutil.which("ssh") is None:
+            raise ConfigError(f"ssh is not installed (no 'ssh' on PATH) but {url} is reached "
+                              f"with ssh")
     scheme = config.destination_spec().scheme
     if scheme not in kinds():
         raise ConfigError(f"--destination: destinations of kind {scheme}:// are not supported "

@@ -27,7 +27,7 @@ from .catalog.conflicts import conflict_count
 from .catalog.schema import SupRsyncFile, TimecodeDir
 from .catalog.store import SupRsyncFilesManager
 from .copying import CopyReport, Pipeline, copy_batch, default_agent_id
-from .deletion import DeleteReport, delete_due
+from .deletion import CopyRule, DeleteReport, delete_due
 from .diskspace import DiskWatch
 from .emptydirs import EmptyDirs
 from .finalization import update_timecode_dirs
@@ -127,13 +127,16 @@ def verify(catalog: SupRsyncFilesManager, transport: Transport, clock: Clock,
 
 def delete(catalog: SupRsyncFilesManager, transport: Transport, clock: Clock,
            settings: Settings, memory: Memory | None = None,
-           disks: DiskWatch | None = None, dirs: EmptyDirs | None = None) -> DeleteReport:
+           disks: DiskWatch | None = None, dirs: EmptyDirs | None = None,
+           copies: CopyRule | None = None) -> DeleteReport:
     """Delete the local files the policy lets go whose remote copies still match
-    (see :mod:`suprsync.deletion`)."""
+    (see :mod:`suprsync.deletion`); ``copies``: with several destinations, how many
+    verified copies a file needs and where they are."""
     memory = memory or Memory()
     return delete_due(catalog, settings.archive_name, None, transport=transport,
                       verify_md5=settings.verify_before_delete, notes=memory.delete_notes,
-                      policy=settings.policy, disks=disks, dirs=dirs, clock=clock)
+                      policy=settings.policy, disks=disks, dirs=dirs, clock=clock,
+                      copies=copies)
 
 
 def finalize(catalog: SupRsyncFilesManager, transport: Transport, clock: Clock,

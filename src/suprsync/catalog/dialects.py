@@ -70,14 +70,23 @@ class CatalogDialect:
         """The selection of files to claim, skipping rows others are claiming now."""
         return query
 
+    #: Rows commit in the order of their ids (no row below the highest id can appear later).
+    ids_commit_in_order = True
+
     def insert_claims(self, session: Session, table: Table,
-                      leases: list[dict[str, Any]]) -> set[int]:
-        """Insert leases; the file ids whose lease was inserted."""
+                      leases: list[dict[str, Any]], key: tuple[str, ...] = ("file_id",)
+                      ) -> set[int]:
+        """Insert leases (``key``: the table's primary key); the file ids whose lease
+        was inserted."""
         session.execute(table.insert(), leases)
         return {lease["file_id"] for lease in leases}
 
     def lock_archive_dirs(self, session: Session, archive_name: str) -> None:
         """Keep other transactions from creating this archive's dir rows until commit."""
+
+    def lock_named(self, session: Session, name: str) -> None:
+        """Hold the lock called ``name`` until commit (sqlite: its one write lock, taken
+        by the transaction's first write)."""
 
     def freeze_registrations(self, session: Session, table: Table) -> None:
         """Wait for registrations in flight and hold new ones until commit."""
@@ -134,13 +143,19 @@ class PostgresDialect(CatalogDialect):
     def claim(self, query: Any, of: Any) -> Any:
         return query.with_for_update(skip_locked=True, of=of)
 
+    ids_commit_in_order = False
+
     def insert_claims(self, session: Session, table: Table,
-                      leases: list[dict[str, Any]]) -> set[int]:
+                      leases: list[dict[str, Any]], key: tuple[str, ...] = ("file_id",)
+                      ) -> set[int]:
         # A claim committed after the selecting query's snapshot is invisible to its
         # NOT EXISTS while its files are no longer locked: keep only the leases inserted.
         return set(session.scalars(
-            pg_insert(table).on_conflict_do_nothing(index_elements=["file_id"])
+            pg_insert(table).on_conflict_do_nothing(index_elements=list(key))
             .returning(table.c.file_id), leases))
+
+    def lock_named(self, session: Session, name: str) -> None:
+        session.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"suprsync {name}"))))
 
     def lock_archive_dirs(self, session: Session, archive_name: str) -> None:
         # The table has no unique key on (archive, timecode); without this lock, two

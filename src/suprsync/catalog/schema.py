@@ -162,7 +162,61 @@ class LocalDir(Base):
     real = Column(String, nullable=False)
 
 
+class DestinationRecord(Base):
+    """One destination of an archive, by its stable id.
+
+    Not part of the original schema: an extra table that other programs ignore.
+    The primary destination's state is the files table's own columns; every
+    other destination's is in :class:`DestinationCopy`. ``tracked_up_to`` is the
+    highest file id given a copy row for this destination.
+    """
+
+    __tablename__ = f"suprsync_destinations_v{TABLE_VERSION}"
+
+    id = Column(Integer, primary_key=True)
+    archive_name = Column(String, nullable=False)
+    name = Column(String, nullable=False)
+    url = Column(String, nullable=False)
+    is_primary = Column(Boolean, nullable=False, default=False)
+    added = Column(Float, nullable=False)
+    tracked_up_to = Column(Integer, nullable=False, default=0)
+
+
+class DestinationCopy(Base):
+    """The state of one file at one destination other than the primary.
+
+    Not part of the original schema: an extra table that other programs ignore.
+    ``verified`` is true once the md5 seen there matched the local one; ``lost``
+    once the local file went before it could be copied there.
+    """
+
+    __tablename__ = f"suprsync_copies_v{TABLE_VERSION}"
+
+    dest = Column(Integer, primary_key=True, autoincrement=False)
+    file_id = Column(Integer, primary_key=True, autoincrement=False)
+    remote_md5sum = Column(String)
+    copied = Column(Float)
+    failed_copy_attempts = Column(Integer, nullable=False, default=0)
+    verified = Column(Boolean, nullable=False, default=False)
+    lost = Column(Boolean, nullable=False, default=False)
+
+
+class DestinationClaim(Base):
+    """A lease on a file at one destination other than the primary, while it is copied."""
+
+    __tablename__ = f"suprsync_dest_claims_v{TABLE_VERSION}"
+
+    dest = Column(Integer, primary_key=True, autoincrement=False)
+    file_id = Column(Integer, primary_key=True, autoincrement=False)
+    agent_id = Column(String, nullable=False)
+    expires = Column(Float, nullable=False)
+
+
 F = SupRsyncFile
+DC = DestinationCopy
+
+#: SQL condition: a copy row still to be copied and verified at its destination.
+PENDING_COPY = and_(DC.verified.is_(False), DC.lost.is_(False))
 
 #: SQL condition: the remote copy is not (yet) verified.
 UNSYNCED = or_(F.remote_md5sum.is_(None), F.remote_md5sum != F.local_md5sum)
@@ -201,4 +255,10 @@ INDEXES = [
     Index("ix_suprsync_tcdir", TimecodeDir.archive_name, TimecodeDir.timecode),
     Index("ix_suprsync_claims_agent", FileClaim.agent_id),
     Index("ix_suprsync_supplements_dir", Supplement.archive_name, Supplement.timecode),
+    Index("ix_suprsync_destinations", DestinationRecord.archive_name, DestinationRecord.name,
+          unique=True),
+    Index("ix_suprsync_copies_pending", DC.dest, DC.file_id,
+          sqlite_where=PENDING_COPY, postgresql_where=PENDING_COPY),
+    Index("ix_suprsync_copies_file", DC.file_id),
+    Index("ix_suprsync_dest_claims_agent", DestinationClaim.agent_id),
 ]

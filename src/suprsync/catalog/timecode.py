@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -20,13 +21,22 @@ from .dialects import dialect_of, via_unsynced_index
 from .dirrows import in_dir
 from .lateness import SUPRSYNC_SUBDIR, own_file
 from .quarantine import HEALTHY, QUARANTINED, printable
-from .schema import NOT_IGNORED, SYNCED, UNSYNCED, SupRsyncFile, TimecodeDir
+from .schema import (
+    NOT_IGNORED,
+    PENDING_COPY,
+    SYNCED,
+    UNSYNCED,
+    DestinationCopy,
+    SupRsyncFile,
+    TimecodeDir,
+)
 from .unsynced import unsynced_rows
 
 log = logging.getLogger(__name__)
 
 F = SupRsyncFile
 TD = TimecodeDir
+DC = DestinationCopy
 
 #: A dir with no newer one completes when now's timecode is more than this past it.
 DAYS_TO_COMPLETE = 1
@@ -118,11 +128,25 @@ def mark_completed(session: Session, archive_name: str, now: float, by_age: bool
 
 
 def waiting_count(session: Session, archive_name: str, timecode: int) -> int:
-    """Non-ignored files of this archive's dir whose copy is not verified (a search of
-    the archive's few unsynced rows)."""
+    """Non-ignored files of this archive's dir whose copy is not verified at every
+    destination (a search of the archive's few unsynced rows and pending copies)."""
     return int(session.scalar(via_unsynced_index(
         select(func.count()).select_from(F)
-        .where(in_dir(session, archive_name, timecode), UNSYNCED, NOT_IGNORED), F)) or 0)
+        .where(in_dir(session, archive_name, timecode), UNSYNCED, NOT_IGNORED), F)) or 0) \
+        or pending_in_dir(session, archive_name, timecode)
+
+
+def pending_copies(archive_name: str, *columns: Any):  # type: ignore[no-untyped-def]
+    """SELECT of columns of the archive's non-ignored files still to be copied to a
+    destination other than the primary (through the index of pending copies)."""
+    return (select(*columns).select_from(DC).join(F, F.id == DC.file_id)
+            .where(PENDING_COPY, F.archive_name == archive_name, NOT_IGNORED))
+
+
+def pending_in_dir(session: Session, archive_name: str, timecode: int) -> int:
+    """Non-ignored files of the dir not yet verified at some further destination."""
+    return int(session.scalar(pending_copies(archive_name, func.count())
+                              .where(in_dir(session, archive_name, timecode))) or 0)
 
 
 def unsynced_count(session: Session, archive_name: str, timecode: int) -> int:
@@ -166,8 +190,11 @@ def blocked_dirs(session: Session, archive_name: str) -> set[int]:
     One read of the archive's unsynced rows (a partial index: as many entries as
     files waiting or given up on, however long the history).
     """
-    rows = unsynced_rows(archive_name, F.remote_path.label("path")).subquery()
-    prefixes = session.scalars(select(func.substr(rows.c.path, 1, 6)).distinct())
+    prefixes: set[Any] = set()
+    for rows in (unsynced_rows(archive_name, F.remote_path.label("path")),
+                 pending_copies(archive_name, F.remote_path.label("path"))):
+        sub = rows.subquery()
+        prefixes.update(session.scalars(select(func.substr(sub.c.path, 1, 6)).distinct()))
     return {tc for prefix in prefixes if (tc := _dir_of_prefix(prefix)) is not None}
 
 
