@@ -331,7 +331,20 @@ def test_run_once_ships_to_every_destination_given(tmp_path):
     assert (tmp_path / "a/16750/f.g3").exists() and (tmp_path / "b/16750/f.g3").exists()
     stats = run_cli("stats", "--db", str(db), ARCHIVE, "--json")
     assert stats.returncode == 0, stats.stderr
-    json.loads(stats.stdout)
+    dests = {d["id"]: d for d in json.loads(stats.stdout)[ARCHIVE]["destinations"]}
+    # The file and its (completed) dir's finalization file.
+    assert dests["b"]["verified"] == 2 and dests["b"]["pending"] == 0
+    assert sum(d["primary"] for d in dests.values()) == 1
+    status = run_cli("status", "--db", str(db), ARCHIVE)
+    assert "destination b (" in status.stdout and "2 verified" in status.stdout
+    audit = run_cli("audit", "--db", str(db), ARCHIVE, "--destination-id", "b")
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    (tmp_path / "b/16750/f.g3").unlink()
+    audit = run_cli("audit", "--db", str(db), ARCHIVE, "--destination-id", "b", "--json")
+    assert audit.returncode == 1
+    assert json.loads(audit.stdout)["counts"]["missing"] == 1
+    unknown = run_cli("audit", "--db", str(db), ARCHIVE, "--destination-id", "zz")
+    assert unknown.returncode == 2 and "no destination 'zz'" in unknown.stderr
 
 
 @pytest.mark.parametrize("args, message", [

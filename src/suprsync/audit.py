@@ -30,9 +30,10 @@ from typing import Any, TextIO
 from sqlalchemy import and_, func, or_, select
 
 from .catalog.conflicts import list_conflicts
+from .catalog.copies import DestinationCopies, Registered, registered
 from .catalog.pathkeys import not_canonical_sql
 from .catalog.quarantine import HEALTHY
-from .catalog.schema import NOT_IGNORED, SYNCED, SupRsyncFile
+from .catalog.schema import NOT_IGNORED, SYNCED, DestinationCopy, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .options import (
     DEFAULT_BATCH,
@@ -54,6 +55,7 @@ from .transport import (
 from .verdicts import judge_audit, judge_copy
 
 F = SupRsyncFile
+DC = DestinationCopy
 
 #: Entries shown per category in the human summary.
 SHOW = 10
@@ -197,13 +199,24 @@ def oddly_written_paths(manager: SupRsyncFilesManager, archive: str, batch: int)
     return found
 
 
+def _synced(dest: int | None) -> tuple[Any, list[Any]]:
+    """(FROM clause, conditions) of the rows verified at a destination (None: the primary)."""
+    if dest is None:
+        return F, [SYNCED]
+    joined = F.__table__.join(DC, and_(DC.file_id == F.id, DC.dest == dest))
+    return joined, [DC.verified.is_(True), DC.remote_md5sum == F.local_md5sum]
+
+
 def synced_pages(manager: SupRsyncFilesManager, archive: str,
-                 batch: int) -> Iterator[list[Any]]:
-    """Synced, not ignored rows of the archive, oldest first, batch rows per short read."""
+                 batch: int, dest: int | None = None) -> Iterator[list[Any]]:
+    """Synced, not ignored rows of the archive (at ``dest``: see :func:`_synced`), oldest
+    first, batch rows per short read."""
     columns = (F.id, F.local_path, F.remote_path, F.local_md5sum, F.removed, F.timestamp)
+    source, synced = _synced(dest)
     last: tuple[float, int] | None = None
     while True:
-        query = select(*columns).where(F.archive_name == archive, SYNCED, NOT_IGNORED, HEALTHY)
+        query = select(*columns).select_from(source).where(
+            F.archive_name == archive, *synced, NOT_IGNORED, HEALTHY)
         if last is not None:
             query = query.where(F.timestamp >= last[0],
                                 or_(F.timestamp > last[0], and_(F.timestamp == last[0],
@@ -216,11 +229,14 @@ def synced_pages(manager: SupRsyncFilesManager, archive: str,
         last = (rows[-1].timestamp, rows[-1].id)
 
 
-def count_rows(manager: SupRsyncFilesManager, archive: str, synced_only: bool = False) -> int:
-    """Rows of the archive (or only its synced, not ignored ones)."""
+def count_rows(manager: SupRsyncFilesManager, archive: str, synced_only: bool = False,
+               dest: int | None = None) -> int:
+    """Rows of the archive (or only its synced, not ignored ones, at ``dest``)."""
     query = select(func.count()).select_from(F).where(F.archive_name == archive)
     if synced_only:
-        query = query.where(SYNCED, NOT_IGNORED, HEALTHY)
+        source, synced = _synced(dest)
+        query = select(func.count()).select_from(source).where(
+            F.archive_name == archive, *synced, NOT_IGNORED, HEALTHY)
     return int(manager.read(lambda s: s.scalar(query), what="audit count") or 0)
 
 
@@ -311,7 +327,7 @@ def _local_state(row: Any) -> os.stat_result | None:
     return st if stat.S_ISREG(st.st_mode) else None
 
 
-def _check_page(rows: list[Any], transport: Transport, manager: SupRsyncFilesManager,
+def _check_page(rows: list[Any], transport: Transport, manager: Any,
                 report: AuditReport) -> None:
     """Pass 2 for one page: judge each row's remote copy, re-queue when asked."""
     rels: dict[int, str] = {}
@@ -365,14 +381,19 @@ def _entry(row: Any, rel: str | None, detail: str, **extra: Any) -> dict[str, An
 def audit_archive(manager: SupRsyncFilesManager, transport: Transport, archive: str,
                   md5: bool = False, requeue: bool = False, batch: int = DEFAULT_BATCH,
                   list_limit: int = DEFAULT_LIST_LIMIT,
-                  progress: Progress | None = None) -> AuditReport:
+                  progress: Progress | None = None,
+                  dest: Registered | None = None) -> AuditReport:
     """Compare the archive's catalog with its destination (see the module doc).
 
     With ``requeue``, every problem file whose local copy still exists is queued
     to be copied again; the remote md5, when known, makes that copy a re-send.
-    Raises TransportError when the destination cannot be listed or checked.
+    ``dest``: one of the archive's further destinations (its copies are judged, and
+    re-queued there). Raises TransportError when the destination cannot be listed or
+    checked.
     """
     progress = progress or Progress()
+    key = None if dest is None or dest.primary else dest.key
+    queue: Any = manager if key is None else DestinationCopies(manager, dest)  # type: ignore[arg-type]
     report = AuditReport(archive, transport.describe(), md5, requeue, list_limit)
     report.catalog_rows = count_rows(manager, archive)
     for conflict in manager.read(lambda s: list_conflicts(s, archive), what="conflicts"):
@@ -381,9 +402,9 @@ def audit_archive(manager: SupRsyncFilesManager, transport: Transport, archive: 
              "local_path": conflict["local_path"], "other_id": conflict["other_id"],
              "detail": conflict["detail"]})
     _list_remote(transport, manager, report, batch, progress)
-    total = count_rows(manager, archive, synced_only=True) if progress.out else 0
-    for rows in synced_pages(manager, archive, batch):
-        _check_page(rows, transport, manager, report)
+    total = count_rows(manager, archive, synced_only=True, dest=key) if progress.out else 0
+    for rows in synced_pages(manager, archive, batch, dest=key):
+        _check_page(rows, transport, queue, report)
         progress.update(f"checking synced files: {report.checked}/{total}")
     progress.update(f"checking synced files: {report.checked}/{total}", force=True)
     progress.done()
@@ -393,11 +414,28 @@ def audit_archive(manager: SupRsyncFilesManager, transport: Transport, archive: 
 # ------------------------------------------------------------- the command
 
 
-def transport_from_args(ns: argparse.Namespace) -> Transport:
-    """The destination named by the flags; AuditError for flags that cannot work."""
+def destination_record(ns: argparse.Namespace,
+                       manager: SupRsyncFilesManager) -> Registered | None:
+    """The catalog's record of --destination-id (None without it); AuditError if unknown."""
+    name = getattr(ns, "destination_id", None)
+    if name is None:
+        return None
+    known = manager.read(lambda s: registered(s, ns.archive_name), what="destinations")
+    for rec in known:
+        if rec.name == name:
+            return rec
+    names = ", ".join(r.name for r in known) or "none recorded"
+    raise AuditError(f"archive {ns.archive_name!r} has no destination {name!r} ({names})")
+
+
+def transport_from_args(ns: argparse.Namespace, dest: Registered | None = None) -> Transport:
+    """The destination named by the flags (or, when they name none, ``dest``'s URL);
+    AuditError for flags that cannot work."""
     if ns.cmd_timeout is not None and ns.cmd_timeout < 0:
         raise AuditError("--cmd-timeout must not be negative")
     options = TransferOptions(cmd_timeout=ns.cmd_timeout or None)
+    if dest is not None and ns.destination is None and ns.remote_basedir is None:
+        ns = argparse.Namespace(**{**vars(ns), "destination": dest.url})
     try:
         where = destination_from_args(ns)
     except ConfigError as exc:
@@ -483,12 +521,13 @@ def run_audit(ns: argparse.Namespace, manager: SupRsyncFilesManager,
     """Audit, print the result; 0 when everything matches, 1 when problems were found."""
     out = out or sys.stdout
     err = err or sys.stderr
-    transport = transport_from_args(ns)
+    dest = destination_record(ns, manager)
+    transport = transport_from_args(ns, dest)
     try:
         report = audit_archive(manager, transport, ns.archive_name, md5=ns.md5,
                                requeue=ns.requeue, batch=ns.batch,
                                list_limit=ns.list_limit if ns.json else SHOW,
-                               progress=Progress(None if ns.json else err))
+                               progress=Progress(None if ns.json else err), dest=dest)
     finally:
         transport.close()
     if ns.json:

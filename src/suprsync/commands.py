@@ -19,7 +19,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from .catalog import maintenance
 from .catalog.anomalies import catalog_anomalies
 from .catalog.conflicts import list_conflicts
-from .catalog.copies import DestinationConflict
+from .catalog.copies import DestinationConflict, summary_lines
+from .catalog.copies import summary as destination_summary
 from .catalog.engine import CatalogBusy
 from .catalog.quarantine import (
     homeless_rows,
@@ -281,6 +282,10 @@ def cmd_stats(ns: argparse.Namespace) -> int:
             lambda s, a=archive: list_conflicts(s, a, limit=STATS_LIST_LIMIT))
         stats.update(manager.read(lambda s, a=archive: quarantine_summary(s, a),
                                   what="quarantined rows"))
+        destinations = manager.read(lambda s, a=archive: destination_summary(s, a, None),
+                                    what="destinations")
+        if destinations:
+            stats["destinations"] = destinations
         out[archive] = stats
     if not ns.archive_name:
         _warn_homeless(manager, "stats")
@@ -306,6 +311,8 @@ def cmd_stats(ns: argparse.Namespace) -> int:
         for line in anomaly_lines(archive, stats):
             print(f"  anomaly: {line}")
         for line in quarantine_lines(archive, stats):
+            print("  " + line)
+        for line in summary_lines(archive, stats.get("destinations", [])):
             print("  " + line)
     return 0
 

@@ -85,6 +85,34 @@ class _SessionCollector:
         yield from self._anomalies(self.agent)
         yield from self._retention(self.agent)
         yield from self._notices(self.agent)
+        yield from self._destinations(data.get("destinations") or {})
+
+    @staticmethod
+    def _destinations(destinations: dict[str, Any]) -> Iterator[Metric]:
+        """Per destination (several per archive): files by state, errors and backoff."""
+        if not destinations:
+            return
+        files = GaugeMetricFamily(
+            "suprsync_destination_files", "Files at a further destination, by state "
+            "(verified, pending, given_up, lost).", labels=["destination", "state"])
+        errors = CounterMetricFamily("suprsync_destination_errors",
+                                     "Failed copy steps, per destination.",
+                                     labels=["destination"])
+        copies = CounterMetricFamily("suprsync_destination_copies",
+                                     "Files copied, per destination.", labels=["destination"])
+        backoff = GaugeMetricFamily("suprsync_destination_backoff_seconds",
+                                    "Seconds until a destination that failed is tried again.",
+                                    labels=["destination"])
+        for name, d in sorted(destinations.items()):
+            for state, n in sorted(d.get("files", {}).items()):
+                files.add_metric([name, state], n)
+            errors.add_metric([name], d["counters"]["errors"])
+            copies.add_metric([name], d["counters"]["copies"])
+            backoff.add_metric([name], d["backoff"])
+        yield files
+        yield errors
+        yield copies
+        yield backoff
 
     @staticmethod
     def _notices(agent: Agent) -> Iterator[Metric]:

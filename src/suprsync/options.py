@@ -468,6 +468,10 @@ def add_audit_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``suprsync audit`` (the catalog flag --db is added by the caller)."""
     parser.add_argument("archive_name")
     parser.add_argument("--destination", default=None, metavar="URL", help=DESTINATION_HELP)
+    parser.add_argument("--destination-id", default=None, metavar="NAME",
+                        help="audit this destination of the archive (one of several): its "
+                             "copies are judged, at the URL the catalog records for it "
+                             "unless --destination names another")
     parser.add_argument("--remote-basedir", default=None,
                         help="base directory of the archive on the destination (or give "
                              "--destination)")

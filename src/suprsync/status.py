@@ -11,6 +11,8 @@ from sqlalchemy.orm import Session
 
 from .catalog.anomalies import catalog_anomalies
 from .catalog.conflicts import conflict_count
+from .catalog.copies import summary as destination_summary
+from .catalog.copies import summary_lines
 from .catalog.meta import disk_pressure
 from .catalog.quarantine import (
     COPIED_IS_TIME,
@@ -18,7 +20,15 @@ from .catalog.quarantine import (
     LIST_LIMIT,
     quarantined_rows,
 )
-from .catalog.schema import NOT_IGNORED, SYNCED, UNSYNCED, CatalogMeta, Conflict, SupRsyncFile
+from .catalog.schema import (
+    NOT_IGNORED,
+    SYNCED,
+    UNSYNCED,
+    CatalogMeta,
+    Conflict,
+    DestinationRecord,
+    SupRsyncFile,
+)
 from .catalog.store import SupRsyncFilesManager
 
 F = SupRsyncFile
@@ -64,6 +74,8 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
                     if CatalogMeta.__tablename__ in tables else {})
         listed = (quarantined_rows(session, in_archive, limit=LIST_LIMIT)
                   if quarantined else [])
+        destinations = (destination_summary(session, archive_name, max_copy_attempts)
+                        if DestinationRecord.__tablename__ in tables else [])
         return {
             "registered": int(every),
             "synced": int(synced),
@@ -81,6 +93,7 @@ def archive_status(manager: SupRsyncFilesManager, archive_name: str, max_copy_at
             "quarantined_rows": listed,
             "disk_pressure": list(pressure.get("filesystems") or []),
             "disk_pressure_time": pressure.get("time"),
+            **({"destinations": destinations} if destinations else {}),
         }
 
     return manager.read(query, what=f"status of {archive_name}")
@@ -145,6 +158,7 @@ def format_table(status: dict[str, dict[str, Any]], now: float | None = None) ->
     for name, s in status.items():
         lines += quarantine_lines(name, s)
         lines += anomaly_lines(name, s)
+        lines += summary_lines(name, s.get("destinations", []))
     return "\n".join(lines)
 
 

@@ -434,3 +434,33 @@ class DestinationCopies:
                 break
         self.manager.write(lambda s: mark_lost(s, self.key), what="mark lost copies")
         return total
+
+
+def summary(session: Session, archive_name: str,
+            max_copy_attempts: int | None) -> list[dict[str, Any]]:
+    """Every destination of the archive with its files by state (the primary's are the
+    archive's own counts, so only its id and URL are given); empty with one or none."""
+    out: list[dict[str, Any]] = []
+    known = registered(session, archive_name)
+    if len(known) <= 1:
+        return out
+    for rec in known:
+        entry: dict[str, Any] = {"id": rec.name, "url": rec.url, "primary": rec.primary}
+        if not rec.primary:
+            entry.update(counts(session, rec.key, max_copy_attempts).as_dict())
+        out.append(entry)
+    return out
+
+
+def summary_lines(archive_name: str, destinations: list[dict[str, Any]]) -> list[str]:
+    """One line per destination of an archive (none for a single destination)."""
+    lines = []
+    for d in destinations:
+        if d["primary"]:
+            lines.append(f"{archive_name}: destination {d['id']} ({d['url']}): primary, "
+                         "counted above")
+            continue
+        lines.append(f"{archive_name}: destination {d['id']} ({d['url']}): {d['verified']} "
+                     f"verified, {d['pending']} pending, {d['given_up']} at the attempt limit, "
+                     f"{d['lost']} can no longer be copied (deleted locally first)")
+    return lines

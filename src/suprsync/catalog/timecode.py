@@ -139,8 +139,11 @@ def waiting_count(session: Session, archive_name: str, timecode: int) -> int:
 def pending_copies(archive_name: str, *columns: Any):  # type: ignore[no-untyped-def]
     """SELECT of columns of the archive's non-ignored files still to be copied to a
     destination other than the primary (through the index of pending copies)."""
-    return (select(*columns).select_from(DC).join(F, F.id == DC.file_id)
-            .where(PENDING_COPY, F.archive_name == archive_name, NOT_IGNORED))
+    # The files come from the (few) pending copies by id, never from an index of the
+    # archive: the archive is compared as an expression, which no index serves.
+    pending = select(DC.file_id).where(PENDING_COPY)
+    return select(*columns).where(F.id.in_(pending), F.archive_name.concat("") == archive_name,
+                                  NOT_IGNORED)
 
 
 def pending_in_dir(session: Session, archive_name: str, timecode: int) -> int:
