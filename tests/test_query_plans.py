@@ -621,3 +621,45 @@ def test_queries_work_on_a_catalog_without_suprsyncs_indexes(tmp_path: Path) -> 
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT type, name FROM sqlite_master WHERE name NOT IN "
                             "('supersync_v0', 'timecode_dirs_v0')").fetchall() == []
+
+
+def test_a_further_destination_reads_only_its_pending_copies(
+        history_db: Path, manager: SupRsyncFilesManager) -> None:
+    """Claiming, recording and counting at a further destination read its pending copies
+    through their partial index and the files by primary key, never the archive."""
+    from sqlalchemy import delete, insert
+
+    from suprsync.catalog.copies import DestinationCopies, Registered, counts
+    from suprsync.catalog.schema import DestinationCopy, DestinationRecord
+    from suprsync.catalog.store import CopyResult
+
+    top = manager.max_file_id()
+    key = manager.write(lambda s: s.execute(insert(DestinationRecord).values(
+        archive_name=ARCHIVE, name="plans", url="/srv/plans", is_primary=False, added=NOW,
+        tracked_up_to=top).returning(DestinationRecord.id)).scalar_one())
+    some = list(range(top - 50, top + 1))
+    manager.write(lambda s: s.execute(insert(DestinationCopy), [
+        {"dest": key, "file_id": i, "failed_copy_attempts": 0, "verified": False,
+         "lost": False} for i in some]))
+    copies = DestinationCopies(manager, Registered(key, "plans", "/srv/plans", False))
+    try:
+        got: list[Any] = []
+        statements = capture(manager, lambda: got.extend(copies.claim_copyable(
+            ARCHIVE, "plans", 60.0, ATTEMPTS, 5, up_to=top)), table="suprsync_copies_v0")
+        assert got
+        statements += capture(manager, lambda: copies.record_results(
+            [CopyResult(r.id, r.local_md5sum, NOW, True) for r in got], "plans"),
+            table="suprsync_copies_v0")
+        statements += capture(manager, lambda: copies.track(ARCHIVE), table="suprsync_copies_v0")
+        statements += capture(manager, lambda: manager.read(lambda s: counts(s, key, ATTEMPTS)),
+                              table="suprsync_copies_v0")
+        check(history_db, statements)
+        claim = next(s for s, _ in statements if "suprsync_dest_claims_v0" in s
+                     and s.lstrip().upper().startswith("SELECT"))
+        steps = plan(history_db, claim, next(p for s, p in statements if s == claim))
+        assert any("ix_suprsync_copies_pending" in s for s in steps), steps
+    finally:
+        manager.write(lambda s: s.execute(delete(DestinationCopy).where(
+            DestinationCopy.dest == key)))
+        manager.write(lambda s: s.execute(delete(DestinationRecord).where(
+            DestinationRecord.id == key)))
