@@ -359,3 +359,18 @@ def test_bad_destination_flags_are_refused_with_a_reason(tmp_path, args, message
                      "--destination", str(tmp_path / "a"), *args)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_new_local_content_takes_back_the_verification_at_further_destinations(
+        manager, clock, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    agent = new_agent(manager, clock, tmp_path, a, more_destinations=(("b", str(b)),))
+    try:
+        (file_id,) = add_files(manager, tmp_path / "data", 1)
+        assert agent.iterate()
+        assert copies_of(manager)[file_id][1]
+        # The file's content changes, and an operator sends the new content.
+        manager.requeue(file_id, local_md5="0" * 32)
+        assert not copies_of(manager)[file_id][1], "b's copy holds the old content"
+    finally:
+        agent.close()

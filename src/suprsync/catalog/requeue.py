@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from .conflicts import pin
+from .copies import forget_verifications
 from .schema import SupRsyncFile
 
 
@@ -25,6 +26,9 @@ def requeue_row(session: Session, row: SupRsyncFile | None, observed_md5: str | 
         pin(session, [(row.id, row.local_md5sum)])
     if local_md5 is not None:
         row.local_md5sum = local_md5
+        session.flush()
+        # Copies of the old content at further destinations are no longer verified.
+        forget_verifications(session, [row.id])
     row.remote_md5sum = observed_md5
     if reset_attempts:
         row.failed_copy_attempts = 0

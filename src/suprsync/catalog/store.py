@@ -20,6 +20,7 @@ from ..hashing import md5_file
 from ..paths import check_local_file, normalize_remote_path, timecode_of
 from . import filecount
 from . import timecode as tc_rules
+from .copies import forget_verifications
 from .dialects import (
     TRIGGERS,
     CatalogDialect,
@@ -693,6 +694,10 @@ class SupRsyncFilesManager:
                 if changes:
                     session.execute(table.update().where(table.c.id == bindparam("fid"))
                                     .values(**changes), params)
+            changed = [r.file_id for r in results if r.local_md5sum is not None]
+            if changed:
+                # Copies of the old content at further destinations are no longer verified.
+                forget_verifications(session, changed)
 
         self.write(apply, what="record copy results")
 
