@@ -457,3 +457,26 @@ def test_dashboard_alerts_and_docs_name_only_metrics_a_real_agent_exports(
     for family, kind in FAMILIES.items():
         shown = family + "_total" if kind == "counter" else family
         assert shown in documented, f"docs/monitoring.md does not describe {shown}"
+
+
+def test_metrics_report_each_further_destination(start_agent, tmp_path: Path,
+                                                 tmp_catalog: Path) -> None:
+    manager = SupRsyncFilesManager(str(tmp_catalog))
+    timecode = int(time.time() // 100_000)
+    register_round(manager, tmp_path / "local", timecode, 0, 3)
+    agent = start_agent(tmp_catalog, str(tmp_path / "a"),
+                        "--destination-id", f"b={tmp_path / 'b'}")
+    verified = ("suprsync_destination_files", (("destination", "b"), ("state", "verified")))
+    deadline = time.monotonic() + WAIT
+    while True:
+        found = scrape(agent.port)
+        if found.values.get(verified) == 3:
+            break
+        assert time.monotonic() < deadline, f"b never reached 3 verified files: {found.values}"
+        time.sleep(0.2)
+    assert found.values[("suprsync_destination_errors_total", (("destination", "b"),))] == 0
+    assert found.values[("suprsync_destination_copies_total", (("destination", "b"),))] == 3
+    assert found.values[("suprsync_destination_backoff_seconds",
+                         (("destination", "b"),))] == 0
+    assert (tmp_path / "b" / str(timecode) / "r0" / "f000.dat").exists()
+    manager.close()
