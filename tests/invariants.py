@@ -524,55 +524,94 @@ def check_invariants(db: str | os.PathLike[str], destinations: Mapping[str, str 
 # ------------------------------------------------------------------ further destinations
 
 _COPIES_QUERY = (
-    "SELECT f.id, f.local_path, f.local_md5sum, f.remote_path, f.removed, f.\"ignore\", "
-    "d.name, c.remote_md5sum, c.verified "
-    f"FROM {FILES_TABLE} f JOIN suprsync_copies_v0 c ON c.file_id = f.id "
-    "JOIN suprsync_destinations_v0 d ON d.id = c.dest WHERE f.archive_name = :archive"
+    "SELECT d.archive_name, d.name, c.file_id, c.remote_md5sum, c.verified "
+    "FROM suprsync_copies_v0 c JOIN suprsync_destinations_v0 d ON d.id = c.dest"
 )
 
 
-def check_every_destination(db: str | os.PathLike[str], archive: str, primary: str | os.PathLike,
-                            further: Mapping[str, str | os.PathLike], min_copies: int,
+def _read_copies(db: str | os.PathLike[str]) -> list[tuple[Any, ...]]:
+    """(archive, destination id, file id, md5 seen, verified) of every copy row."""
+    if is_url(db):
+        from sqlalchemy import create_engine, inspect, text
+
+        url = str(db)
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        engine = create_engine(url)
+        try:
+            if not inspect(engine).has_table("suprsync_copies_v0"):
+                return []
+            with engine.connect() as conn:
+                return [tuple(r) for r in conn.execute(text(_COPIES_QUERY))]
+        finally:
+            engine.dispose()
+    conn = sqlite3.connect(os.fspath(db), timeout=60)
+    try:
+        try:
+            return conn.execute(_COPIES_QUERY).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return []
+            raise
+    finally:
+        conn.close()
+
+
+def check_every_destination(db: str | os.PathLike[str], archive: str,
+                            primary: str | os.PathLike, further: Mapping[str, str | os.PathLike],
+                            min_copies: int,
                             absent_ok: Iterable[str | os.PathLike[str]] = ()) -> int:
-    """Assert the invariants of an archive's further destinations; the rows checked.
+    """Assert the invariants of an archive's further destinations; the copy rows checked.
 
     further: destination id -> its base dir on this host. A copy that reads verified
-    holds the local md5 at that destination; a row whose local file is gone has at
-    least ``min_copies`` destinations (``primary`` among them) holding its md5.
+    (its md5 seen equals the row's local md5) holds that md5 at its destination; a
+    row whose local file is gone has at least ``min_copies`` destinations (``primary``
+    among them) holding its md5. Rows are read as check_invariants reads them.
     """
-    from sqlalchemy import create_engine, text
-
-    url = os.fspath(db)
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    elif "://" not in url:
-        url = "sqlite:///" + url
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            copies = conn.execute(text(_COPIES_QUERY), {"archive": archive}).fetchall()
-            rows = conn.execute(text(
-                f"SELECT id, local_path, local_md5sum, remote_path, \"ignore\" FROM {FILES_TABLE} "
-                "WHERE archive_name = :archive"), {"archive": archive}).fetchall()
-    finally:
-        engine.dispose()
     gone_ok = {os.fsdecode(os.fspath(p)) for p in absent_ok}
     bases = {name: Path(p) for name, p in further.items()}
+    rows = {r.id: r for r in read_rows(db) if as_text(r.archive_name) == archive}
     problems = []
-    for fid, _local, md5, remote, _removed, _ignore, name, seen, verified in copies:
-        if verified and seen == md5:
-            found, why = destination_md5(bases[name], remote)
-            if found != md5:
-                problems.append(f"file id {fid}: verified at destination {name} but {why}")
-    for fid, local, md5, remote, ignore in rows:
-        if ignore or os.path.lexists(local) or local in gone_ok:
+
+    def where(row: Row) -> str | None:
+        try:
+            raw = as_text(row.remote_path)
+            return normalize_remote_path(raw) if raw is not None else None
+        except ValueError:
+            return None
+
+    checked = 0
+    for arch, name, file_id, seen, verified in _read_copies(db):
+        row = rows.get(file_id)
+        if arch != archive or row is None or not verified or name not in bases:
+            continue
+        md5 = md5_text(row.local_md5sum)
+        if seen is None or md5 is None or seen != md5:
+            continue
+        remote = where(row)
+        checked += 1
+        if remote is None:
+            problems.append(f"{row.describe()} reads verified at destination {name} but its "
+                            f"remote path does not normalize")
+            continue
+        got, why = destination_md5(bases[name], remote)
+        if got != md5:
+            problems.append(f"{row.describe()} reads verified at destination {name} but "
+                            f"{why or f'it holds md5 {got}'}")
+    for row in rows.values():
+        local = as_text(row.local_path)
+        md5 = md5_text(row.local_md5sum)
+        remote = where(row)
+        if (row.ignored or local is None or "\x00" in local or local in gone_ok
+                or os.path.exists(local) or md5 is None or remote is None):
             continue
         holders = [name for name, base in [("primary", Path(primary)), *bases.items()]
                    if destination_md5(base, remote)[0] == md5]
         if len(holders) < min_copies:
-            problems.append(f"file id {fid}: local file {local!r} is gone and only "
-                            f"{holders} hold md5 {md5} (min copies {min_copies})")
+            problems.append(f"LOST: local file of {row.describe()} is gone and only "
+                            f"{holders or 'no destination'} hold md5 {md5} (at least "
+                            f"{min_copies} should)")
     if problems:
-        raise AssertionError("further-destination invariant violation(s):\n  "
-                             + "\n  ".join(problems))
-    return len(copies)
+        raise AssertionError(f"{len(problems)} further-destination invariant violation(s):\n  "
+                             + "\n  ".join(problems[:_MAX_PROBLEMS]))
+    return checked

@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 from conftest import SUPRSYNC, SshServer
 from helpers import md5, ssh_config
-from invariants import check_invariants, snapshot_fence
+from invariants import check_every_destination, check_invariants, snapshot_fence
 
 from suprsync import SupRsyncFilesManager
 from suprsync.agent import Agent, AgentConfig
@@ -50,6 +50,8 @@ ARCHIVES = ("arch", "arch2")
 DEFAULT_SECONDS = 45.0
 #: Share of the rounds whose agents reach their destinations over the test sshd.
 SSH_SHARE = 0.2
+#: Share of rounds whose archives also go to a second destination (--destination-id).
+MORE_SHARE = 0.35
 #: How long one agent process may run before the test gives up on it.
 PROCESS_TIMEOUT = 90.0
 
@@ -94,7 +96,10 @@ class World:
         self.db = base / "catalog.db"
         self.file_root = base / "srf"
         self.dests = {a: base / "remote" / a for a in ARCHIVES}
-        for d in (self.local, self.secret, *self.dests.values()):
+        # Some rounds ship each archive to a second destination too (a local dir).
+        self.more = ({a: base / "remote-b" / a for a in ARCHIVES}
+                     if rng.random() < MORE_SHARE else {})
+        for d in (self.local, self.secret, *self.dests.values(), *self.more.values()):
             d.mkdir(parents=True)
         (self.secret / "keys").write_bytes(b"secret keys\n" * 10)
         self.loose = rng.random() < 0.35
@@ -544,6 +549,8 @@ def agent_argv(w: World, archive: str) -> list[str]:
             "--suprsync-file-root", str(w.file_root), "--delete-local-after", "0",
             "--instance-id", f"adv-{archive}", "--sleep-time", "1", "--cmd-timeout", "30",
             "--copy-timeout", "60"]
+    if w.more:
+        argv += ["--destination-id", f"b={w.more[archive]}"]
     if w.ssh:
         argv += ["--ssh-host", w.ssh["ssh_host"], "--ssh-key", w.ssh["ssh_key"],
                  "--ssh-port", str(w.ssh["ssh_port"]),
@@ -604,7 +611,9 @@ def run_in_process(w: World, archive: str) -> StepResult:
         config = AgentConfig(archive_name=archive, remote_basedir=str(w.dests[archive]),
                              db_path=str(w.db), suprsync_file_root=str(w.file_root),
                              sleep_time=0, delete_local_after=0, instance_id=f"adv-{archive}",
-                             cmd_timeout=30, copy_timeout=60, **(w.ssh or {}))
+                             cmd_timeout=30, copy_timeout=60, **(w.ssh or {}),
+                             more_destinations=((("b", str(w.more[archive])),)
+                                                if w.more else ()))
         agent = Agent(config, manager=SupRsyncFilesManager(str(w.db)))
         w.agents[archive] = agent
     result = StepResult(f"Agent.iterate() for {archive}")
@@ -716,7 +725,8 @@ def play_round(base: Path, round_seed: int, tally: Tally, deadline: float,
             if step > 1:
                 for _ in range(rng.randint(0, 2)):
                     MUTATIONS[rng.choice(mutations)](w)
-            fence = snapshot_fence(w.base, [w.local, *w.dests.values(), w.file_root,
+            fence = snapshot_fence(w.base, [w.local, *w.dests.values(), *w.more.values(),
+                                            w.file_root,
                                             *(Path(str(w.db) + s)
                                               for s in CATALOG_FILE_SUFFIXES)])
             result = agent_step(w)
@@ -729,8 +739,12 @@ def play_round(base: Path, round_seed: int, tally: Tally, deadline: float,
             tally.steps += 1
             try:
                 report = check_invariants(w.db, w.dests, file_root=w.file_root, fence=fence,
-                                          local_roots=[w.local], absent_ok=w.absent_ok)
+                                          local_roots=[w.local, *w.more.values()],
+                                          absent_ok=w.absent_ok)
                 tally.rows = max(tally.rows, report.rows)
+                for archive, base in w.more.items():
+                    check_every_destination(w.db, archive, w.dests[archive], {"b": base}, 2,
+                                            absent_ok=w.absent_ok)
             except AssertionError as exc:
                 for f in classify(w, str(exc), round_seed, step):
                     key = (f.kind, f.shapes)
@@ -748,6 +762,7 @@ def play_round(base: Path, round_seed: int, tally: Tally, deadline: float,
         tally.crashes.extend(f"round seed {round_seed}: {c}" for c in w.crashes)
         tally.covered["loose_schema_catalog" if w.loose else "agent_schema_catalog"] += 1
         tally.covered["round_over_ssh" if w.ssh else "round_local"] += 1
+        tally.covered["round_two_destinations" if w.more else "round_one_destination"] += 1
         w.close()
     tally.rounds += 1
 
