@@ -138,24 +138,28 @@ def read_rows(db: str | os.PathLike[str]) -> list[Row]:
     return [Row(*r[:7], sql_verified=bool(r[7])) for r in raw]
 
 
+def _query_url(url: str, table: str, query: str) -> list[tuple[Any, ...]]:
+    """The rows of a query on a catalog URL; none when ``table`` does not exist."""
+    from sqlalchemy import create_engine, inspect, text
+
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    engine = create_engine(url)
+    try:
+        if not inspect(engine).has_table(table):
+            return []
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(query))]
+    finally:
+        engine.dispose()
+
+
 def read_supplements(db: str | os.PathLike[str]) -> dict[tuple[str, str, str], int]:
     """(archive, timecode, instance) -> further finalization files recorded in the catalog."""
     query = (f"SELECT archive_name, timecode, instance_id, count(*) FROM {SUPPLEMENTS_TABLE}"
              " GROUP BY archive_name, timecode, instance_id")
     if is_url(db):
-        from sqlalchemy import create_engine, inspect, text
-
-        url = str(db)
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url.split("://", 1)[1]
-        engine = create_engine(url)
-        try:
-            if not inspect(engine).has_table(SUPPLEMENTS_TABLE):
-                return {}
-            with engine.connect() as conn:
-                raw = conn.execute(text(query)).fetchall()
-        finally:
-            engine.dispose()
+        raw = _query_url(str(db), SUPPLEMENTS_TABLE, query)
     else:
         if not os.path.exists(os.fspath(db)):
             return {}
@@ -532,19 +536,7 @@ _COPIES_QUERY = (
 def _read_copies(db: str | os.PathLike[str]) -> list[tuple[Any, ...]]:
     """(archive, destination id, file id, md5 seen, verified) of every copy row."""
     if is_url(db):
-        from sqlalchemy import create_engine, inspect, text
-
-        url = str(db)
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url.split("://", 1)[1]
-        engine = create_engine(url)
-        try:
-            if not inspect(engine).has_table("suprsync_copies_v0"):
-                return []
-            with engine.connect() as conn:
-                return [tuple(r) for r in conn.execute(text(_COPIES_QUERY))]
-        finally:
-            engine.dispose()
+        return _query_url(str(db), "suprsync_copies_v0", _COPIES_QUERY)
     conn = sqlite3.connect(os.fspath(db), timeout=60)
     try:
         try:
