@@ -629,7 +629,8 @@ def test_a_further_destination_reads_only_its_pending_copies(
     through their partial index and the files by primary key, never the archive."""
     from sqlalchemy import delete, insert
 
-    from suprsync.catalog.copies import DestinationCopies, Registered, counts
+    from suprsync.catalog.copies import Registered, counts
+    from suprsync.catalog.destqueue import DestinationCopies
     from suprsync.catalog.schema import DestinationCopy, DestinationRecord
     from suprsync.catalog.store import CopyResult
 

@@ -23,9 +23,10 @@ from . import steps
 from .agent_config import AgentConfig
 from .blame import describe
 from .catalog.anomalies import DirWatch
-from .catalog.copies import DestinationCopies, registered
 from .catalog.copies import counts as copy_counts
 from .catalog.copies import register as register_destinations
+from .catalog.copies import registered
+from .catalog.destqueue import DestinationCopies
 from .catalog.engine import CatalogBusy
 from .catalog.meta import publish_disk_pressure
 from .catalog.store import SupRsyncFilesManager

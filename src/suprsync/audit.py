@@ -30,7 +30,8 @@ from typing import Any, TextIO
 from sqlalchemy import and_, func, or_, select
 
 from .catalog.conflicts import list_conflicts
-from .catalog.copies import DestinationCopies, Registered, registered
+from .catalog.copies import Registered, registered
+from .catalog.destqueue import DestinationCopies
 from .catalog.pathkeys import not_canonical_sql
 from .catalog.quarantine import HEALTHY
 from .catalog.schema import NOT_IGNORED, SYNCED, DestinationCopy, SupRsyncFile

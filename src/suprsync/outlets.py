@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .catalog.copies import DestinationCopies, Registered
+from .catalog.copies import Registered
+from .catalog.destqueue import DestinationCopies
 from .catalog.store import SupRsyncFilesManager
 from .transport import Transport
 
