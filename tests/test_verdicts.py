@@ -133,7 +133,7 @@ def test_only_requeue_row_forgets_a_verification() -> None:
     (requeue_row), or marking a superseded row ignored (resolve); nothing else."""
     allowed = {"catalog/requeue.py": 1, "catalog/store.py": 1, "catalog/resolve.py": 1,
                # A further destination's own verdicts and requeues (its copies table).
-               "catalog/copies.py": 2}
+               "catalog/destqueue.py": 2}
     found = {str(p.relative_to(ROOT)): len(hits) for p in sorted(ROOT.rglob("*.py"))
              if (hits := remote_md5_writes(p))}
     assert found == allowed
