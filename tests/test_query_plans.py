@@ -664,3 +664,24 @@ def test_a_further_destination_reads_only_its_pending_copies(
             DestinationCopy.dest == key)))
         manager.write(lambda s: s.execute(delete(DestinationRecord).where(
             DestinationRecord.id == key)))
+
+
+def test_deletion_counting_further_copies_reads_only_local_files(
+        history_db: Path, manager: SupRsyncFilesManager) -> None:
+    """With copies elsewhere counted, the deletion step's candidates and its newest-files
+    read still search only the rows not removed, and each file's copies by its id."""
+    from suprsync.deletion import candidate_rows, kept_newest
+    from suprsync.retention import Policy
+
+    policy = Policy.from_published(
+        '{"rules": [{"match": "*", "delete_after": 3600, "keep_newest": 5}]}')
+    assert policy is not None and policy.keeps_newest
+    statements = capture(manager, lambda: manager.read(
+        lambda s: candidate_rows(s, ARCHIVE, None, NOW - 3600.0, 500, elsewhere=(7, 8))))
+    statements += capture(manager, lambda: kept_newest(manager, ARCHIVE, policy, (7, 8)))
+    steps = check(history_db, statements, uses="ix_suprsync_present")
+    copies = [s for st, p in statements for s in plan(history_db, st, p)
+              if "suprsync_copies_v0" in s]
+    # Each lookup is a search by file id (the primary key or the file index).
+    assert copies and all(s.startswith("SEARCH") and "file_id=?" in s for s in copies), copies
+    assert steps

@@ -32,7 +32,7 @@ from suprsync.catalog.copies import (
     register,
     registered,
 )
-from suprsync.catalog.schema import DestinationCopy, TimecodeDir
+from suprsync.catalog.schema import DestinationCopy, SupRsyncFile, TimecodeDir
 
 
 @pytest.fixture
@@ -165,10 +165,12 @@ def test_min_copies_one_deletes_while_a_destination_is_down_and_it_reports_the_l
         assert agent.iterate(), "files deleted before b had them are no error"
         key = dest_key(manager, "b")
         found = manager.read(lambda s: counts(s, key, 5))
-        # The two data files are lost there; their dir's finalization file, written
-        # after they were verified at a, reached b.
-        assert (found.verified, found.pending, found.lost) == (1, 0, 2)
-        assert agent.session.snapshot()["destinations"]["b"]["files"]["lost"] == 2
+        # The two data files are lost there, so their dir's finalization file (the day
+        # is whole at a) is kept from b: downstream there must not take the day as whole.
+        assert (found.verified, found.pending, found.lost) == (0, 0, 3)
+        assert agent.session.snapshot()["destinations"]["b"]["files"]["lost"] == 3
+        assert len(list(a.glob("*/suprsync/*/*_16750_finalized.yaml"))) == 1
+        assert not list(b.rglob("*_finalized.yaml"))
     finally:
         agent.close()
     check_invariants(manager.db_path, {ARCHIVE: a})
@@ -189,6 +191,65 @@ def test_min_copies_two_of_three_deletes_without_the_one_that_is_down(
             agent.iterate()
             assert not any((tmp_path / "data" / f"f{i}.g3").exists() for i in range(2))
             assert (c / "16750/sub/f1.g3").exists()
+    finally:
+        agent.close()
+    check_every_destination(manager.db_path, ARCHIVE, a, {"b": b, "c": c}, 2)
+
+
+def test_min_copies_one_deletes_what_a_further_destination_holds_while_the_primary_is_down(
+        manager, clock, tmp_path, sshd):
+    a, b, data = tmp_path / "a", tmp_path / "b", tmp_path / "data"
+    agent = new_agent(manager, clock, tmp_path, "", destination=ssh_url(sshd, a),
+                      delete_local_after=10, min_copies=1, more_destinations=(("b", str(b)),),
+                      **ssh_access(sshd), cmd_timeout=5)
+    try:
+        with host_down(sshd):
+            ids = add_files(manager, data, 2)
+            agent.iterate()
+            assert (b / "16750/sub/f1.g3").exists()
+            clock.advance(60)
+            agent.iterate()
+            assert not any((data / f"f{i}.g3").exists() for i in range(2)), \
+                "verified at b, and one copy is enough"
+        rows = manager.read(lambda s: {r.id: (r.remote_md5sum, r.removed is not None)
+                                       for r in s.scalars(select(SupRsyncFile))})
+        assert all(rows[i] == (None, True) for i in ids), "the primary never had them"
+        clock.advance(600)
+        agent.iterate()
+        assert not (a / "16750/sub/f0.g3").exists()
+        dirs = manager.read(lambda s: {t.timecode: (t.synced, t.finalized)
+                                       for t in s.scalars(select(TimecodeDir))})
+        # The primary can never have the day whole: it is not finalized anywhere.
+        assert dirs[16750] == (False, False)
+        assert not list(tmp_path.rglob("*_finalized.yaml"))
+    finally:
+        agent.close()
+    gone = [data / f"f{i}.g3" for i in range(2)]
+    check_invariants(manager.db_path, {ARCHIVE: a}, absent_ok=gone)
+    check_every_destination(manager.db_path, ARCHIVE, a, {"b": b}, 1)
+
+
+def test_min_copies_two_of_three_deletes_without_the_primary_but_every_copy_is_asked(
+        manager, clock, tmp_path, sshd):
+    a, b, c, data = tmp_path / "a", tmp_path / "b", tmp_path / "c", tmp_path / "data"
+    agent = new_agent(manager, clock, tmp_path, "", destination=ssh_url(sshd, a),
+                      delete_local_after=10, min_copies=2,
+                      more_destinations=(("b", str(b)), ("c", str(c))),
+                      **ssh_access(sshd), cmd_timeout=5)
+    try:
+        with host_down(sshd):
+            add_files(manager, data, 2)
+            agent.iterate()
+            # A copy at c vanishes: only b still holds f0, so f0 stays and goes back to c.
+            (c / "16750/sub/f0.g3").unlink()
+            clock.advance(60)
+            agent.iterate()
+            assert (data / "f0.g3").exists() and not (data / "f1.g3").exists()
+            clock.advance(60)
+            agent.iterate()
+            clock.advance(60)
+            agent.iterate()
+            assert not (data / "f0.g3").exists(), "sent to c again, then deleted"
     finally:
         agent.close()
     check_every_destination(manager.db_path, ARCHIVE, a, {"b": b, "c": c}, 2)

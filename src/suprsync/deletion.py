@@ -30,10 +30,10 @@ from sqlalchemy import exists, or_, select
 from sqlalchemy.orm import Session
 
 from .catalog.conflicts import CHANGED, NewConflict, conflicted_ids, record_conflicts
-from .catalog.copies import forget_verifications, verified_at
+from .catalog.copies import forget_verifications, verified_at, verified_somewhere
 from .catalog.meta import DELETE_RULE_PREFIX, get_meta, publish_policy
 from .catalog.quarantine import HEALTHY
-from .catalog.schema import DELETABLE, SYNCED, Conflict, SupRsyncFile
+from .catalog.schema import DELETABLE, Conflict, SupRsyncFile
 from .catalog.store import SupRsyncFilesManager
 from .diskspace import DiskWatch
 from .emptydirs import EmptyDirs
@@ -102,6 +102,14 @@ class CopyRule:
     min_copies: int
     targets: tuple[CopyTarget, ...]
 
+    @property
+    def elsewhere(self) -> tuple[int, ...]:
+        """The further destinations whose verified copies can make a file deletable
+        without one at the primary (none when every destination is needed)."""
+        if self.min_copies >= len(self.targets):
+            return ()
+        return tuple(t.key for t in self.targets if t.key is not None)
+
 
 @dataclass
 class Plan:
@@ -161,14 +169,16 @@ def published_policies(session: Session, archives: list[str]) -> dict[str, Polic
 
 
 def candidate_rows(session: Session, archive_name: str, after: tuple[float, int] | None,
-                   cutoff: float | None, limit: int, verified_only: bool = True
-                   ) -> list[SupRsyncFile]:
+                   cutoff: float | None, limit: int, verified_only: bool = True,
+                   elsewhere: Sequence[int] = ()) -> list[SupRsyncFile]:
     """Local files of the archive, oldest registration first, after the (timestamp, id)
     ``after``; registered before ``cutoff`` when given. ``verified_only``: only the
-    verified, deletable, sound rows free of conflicts (those the step may delete)."""
+    verified, deletable, sound rows free of conflicts (those the step may delete);
+    verified at the primary or at one of the further destinations ``elsewhere``."""
     query = select(F).where(F.archive_name == archive_name, F.removed.is_(None), HEALTHY)
     if verified_only:
-        query = query.where(SYNCED, DELETABLE, ~exists().where(Conflict.file_id == F.id))
+        query = query.where(verified_somewhere(elsewhere), DELETABLE,
+                            ~exists().where(Conflict.file_id == F.id))
     if cutoff is not None:
         query = query.where(F.timestamp < cutoff)
     if after is not None:
@@ -178,8 +188,10 @@ def candidate_rows(session: Session, archive_name: str, after: tuple[float, int]
     return list(session.scalars(query.order_by(F.timestamp, F.id).limit(limit)))
 
 
-def kept_newest(manager: SupRsyncFilesManager, archive_name: str, policy: Policy) -> set[int]:
-    """Ids of the verified local files that a ``keep_newest`` rule keeps."""
+def kept_newest(manager: SupRsyncFilesManager, archive_name: str, policy: Policy,
+                elsewhere: Sequence[int] = ()) -> set[int]:
+    """Ids of the verified local files (at the primary or at one of ``elsewhere``) that a
+    ``keep_newest`` rule keeps."""
     if not policy.keeps_newest:
         return set()
     likes = [F.remote_path.like(like_pattern(r.match), escape="\\")
@@ -188,7 +200,8 @@ def kept_newest(manager: SupRsyncFilesManager, archive_name: str, policy: Policy
     def read(session: Session) -> set[int]:
         rows = session.execute(
             select(F.id, F.remote_path)
-            .where(F.archive_name == archive_name, F.removed.is_(None), SYNCED, or_(*likes))
+            .where(F.archive_name == archive_name, F.removed.is_(None),
+                   verified_somewhere(elsewhere), or_(*likes))
             .order_by(F.timestamp.desc(), F.id.desc()).execution_options(yield_per=2000))
         return newest_kept(policy, ((i, p) for i, p in rows))
 
@@ -209,7 +222,8 @@ def note_filesystems(manager: SupRsyncFilesManager, archive_name: str,
         disks.device(path)
 
 
-def _candidate(row: SupRsyncFile, disks: DiskWatch | None) -> Candidate:
+def _candidate(row: SupRsyncFile, disks: DiskWatch | None,
+               verified: set[int] | None = None) -> Candidate:
     size, dev = 0, None
     try:
         st = os.lstat(row.local_path)
@@ -219,27 +233,32 @@ def _candidate(row: SupRsyncFile, disks: DiskWatch | None) -> Candidate:
         pass
     if disks is not None and dev is not None:
         disks.note(row.local_path, dev)
-    return Candidate(row.id, row.remote_path, float(row.timestamp), row.is_synced,
+    synced = row.is_synced or (verified is not None and row.id in verified)
+    return Candidate(row.id, row.remote_path, float(row.timestamp), synced,
                      row.deletable is None or bool(row.deletable), size, dev)
 
 
 def plan_batch(manager: SupRsyncFilesManager, archive_name: str, rows: list[SupRsyncFile],
                policy: Policy, now: float, newest: set[int], need: dict[int, int],
                disks: DiskWatch | None = None, notes: set[str] | None = None,
-               record: bool = True, refused: set[int] | None = None) -> Plan:
+               record: bool = True, refused: set[int] | None = None,
+               elsewhere: Sequence[int] = ()) -> Plan:
     """Decide on a batch of this archive's rows (oldest first), leaving out ``refused``
     ids; ``need`` (bytes to free per file system) is reduced by what the early
-    deletions free. A file another row still needs takes no share of ``need``. The
-    same decisions serve the deletion step and ``suprsync retention``."""
+    deletions free. A file another row still needs takes no share of ``need``. A row
+    verified at one of the further destinations ``elsewhere`` counts as verified
+    (how many copies it needs is judged after). The same decisions serve the
+    deletion step and ``suprsync retention``."""
     plan = Plan()
     live = [r for r in rows if refused is None or r.id not in refused]
-    cands = {row.id: _candidate(row, disks) for row in live}
+    verified = _verified_elsewhere(manager, [r.id for r in live if not r.is_synced], elsewhere)
+    cands = {row.id: _candidate(row, disks, verified) for row in live}
     # First, what could go at all (early too where a file system is short) ...
     short = {fs: 1 << 62 for fs, n in need.items() if n > 0}
     maybe = {v.id: v for v in decide(list(cands.values()), policy, now, newest, short)}
     possible = [r for r in live if maybe[r.id].delete]
     blocked, by_path = _blocked(manager, archive_name, possible, policy, now, newest, maybe,
-                                record)
+                                record, elsewhere)
     # ... then the share of the space to free, among the files nothing else holds back.
     paths = {row.id: row.local_path for row in live}
     final = {v.id: v for v in decide([c for i, c in cands.items() if paths[i] not in blocked],
@@ -265,9 +284,19 @@ def plan_batch(manager: SupRsyncFilesManager, archive_name: str, rows: list[SupR
     return plan
 
 
+def _verified_elsewhere(manager: SupRsyncFilesManager, ids: list[int],
+                        elsewhere: Sequence[int]) -> set[int]:
+    """Those of ``ids`` verified at one of the further destinations ``elsewhere``."""
+    if not ids or not elsewhere:
+        return set()
+    return set(manager.read(lambda s: verified_at(s, ids, elsewhere),
+                            what="copies verified at further destinations"))
+
+
 def _blocked(manager: SupRsyncFilesManager, archive_name: str, due: list[SupRsyncFile],
              policy: Policy, now: float, newest: set[int], verdicts: dict[int, Verdict],
-             record: bool) -> tuple[dict[str, str], dict[str, list[SupRsyncFile]]]:
+             record: bool, elsewhere: Sequence[int] = ()
+             ) -> tuple[dict[str, str], dict[str, list[SupRsyncFile]]]:
     """Local paths of these rows that another row still needs (path -> why), and every
     row naming each path."""
     by_path: dict[str, list[SupRsyncFile]] = defaultdict(list)
@@ -285,6 +314,9 @@ def _blocked(manager: SupRsyncFilesManager, archive_name: str, due: list[SupRsyn
                                 record=record)
     for row in sharers:
         by_path[row.local_path].append(row)
+    verified = _verified_elsewhere(
+        manager, [r.id for r in sharers if r.archive_name == archive_name
+                  and r.id not in verdicts and not r.is_synced], elsewhere)
     blocked: dict[str, str] = {}
     for path in dict.fromkeys(r.local_path for r in due):
         reasons = []
@@ -296,8 +328,8 @@ def _blocked(manager: SupRsyncFilesManager, archive_name: str, due: list[SupRsyn
             elif row.id in conflicted:
                 why = f"file id {row.id} is in conflict"
             else:
-                mine = verdicts.get(row.id) or decide([_candidate(row, None)], policy, now,
-                                                      newest)[0]
+                mine = verdicts.get(row.id) or decide([_candidate(row, None, verified)],
+                                                      policy, now, newest)[0]
                 why = None if mine.delete else f"file id {row.id}: {mine.reason}"
             if why:
                 reasons.append(why)
@@ -330,7 +362,8 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
     text = policy.published()
     manager.write(lambda s: publish_policy(s, archive_name, text), what="publish deletion rule")
     now = clock()
-    newest = kept_newest(manager, archive_name, policy)
+    elsewhere = copies.elsewhere if copies is not None else ()
+    newest = kept_newest(manager, archive_name, policy, elsewhere)
     need = {}
     if disks is not None:
         note_filesystems(manager, archive_name, disks)
@@ -340,13 +373,12 @@ def delete_due(manager: SupRsyncFilesManager, archive_name: str, delete_after: f
     refused: set[int] = set()
     while shortest is not None or need:
         cutoff = None if need else now - shortest  # type: ignore[operator]
-        due = manager.read(lambda s, a=after, c=cutoff: candidate_rows(s, archive_name, a, c,
-                                                                       CHUNK),
-                           what="files due for deletion")
+        due = manager.read(lambda s, a=after, c=cutoff: candidate_rows(
+            s, archive_name, a, c, CHUNK, elsewhere=elsewhere), what="files due for deletion")
         if not due:
             break
         plan = plan_batch(manager, archive_name, due, policy, now, newest, need, disks, notes,
-                          refused=refused)
+                          refused=refused, elsewhere=elsewhere)
         # Files the rules keep are not reported; those kept for another reason are.
         report.kept += [k for k in plan.kept if plan.verdicts[k[0]].delete]
         refused.update(r.id for r in due if plan.verdicts.get(r.local_path) is not None
@@ -409,8 +441,8 @@ def _enough_copies(manager: SupRsyncFilesManager, rule: CopyRule,
     verified = manager.write(read, what="verified copies")
     good: dict[int, int] = defaultdict(int)
     for target in rule.targets:
-        # Candidate rows are verified at the primary already (see candidate_rows).
-        here = [r for r in rows if target.key is None or target.key in verified.get(r.id, ())]
+        here = [r for r in rows if (r.is_synced if target.key is None
+                                    else target.key in verified.get(r.id, ()))]
         if not here:
             continue
         if target.catalog is None:

@@ -28,14 +28,19 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
 from sqlalchemy.orm import Session
 
 from .dialects import dialect_of
+from .dirrows import in_dir
+from .lateness import SUPRSYNC_SUBDIR
 from .schema import (
+    NOT_IGNORED,
     PENDING_COPY,
+    SYNCED,
     DestinationClaim,
     DestinationCopy,
     DestinationRecord,
@@ -187,6 +192,29 @@ def track(session: Session, dest: int, archive_name: str,
     return int(added or 0), high >= top
 
 
+def withhold_where_lost(session: Session, archive_name: str, timecode: int,
+                        file_id: int) -> list[str]:
+    """Keep a dir's new finalization file (row ``file_id``) from the further destinations
+    that lost a file of the dir (finalization files under ``<tc>/suprsync/`` aside, as
+    in the dir's summary): its copy there is marked lost at once, so no destination
+    is told a day is whole when it is not. Their names."""
+    withheld = []
+    for rec in registered(session, archive_name):
+        if rec.primary:
+            continue
+        lost_here = select(F.id).where(
+            in_dir(session, archive_name, timecode), NOT_IGNORED,
+            ~F.remote_path.like(f"{int(timecode)}/{SUPRSYNC_SUBDIR}/%"),
+            exists().where(DC.dest == rec.key, DC.file_id == F.id, DC.lost.is_(True),
+                           DC.verified.is_(False))).limit(1)
+        if session.scalar(lost_here) is None:
+            continue
+        session.execute(insert(DC).values(dest=rec.key, file_id=file_id,
+                                          failed_copy_attempts=0, verified=False, lost=True))
+        withheld.append(rec.name)
+    return withheld
+
+
 def mark_lost(session: Session, dest: int) -> int:
     """Mark lost the pending copies whose local file is gone; how many."""
     gone = select(F.id).where(F.id == DC.file_id, F.removed.is_not(None))
@@ -203,6 +231,15 @@ def forget_verifications(session: Session, file_ids: Iterable[int]) -> None:
         stale = select(F.id).where(F.id == DC.file_id, F.local_md5sum != DC.remote_md5sum)
         session.execute(update(DC).where(DC.file_id.in_(part), DC.verified.is_(True),
                                          exists(stale)).values(verified=False))
+
+
+def verified_somewhere(dests: Sequence[int]) -> Any:
+    """SQL condition: the file is verified at the primary or at one of ``dests``."""
+    if not dests:
+        return SYNCED
+    there = select(DC.file_id).where(DC.file_id == F.id, DC.dest.in_(list(dests)),
+                                     DC.verified.is_(True), DC.remote_md5sum == F.local_md5sum)
+    return or_(SYNCED, exists(there))
 
 
 def verified_at(session: Session, file_ids: Sequence[int],
