@@ -31,7 +31,7 @@ import re
 import sqlite3
 import stat
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,13 @@ class Row:
         if isinstance(value, (bool, int, float)):
             return not (isinstance(value, float) and math.isnan(value)) and value != 0
         return False
+
+    @property
+    def surely_kept(self) -> bool:
+        """True only when ``ignore`` is unambiguously unset (NULL or a number 0): the
+        rows every program counts as part of their dir."""
+        value = self.ignore
+        return value is None or (isinstance(value, (bool, int, float)) and value == 0)
 
     def describe(self) -> str:
         return (f"file id {self.id!r} (archive {show(self.archive_name)}, local "
@@ -549,6 +556,36 @@ def _read_copies(db: str | os.PathLike[str]) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+def _false_completions(archive: str, rows: Mapping[int, Row], bases: Mapping[str, Path],
+                       where: Callable[[Row], str | None]) -> list[str]:
+    """A finalization file at a further destination whose dir lacks a file there: every
+    row of the dir surely not ignored (outside ``<tc>/suprsync/``) registered before
+    the finalization file must be at that destination with its md5."""
+    by_remote = {r: row for row in rows.values() if (r := where(row)) is not None}
+    in_dir: dict[str, list[tuple[str, Row]]] = defaultdict(list)
+    for remote, row in by_remote.items():
+        top, _, rest = remote.partition("/")
+        if row.surely_kept and rest and not rest.startswith("suprsync/"):
+            in_dir[top].append((remote, row))
+    problems = []
+    for name, base in bases.items():
+        for instance, folder in _instance_dirs(base, ("suprsync",), None):
+            for (_, tc, _), paths in _final_files([(instance, folder)], {archive}).items():
+                for path in paths:
+                    fin = by_remote.get(Path(path).relative_to(base).as_posix())
+                    if fin is None:
+                        continue
+                    for remote, row in in_dir.get(tc, ()):
+                        if row.id >= fin.id:
+                            continue
+                        md5 = md5_text(row.local_md5sum)
+                        if destination_md5(base, remote)[0] != md5:
+                            problems.append(
+                                f"FALSE COMPLETION: destination {name} holds {path} but not "
+                                f"{row.describe()} of that dir")
+    return problems
+
+
 def check_every_destination(db: str | os.PathLike[str], archive: str,
                             primary: str | os.PathLike, further: Mapping[str, str | os.PathLike],
                             min_copies: int,
@@ -603,6 +640,7 @@ def check_every_destination(db: str | os.PathLike[str], archive: str,
             problems.append(f"LOST: local file of {row.describe()} is gone and only "
                             f"{holders or 'no destination'} hold md5 {md5} (at least "
                             f"{min_copies} should)")
+    problems += _false_completions(archive, rows, bases, where)
     if problems:
         raise AssertionError(f"{len(problems)} further-destination invariant violation(s):\n  "
                              + "\n  ".join(problems[:_MAX_PROBLEMS]))

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import pytest
 from helpers import md5
-from invariants import MAX_FINALIZATION_FILES, check_invariants, snapshot_fence
+from invariants import (
+    MAX_FINALIZATION_FILES,
+    check_every_destination,
+    check_invariants,
+    snapshot_fence,
+)
 from sqlalchemy import create_engine, text
 
 from suprsync import SupRsyncFilesManager
@@ -369,6 +374,27 @@ def test_archive_names_with_underscores_and_digits_are_parsed(world: World, tmp_
 
 
 # ---------------------------------------------------------------- PostgreSQL
+
+
+def test_a_finalization_file_at_a_further_destination_needs_its_whole_dir_there(
+        world: World, tmp_path: Path) -> None:
+    b = tmp_path / "b"
+    data = b"day 16750"
+    world.row(local_path=world.local_file("x.g3", data), local_md5sum=md5(data),
+              archive_name=ARCH, remote_path="16750/sub/x.g3", remote_md5sum=md5(data))
+    world.remote_file("16750/sub/x.g3", data)
+    yaml = final(b / "16751" / "suprsync" / "inst", 1675100000, ARCH, 16750)
+    world.row(local_path=world.local_file("fin.yaml", yaml.read_bytes()),
+              local_md5sum=md5(yaml.read_bytes()), archive_name=ARCH,
+              remote_path="16751/suprsync/inst/1675100000_arch_16750_finalized.yaml")
+    with pytest.raises(AssertionError, match="FALSE COMPLETION: destination b holds"):
+        check_every_destination(world.db, ARCH, world.dest, {"b": b}, 1)
+    (b / "16750/sub").mkdir(parents=True)
+    (b / "16750/sub/x.g3").write_bytes(b"other bytes")
+    with pytest.raises(AssertionError, match="FALSE COMPLETION"):
+        check_every_destination(world.db, ARCH, world.dest, {"b": b}, 1)
+    (b / "16750/sub/x.g3").write_bytes(data)
+    check_every_destination(world.db, ARCH, world.dest, {"b": b}, 1)
 
 
 def test_postgresql_catalog_by_url(pg, tmp_path: Path) -> None:

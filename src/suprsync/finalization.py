@@ -24,6 +24,7 @@ from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
 
 from .catalog.anomalies import DirWatch, future_dirs, newest_timestamp, timecode_at
+from .catalog.copies import withhold_where_lost
 from .catalog.lateness import (
     RESCAN_IDS,
     SUPRSYNC_SUBDIR,
@@ -193,6 +194,7 @@ def finalize_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: int
         return None
     this_dir = (TD.archive_name == archive_name) & (TD.timecode == timecode)
     result: list[TimecodeDir] = []
+    withheld: list[str] = []
 
     def claim(session: Session, local_path: str, remote_path: str,
               md5: str) -> TimecodeDir | None:
@@ -213,6 +215,7 @@ def finalize_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: int
             raise _NotFinalized
         row = manager.add_file(local_path, remote_path, archive_name, local_md5sum=md5,
                                timestamp=now, session=session)
+        withheld[:] = withhold_where_lost(session, archive_name, timecode, row.id)
         session.execute(update(TD).where(this_dir).values(finalize_file_id=row.id))
         tcdir = session.scalars(select(TD).where(this_dir).order_by(TD.id).limit(1)).first()
         if tcdir is not None:
@@ -228,7 +231,16 @@ def finalize_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: int
     log.info("finalized timecode dir %s of archive %s: %s (%d files, subdirs %s)",
              timecode, archive_name, remote_path, summary["num_files"], summary["subdirs"],
              extra=event("finalized"))
+    _log_withheld(withheld, timecode, archive_name, remote_path)
     return result[0]
+
+
+def _log_withheld(names: list[str], timecode: int, archive_name: str,
+                  remote_path: str) -> None:
+    for name in names:
+        log.warning("not shipping %s to destination %s: files of timecode dir %s of %s were "
+                    "deleted locally before they reached it, so that day is not whole there",
+                    remote_path, name, timecode, archive_name)
 
 
 def _content_and_summary(session: Session, archive_name: str, timecode: int, now: float,
@@ -263,6 +275,7 @@ def supplement_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: i
     if content.late == 0 or content.unsynced > 0:
         return None
     this_dir = (TD.archive_name == archive_name) & (TD.timecode == timecode)
+    withheld: list[str] = []
 
     def claim(session: Session, local_path: str, remote_path: str, md5: str) -> bool:
         # A write first, so that sqlite takes its write lock before the checks.
@@ -278,6 +291,7 @@ def supplement_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: i
             raise _NotFinalized
         row = manager.add_file(local_path, remote_path, archive_name, local_md5sum=md5,
                                timestamp=now, session=session)
+        withheld[:] = withhold_where_lost(session, archive_name, timecode, row.id)
         session.add(Supplement(archive_name=archive_name, timecode=timecode,
                                instance_id=instance_id, file_id=row.id,
                                covers_up_to=content.max_id, late_files=content.late,
@@ -294,6 +308,7 @@ def supplement_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: i
                 "(%d late files; %d files, subdirs %s)", timecode, archive_name, remote_path,
                 content.late, summary["num_files"], summary["subdirs"],
                 extra=event("finalized"))
+    _log_withheld(withheld, timecode, archive_name, remote_path)
     return remote_path, content.max_id
 
 
