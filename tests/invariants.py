@@ -183,19 +183,7 @@ def read_supplements(db: str | os.PathLike[str]) -> dict[tuple[str, str, str], i
 
 
 def _read_rows_url(url: str) -> list[Row]:
-    from sqlalchemy import create_engine, inspect, text
-
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    engine = create_engine(url)
-    try:
-        if not inspect(engine).has_table(FILES_TABLE):
-            return []
-        with engine.connect() as conn:
-            raw = conn.execute(text(_QUERY)).fetchall()
-    finally:
-        engine.dispose()
-    return [Row(*r[:7], sql_verified=bool(r[7])) for r in raw]
+    return [Row(*r[:7], sql_verified=bool(r[7])) for r in _query_url(url, FILES_TABLE, _QUERY)]
 
 
 # ------------------------------------------------------------------ files on this host
