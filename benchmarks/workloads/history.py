@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..common import REPO, BenchmarkError, Sample, clear_dir, copy_catalog, empty_catalog
+from ..common import REPO, BenchmarkError, Sample, clear_dir, copy_catalog, empty_catalog, now_tc
 from ..harness import Context, Target, alternate, pair_result, value_result
 from .history_catalogs import SHAPES, Shape, build_postgresql, build_sqlite
 
@@ -51,11 +51,11 @@ MODES = {"agent": "agent (Agent.iterate)", "api": "original's API"}
 
 
 def _run_child(db: str, mode: str, run_dir: Path, profile: Path | None,
-               new_files: int) -> dict[str, Any]:
+               new_files: int, timecode: int) -> dict[str, Any]:
     argv = [sys.executable, "-m", "benchmarks.workloads.history_child", "--db", db,
             "--mode", mode, "--run-dir", str(run_dir), "--new-files", str(new_files),
             "--size", str(NEW_SIZE), "--delete-after", str(DELETE_AFTER), "--age",
-            str(NEW_AGE)]
+            str(NEW_AGE), "--timecode", str(timecode)]
     if profile is not None:
         argv += ["--profile", str(profile)]
     out_path, err_path = run_dir / "child.out", run_dir / "child.err"
@@ -116,16 +116,20 @@ class PgCatalogs:
         return self.server.url(name)
 
 
-def _measure(ctx: Context, catalogs: Any, keys: list[str], base: Path,
-             new_files: int) -> dict[tuple[str, str], list[Sample]]:
-    """Alternate empty, shape, shape, ... for each mode; samples per (mode, key)."""
+def _measure(ctx: Context, catalogs: Any, keys: list[str], base: Path, new_files: int,
+             timecode: int) -> dict[tuple[str, str], list[Sample]]:
+    """Alternate empty, shape, shape, ... for each mode; samples per (mode, key).
+
+    The new files go into ``timecode``, the dir the history ends in, so that no
+    iteration finalizes a dir whatever the time of day.
+    """
     samples: dict[tuple[str, str], list[Sample]] = {}
     for mode in MODES:
         def side(key: str, mode: str = mode) -> Callable[[int], Sample]:
             def one(rep: int) -> Sample:
                 run_dir = clear_dir(base / f"run-{catalogs.backend}-{mode}-{key}")
                 db = catalogs.fresh(key, run_dir)
-                out = _run_child(db, mode, run_dir, None, new_files)
+                out = _run_child(db, mode, run_dir, None, new_files, timecode)
                 return Sample(out["first_s"], checked=out["checked"], extra=out)
             return one
 
@@ -140,7 +144,7 @@ def _measure(ctx: Context, catalogs: Any, keys: list[str], base: Path,
                 db = catalogs.fresh(key, run_dir)
                 _run_child(db, mode, run_dir,
                            ctx.profile_dir / f"history-{catalogs.backend}-{mode}-{key}",
-                           new_files)
+                           new_files, timecode)
     return samples
 
 
@@ -192,7 +196,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
 
     sqlite = SqliteCatalogs(base)
     build_all(sqlite, list(SHAPES))
-    samples = _measure(ctx, sqlite, keys, base, new_files)
+    samples = _measure(ctx, sqlite, keys, base, new_files, now_tc(end))
     results = _pair_rows(ctx, samples, "sqlite", list(SHAPES), TARGET, rows_label)
 
     from ..pg import start_pg
@@ -202,7 +206,8 @@ def run(ctx: Context) -> list[dict[str, Any]]:
     try:
         pg = PgCatalogs(server)
         build_all(pg, pg_shapes)
-        pg_samples = _measure(ctx, pg, ["empty", *PG_SHAPES], base, new_files)
+        pg_samples = _measure(ctx, pg, ["empty", *PG_SHAPES], base, new_files,
+                              now_tc(end))
     finally:
         server.stop()
     results += _pair_rows(ctx, pg_samples, "postgresql", pg_shapes, PG_TARGET, rows_label)

@@ -41,11 +41,12 @@ def _status_mb(field: str) -> float:
     return float("nan")
 
 
-def _register(db: str, data: Path, batch: str, n: int, size: int, age: float) -> dict[str, str]:
-    """Write n new files and register them as a producer does (one add_file each)."""
+def _register(db: str, data: Path, batch: str, n: int, size: int, age: float,
+              tc: int) -> dict[str, str]:
+    """Write n new files into dir tc and register them as a producer does (one add_file
+    each)."""
     from suprsync.catalog.store import SupRsyncFilesManager
 
-    tc = now_tc()
     registered = time.time() - age
     expected = {}
     manager = SupRsyncFilesManager(db)
@@ -141,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delete-after", type=float, default=3600)
     p.add_argument("--age", type=float, default=7200)
     p.add_argument("--profile", type=Path, default=None)
+    p.add_argument("--timecode", type=int, default=None,
+                   help="the dir the new files go into (default: today's)")
     ns = p.parse_args(argv)
+    tc = now_tc() if ns.timecode is None else ns.timecode
 
     # What the process loads before its loop starts (as `suprsync run` does).
     import suprsync.agent  # noqa: F401
@@ -151,14 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = ns.run_dir
     data, remote, files = run_dir / "data", run_dir / "remote", run_dir / "suprsync-files"
     setup_agent_logging(run_dir / "agent.log")
-    batch1 = _register(ns.db, data, "a", ns.new_files, ns.size, ns.age)
+    batch1 = _register(ns.db, data, "a", ns.new_files, ns.size, ns.age, tc)
     rss_before = _status_mb("VmRSS")
     times: list[float] = []
     loop: Any = None
     try:
         for n, batch in enumerate(("a", "b")):
             if batch == "b":
-                batch2 = _register(ns.db, data, "b", ns.new_files, ns.size, ns.age)
+                batch2 = _register(ns.db, data, "b", ns.new_files, ns.size, ns.age, tc)
 
             def step(first: bool = n == 0) -> None:
                 nonlocal loop

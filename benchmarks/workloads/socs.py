@@ -45,6 +45,7 @@ from ..common import (
     clear_dir,
     copy_catalog,
     make_tree,
+    now_tc,
     run_checked,
 )
 from ..harness import Context, Target, alternate, pair_result
@@ -69,11 +70,12 @@ def peer_python() -> Path:
 
 
 def _run_child(python: Path, impl: str, db: Path, run_dir: Path, new_files: int,
-               profile: Path | None = None) -> dict[str, Any]:
+               timecode: int, profile: Path | None = None) -> dict[str, Any]:
     # -P: the script's dir (which holds this module, socs.py) is not put on sys.path.
     argv = [str(python), "-P", str(CHILD), "--impl", impl, "--db", str(db), "--run-dir",
             str(run_dir), "--new-files", str(new_files), "--size", str(NEW_SIZE),
-            "--delete-after", str(DELETE_AFTER), "--age", str(NEW_AGE)]
+            "--delete-after", str(DELETE_AFTER), "--age", str(NEW_AGE),
+            "--timecode", str(timecode)]
     if profile is not None:
         argv += ["--profile", str(profile)]
     env = dict(os.environ)
@@ -155,7 +157,11 @@ def run(ctx: Context) -> list[dict[str, Any]]:
     template = base / "template.db"
     start = time.perf_counter()
     shape = next(s for s in SHAPES if s.key == "a")  # every old row synced and removed
-    info = build_sqlite(template, shape, rows, time.time() - 3 * NEW_AGE, rows / ROWS)
+    end = time.time() - 3 * NEW_AGE
+    info = build_sqlite(template, shape, rows, end, rows / ROWS)
+    # The new files go into the dir the history ends in: no iteration of either side
+    # finalizes a dir, whatever the time of day.
+    timecode = now_tc(end)
     _warm(template)
     ctx.log(f"  catalog: {info} built in {time.perf_counter() - start:.1f} s")
     pythons = {"socs": python, "suprsync": Path(sys.executable)}
@@ -164,7 +170,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
         def one(rep: int) -> Sample:
             run_dir = clear_dir(base / f"run-{impl}")
             db = copy_catalog(template, run_dir / "catalog.db")
-            out = _run_child(pythons[impl], impl, db, run_dir, new_files)
+            out = _run_child(pythons[impl], impl, db, run_dir, new_files, timecode)
             checked = _check(impl, db, run_dir, out, new_files)
             for n, steps in enumerate(out["steps"]):
                 ctx.log(f"    {impl} iteration {n + 1}: "
@@ -179,7 +185,7 @@ def run(ctx: Context) -> list[dict[str, Any]]:
     if ctx.profile_dir is not None:
         run_dir = clear_dir(base / "profile-suprsync")
         db = copy_catalog(template, run_dir / "catalog.db")
-        _run_child(pythons["suprsync"], "suprsync", db, run_dir, new_files,
+        _run_child(pythons["suprsync"], "suprsync", db, run_dir, new_files, timecode,
                    ctx.profile_dir / "socs-api-suprsync")
 
     label = "2k" if ctx.quick else "100k"

@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=16 << 10)
     p.add_argument("--delete-after", type=float, default=3600)
     p.add_argument("--age", type=float, default=7200)
+    p.add_argument("--timecode", type=int, default=None,
+                   help="the dir the new files go into (default: today's)")
     p.add_argument("--profile", type=Path, default=None,
                    help="write profiles to <PROFILE>-iteration<N>.prof (suprsync: and .txt, "
                         ".folded)")
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def register(batch: str) -> None:
         registered = time.time() - ns.age
-        tc = int(time.time() // 1e5)
+        tc = int(time.time() // 1e5) if ns.timecode is None else ns.timecode
         for i in range(ns.new_files):
             rel = f"{tc}/ufm_mv1/{int(registered)}_{batch}_{i:03d}.g3"
             md5 = _write_file(data / rel, ns.size)
