@@ -65,6 +65,13 @@ FAMILIES = {
     "suprsync_finalize_notices_pending": "gauge",
     "suprsync_transfer_duration_seconds": "histogram",
 }
+#: Exported only by an agent with further destinations.
+DESTINATION_FAMILIES = {
+    "suprsync_destination_files": "gauge",
+    "suprsync_destination_errors": "counter",
+    "suprsync_destination_copies": "counter",
+    "suprsync_destination_backoff_seconds": "gauge",
+}
 DASHBOARD = REPO / "docs" / "grafana-dashboard.json"
 ALERTS = REPO / "docs" / "alerts.yml"
 MONITORING = REPO / "docs" / "monitoring.md"
@@ -451,9 +458,12 @@ def test_dashboard_alerts_and_docs_name_only_metrics_a_real_agent_exports(
                                    "suprsync_registered_files"}:
         assert any(m.startswith(family) for m in used), f"no panel shows {family}"
 
-    # The monitoring page documents exactly the exported families.
+    # The monitoring page documents exactly the exported families (the further
+    # destinations' below, in test_metrics_report_each_further_destination).
     documented = set(METRIC_NAME.findall(MONITORING.read_text()))
-    assert documented <= names | set(FAMILIES), documented - names - set(FAMILIES)
+    known = names | set(FAMILIES) | set(DESTINATION_FAMILIES) | {
+        f"{f}_total" for f, kind in DESTINATION_FAMILIES.items() if kind == "counter"}
+    assert documented <= known, documented - known
     for family, kind in FAMILIES.items():
         shown = family + "_total" if kind == "counter" else family
         assert shown in documented, f"docs/monitoring.md does not describe {shown}"
@@ -479,4 +489,13 @@ def test_metrics_report_each_further_destination(start_agent, tmp_path: Path,
     assert found.values[("suprsync_destination_backoff_seconds",
                          (("destination", "b"),))] == 0
     assert (tmp_path / "b" / str(timecode) / "r0" / "f000.dat").exists()
+    # The destination families are exactly these, each one described in the docs.
+    assert {family for family, _ in found.types.items()
+            if family.startswith("suprsync_destination_")} == set(DESTINATION_FAMILIES)
+    for family, kind in DESTINATION_FAMILIES.items():
+        assert found.types[family] == kind, family
+    documented = set(METRIC_NAME.findall(MONITORING.read_text()))
+    for family, kind in DESTINATION_FAMILIES.items():
+        shown = family + "_total" if kind == "counter" else family
+        assert shown in documented, f"docs/monitoring.md does not describe {shown}"
     manager.close()

@@ -346,15 +346,19 @@ def test_two_agents_one_per_destination_share_the_catalog(manager, clock, tmp_pa
 # ------------------------------------------------------------------ ids and the primary
 
 
-def test_destination_records_keep_the_primary_and_refuse_a_guess(manager, clock):
+def test_destination_records_keep_the_primary_and_refuse_a_guess(manager, clock, caplog):
     def reg(*wanted: Wanted):
         return manager.write(lambda s: register(s, ARCHIVE, list(wanted), clock()))
 
     first = reg(Wanted("a-1", "/srv/a"))
     assert first[0].primary
     # One unnamed destination at a new URL: the primary moved.
-    moved = reg(Wanted("a-2", "/srv/a2"))
+    with caplog.at_level("WARNING", logger="suprsync.catalog.copies"):
+        moved = reg(Wanted("a-2", "/srv/a2"))
     assert moved[0].key == first[0].key and moved[0].url == "/srv/a2"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"destination a-1 of archive {ARCHIVE!r} moves from /srv/a to /srv/a2; agents that "
+        "ship the archive to different places must each name theirs with --destination-id"]
     # Two unnamed destinations, none the primary: which is the first would be a guess.
     with pytest.raises(DestinationConflict, match="--destination-id a-1=URL"):
         reg(Wanted("x-1", "/srv/x"), Wanted("y-1", "/srv/y"))
@@ -435,3 +439,44 @@ def test_new_local_content_takes_back_the_verification_at_further_destinations(
         assert not copies_of(manager)[file_id][1], "b's copy holds the old content"
     finally:
         agent.close()
+
+
+@pytest.mark.parametrize("down", ["b", "primary"])
+def test_retention_preview_counts_the_copies_at_every_destination(manager, clock, tmp_path,
+                                                                  sshd, down):
+    a, b, data = tmp_path / "a", tmp_path / "b", tmp_path / "data"
+    if down == "b":  # verified at the primary only
+        first, further = str(a), ssh_url(sshd, b)
+    else:  # verified at b only
+        first, further = ssh_url(sshd, a), str(b)
+    agent = new_agent(manager, clock, tmp_path, "", destination=first,
+                      delete_local_after=10**9, more_destinations=(("b", further),),
+                      **ssh_access(sshd), cmd_timeout=5)
+    try:
+        with host_down(sshd):
+            add_files(manager, data, 2)
+            agent.iterate()
+    finally:
+        agent.close()
+
+    def shown(*extra: str) -> dict:
+        done = run_cli("retention", ARCHIVE, "--db", manager.db_path, "--delete-local-after",
+                       "10", "--json", *extra)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    every = shown()
+    assert every["min_copies"] == 2 and len(every["destinations"]) == 2
+    assert every["counts"]["delete"] == 0
+    reasons = {k["local_path"]: k["reason"] for k in every["keep"]}
+    # Every destination needed: the primary's copy first of all, as the agent sees it.
+    why = ("verified on 1 of the 2 destinations, --min-copies is 2" if down == "b"
+           else "not verified on the remote yet")
+    assert reasons == {str(data / f"f{i}.g3"): why for i in range(2)}
+    one = shown("--min-copies", "1")
+    assert sorted(d["local_path"] for d in one["delete"]) == [str(data / f"f{i}.g3")
+                                                              for i in range(2)]
+    text = run_cli("retention", ARCHIVE, "--db", manager.db_path, "--delete-local-after", "10")
+    assert "a file goes once verified on 2 of them" in text.stdout, text.stdout
+    assert all((data / f"f{i}.g3").exists() for i in range(2)), "a preview deletes nothing"
+    check_every_destination(manager.db_path, ARCHIVE, a, {"b": b}, 2)

@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="instead of a file: one rule deleting every file after SEC seconds")
     ret.add_argument("--min-free", default=None, metavar="SIZE",
                      help="free space wanted per file system (bytes with K/M/G/T, or N%%)")
+    ret.add_argument("--min-copies", type=at_least_one, default=None, metavar="N",
+                     help="the agent's --min-copies: verified copies a file needs before it "
+                          "goes (default: every destination recorded for the archive)")
     ret.add_argument("--limit", type=at_least_one, default=1000, metavar="N",
                      help="list at most N files deleted and N kept; counts stay exact "
                           "(default: 1000)")

@@ -356,7 +356,8 @@ def cmd_retention(ns: argparse.Namespace) -> int:
         if policy is None:
             raise CliError(f"the agent of archive {ns.archive_name!r} published no retention "
                            "rules: give --retention FILE or --delete-local-after SEC")
-    result = preview(manager, ns.archive_name, policy, min_free, manager.clock(), ns.limit)
+    result = preview(manager, ns.archive_name, policy, min_free, manager.clock(), ns.limit,
+                     ns.min_copies)
     print(json.dumps(result, indent=2) if ns.json else format_preview(result))
     return 0
 

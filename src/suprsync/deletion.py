@@ -461,19 +461,40 @@ def _enough_copies(manager: SupRsyncFilesManager, rule: CopyRule,
                 continue
         for file_id in confirmed:
             good[file_id] += 1
-    out = {}
-    for path, group in groups.items():
-        have = min(good[r.id] for r in group)
-        if have >= rule.min_copies:
-            out[path] = group
-            continue
-        why = (f"verified on {have} of the {len(rule.targets)} destinations, "
-               f"--min-copies is {rule.min_copies}")
+    out, short = split_by_copies(groups, rule, good)
+    for path, why in short:
         report.kept.append((path, why))
         if path not in notes:
             notes.add(path)
             log.info("keeping %s for now: %s", path, why)
     return out
+
+
+def split_by_copies(groups: dict[str, list[SupRsyncFile]], rule: CopyRule,
+                    good: dict[int, int]) -> tuple[dict[str, list[SupRsyncFile]],
+                                                   list[tuple[str, str]]]:
+    """(the local paths whose rows all have ``rule.min_copies`` good copies, (path, why)
+    of the others); ``good``: file id -> its good copies."""
+    out, short = {}, []
+    for path, group in groups.items():
+        have = min(good.get(r.id, 0) for r in group)
+        if have >= rule.min_copies:
+            out[path] = group
+        else:
+            short.append((path, f"verified on {have} of the {len(rule.targets)} "
+                                f"destinations, --min-copies is {rule.min_copies}"))
+    return out, short
+
+
+def catalog_copies(session: Session, rows: Sequence[SupRsyncFile],
+                   rule: CopyRule) -> dict[int, int]:
+    """file id -> its copies the catalog shows verified with the local md5, at the
+    primary and at the rule's further destinations (no destination is asked)."""
+    further = [t.key for t in rule.targets if t.key is not None]
+    verified = verified_at(session, [r.id for r in rows], further)
+    primary = any(t.key is None for t in rule.targets)
+    return {r.id: int(primary and bool(r.is_synced)) + len(verified.get(r.id, ()))
+            for r in rows}
 
 
 def _confirmed_on_remote(manager: SupRsyncFilesManager, transport: Transport,

@@ -16,6 +16,7 @@ destination's view of the catalog.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -47,6 +48,8 @@ from .schema import (
     SupRsyncFile,
 )
 from .timecode import freeze_registrations, max_file_id
+
+log = logging.getLogger(__name__)
 
 F = SupRsyncFile
 DC = DestinationCopy
@@ -156,6 +159,9 @@ def register(session: Session, archive_name: str, wanted: Sequence[Wanted],
                 top = max_file_id(session)
                 session.execute(update(DR).where(DR.id == rec.key).values(tracked_up_to=top))
         elif rec.url != w.url:
+            log.warning("destination %s of archive %r moves from %s to %s; agents that ship "
+                        "the archive to different places must each name theirs with "
+                        "--destination-id", rec.name, archive_name, rec.url, w.url)
             session.execute(update(DR).where(DR.id == rec.key).values(url=w.url))
             rec = Registered(rec.key, rec.name, w.url, rec.primary)
         out.append(rec)
