@@ -124,6 +124,9 @@ class Agent:
             raise
         #: Every destination of this agent (the first is the one of ``transport``).
         self.outlets = make_outlets(self.manager, records, [transport, *more])
+        for outlet in self.outlets:
+            if isinstance(outlet.catalog, DestinationCopies):
+                outlet.catalog.repair()
         #: The archive's primary destination is one of this agent's: it finalizes.
         self.holds_primary = any(o.record.primary for o in self.outlets)
         for o in self.outlets[1:] if len(self.outlets) > 1 else ():

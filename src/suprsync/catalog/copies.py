@@ -25,12 +25,15 @@ from typing import Any
 
 from sqlalchemy import (
     Boolean,
+    Integer,
+    and_,
     exists,
     func,
     insert,
     literal,
     or_,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.orm import Session
@@ -107,11 +110,48 @@ def check_destination_id(name: str) -> str:
 
 
 def registered(session: Session, archive_name: str) -> list[Registered]:
-    """Every destination recorded for the archive, the primary first."""
-    rows = session.execute(select(DR.id, DR.name, DR.url, DR.is_primary)
-                           .where(DR.archive_name == archive_name)
-                           .order_by(DR.is_primary.desc(), DR.id))
-    return [Registered(int(k), n, u, bool(p)) for k, n, u, p in rows]
+    """Every destination recorded for the archive, the primary first.
+
+    Only one record is the primary: of several marked so (a hand-edited catalog),
+    the oldest. ``register`` repairs the marks.
+    """
+    rows = _records(session, archive_name)
+    first = next((k for k, _, _, p in rows if _marked(p)), None)
+    out = [Registered(k, str(n), str(u), k == first) for k, n, u, _ in rows]
+    return sorted(out, key=lambda r: not r.primary)
+
+
+def _records(session: Session, archive_name: str) -> list[tuple[int, Any, Any, Any]]:
+    """(id, name, url, is_primary as stored) of the archive's records, oldest first."""
+    rows = session.execute(select(DR.id, DR.name, DR.url, type_coerce(DR.is_primary, Integer))
+                           .where(DR.archive_name == archive_name).order_by(DR.id))
+    return [(int(k), n, u, p) for k, n, u, p in rows]
+
+
+def _marked(value: Any) -> bool:
+    """A stored is_primary that says yes: 1 or true, nothing else another program wrote."""
+    return value is True or (type(value) is int and value == 1)
+
+
+def _repair_primary(session: Session, archive_name: str) -> None:
+    """Leave exactly one record of the archive marked primary, when it has any: the
+    oldest of those marked, or else the oldest record (the first one ever made is
+    the primary). Each change is a warning."""
+    rows = _records(session, archive_name)
+    if not rows:
+        return
+    marked = [r for r in rows if _marked(r[3])]
+    keep = marked[0] if marked else rows[0]
+    for key, name, _, value in rows:
+        if key == keep[0]:
+            if value is not True and value != 1:
+                log.warning("no destination of archive %r is marked primary in the catalog "
+                            "(%r): %s, the first recorded, is again", archive_name, value, name)
+                session.execute(update(DR).where(DR.id == key).values(is_primary=True))
+        elif value is not False and not (type(value) is int and value == 0):
+            log.warning("destination %s of archive %r was marked primary (%r) besides %s: it "
+                        "is a further destination", name, archive_name, value, keep[1])
+            session.execute(update(DR).where(DR.id == key).values(is_primary=False))
 
 
 def register(session: Session, archive_name: str, wanted: Sequence[Wanted],
@@ -133,6 +173,7 @@ def register(session: Session, archive_name: str, wanted: Sequence[Wanted],
     # The first statement writes, so that sqlite takes its write lock up front.
     session.execute(update(DR).where(DR.archive_name == archive_name).values(url=DR.url))
     dialect_of(session).lock_named(session, f"destinations {archive_name}")
+    _repair_primary(session, archive_name)
     known = {r.name: r for r in registered(session, archive_name)}
     primary = next((r for r in known.values() if r.primary), None)
     out: list[Registered] = []
@@ -176,18 +217,25 @@ def track(session: Session, dest: int, archive_name: str,
     copied there. On PostgreSQL registrations in flight are waited for, so that no
     row committed late below the bound is skipped.
     """
-    low = session.scalar(select(DR.tracked_up_to).where(DR.id == dest))
-    if low is None:
+    record = session.execute(select(DR.name, type_coerce(DR.tracked_up_to, Integer))
+                             .where(DR.id == dest)).first()
+    if record is None:
+        return 0, True
+    top = max_file_id(session)
+    low = _file_id_bound(record[1])
+    if low is None or low > top:
+        # Not a bound this agent wrote (or the catalog's last rows are gone): start
+        # again from the first file; rows that have a copy row keep it.
+        log.warning("destination %s of archive %r is recorded as tracked up to file id %r, "
+                    "which the catalog (last id %d) does not have: its files are looked "
+                    "through again from the first", record[0], archive_name, record[1], top)
+        low = 0
+    if top <= low:
         return 0, True
     if not dialect_of(session).ids_commit_in_order:
-        top = max_file_id(session)
-        if top <= low:
-            return 0, True
         freeze_registrations(session)
-    top = max_file_id(session)
-    high = min(top, int(low) + chunk)
-    if high <= low:
-        return 0, True
+        top = max_file_id(session)
+    high = min(top, low + chunk)
     added = session.execute(insert(DC).from_select(
         ["dest", "file_id", "failed_copy_attempts", "verified", "lost"],
         select(literal(dest), F.id, literal(0), literal(False, Boolean),
@@ -196,6 +244,42 @@ def track(session: Session, dest: int, archive_name: str,
                ~exists().where(DC.dest == dest, DC.file_id == F.id)))).rowcount
     session.execute(update(DR).where(DR.id == dest).values(tracked_up_to=high))
     return int(added or 0), high >= top
+
+
+def repair_values(session: Session, dest: int) -> int:
+    """Put the destination's copy rows whose values suprsync never writes back to what
+    they can mean (sqlite only: its column types are affinities); how many changed.
+
+    A ``verified`` that is not 0 or 1 becomes not verified (the copy is checked and
+    sent again); a ``lost`` that is not 0 or 1 becomes whether the local file is
+    gone; attempts that are not a count start again from 0; a remote md5 that is
+    not text is forgotten, with its verification.
+    """
+    if not dialect_of(session).typeof_checks:  # the column types hold
+        return 0
+    odd = {c: or_(func.typeof(c) != "integer", c.not_in([0, 1]))
+           for c in (DC.verified, DC.lost)}
+    changed = 0
+    for where, values in (
+            (odd[DC.verified], {"verified": False}),
+            (odd[DC.lost], {"lost": select(F.removed.is_not(None)).where(F.id == DC.file_id)
+                            .scalar_subquery()}),
+            (or_(func.typeof(DC.failed_copy_attempts) != "integer",
+                 DC.failed_copy_attempts < 0), {"failed_copy_attempts": 0}),
+            (and_(DC.remote_md5sum.is_not(None), func.typeof(DC.remote_md5sum) != "text"),
+             {"remote_md5sum": None, "verified": False})):
+        changed += session.execute(update(DC).where(DC.dest == dest, where)
+                                   .values(**values)).rowcount or 0
+    return changed
+
+
+def _file_id_bound(value: Any) -> int | None:
+    """A stored tracked_up_to as a file id; None when it is not one (text, NaN, < 0)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not value.is_integer():
+        return None
+    return int(value) if value >= 0 else None
 
 
 def withhold_where_lost(session: Session, archive_name: str, timecode: int,

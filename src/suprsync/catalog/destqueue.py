@@ -7,13 +7,14 @@ steps run unchanged for any destination.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, bindparam, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from .copies import Registered, mark_lost, track
+from .copies import Registered, mark_lost, repair_values, track
 from .dialects import dialect_of
 from .quarantine import HEALTHY
 from .schema import (
@@ -27,6 +28,8 @@ from .schema import (
 
 if TYPE_CHECKING:
     from .store import CopyResult, SupRsyncFilesManager
+
+log = logging.getLogger(__name__)
 
 F = SupRsyncFile
 DC = DestinationCopy
@@ -191,6 +194,16 @@ class DestinationCopies:
         self.manager.write(lambda s: s.execute(
             update(DC).where(DC.dest == self.key, DC.file_id == file_id).values(**values)),
             what="requeue")
+
+    def repair(self) -> None:
+        """Mend copy rows here whose values suprsync never writes (see
+        :func:`~suprsync.catalog.copies.repair_values`); a warning says how many."""
+        changed = self.write(lambda s: repair_values(s, self.key),
+                             what="mend copy rows")
+        if changed:
+            log.warning("destination %s: %d copy row(s) held values suprsync never writes; "
+                        "those files are checked and sent there again", self.dest.name,
+                        changed)
 
     def track(self, archive_name: str) -> int:
         """Give this destination copy rows for every file registered since the last call
