@@ -224,3 +224,14 @@ def test_a_password_file_for_a_destination_that_takes_none_is_refused(url: str,
     ok = config_from_args(_run_flags("--destination", "rsync://h/mod/base",
                                      "--rsync-password-file", str(secret)))
     assert ok.rsync_password_file == str(secret)
+    # With several destinations it is for the rsync:// ones, wherever they stand.
+    further = config_from_args(_run_flags("--destination", url, "--destination-id",
+                                          "d=rsync://h/mod/base", "--rsync-password-file",
+                                          str(secret)))
+    assert further.rsync_password_file == str(secret)
+    daemon, = further.open_more_transports()
+    assert daemon.describe() == "rsync://h/mod/base"
+    assert daemon.password_file == str(secret)
+    with pytest.raises(ConfigError, match="--rsync-password-file .* only for rsync://"):
+        config_from_args(_run_flags("--destination", url, "--destination-id", "d=/srv/d",
+                                    "--rsync-password-file", str(secret)))

@@ -239,15 +239,16 @@ def hooks_from_args(ns: argparse.Namespace) -> tuple[tuple[str, ...], str | None
     return command, url
 
 
-def password_file_from_args(ns: argparse.Namespace, spec: Destination) -> str | None:
-    """--rsync-password-file for the destination ``spec``, checked: only an rsync://
-    daemon reads one, and rsync refuses one others can read."""
+def password_file_from_args(ns: argparse.Namespace, *specs: Destination) -> str | None:
+    """--rsync-password-file for the destinations ``specs``, checked: only an rsync://
+    daemon reads one (one of them must be), and rsync refuses one others can read."""
     path = getattr(ns, "rsync_password_file", None)
     if path is None:
         return None
-    if spec.scheme != "rsync":
+    if not any(spec.scheme == "rsync" for spec in specs):
+        urls = ", ".join(spec.url() for spec in specs)
         raise ConfigError(f"--rsync-password-file is read only for rsync:// destinations, "
-                          f"not for {spec.url()}: leave it out (ssh logs in with --ssh-key)")
+                          f"not for {urls}: leave it out (ssh logs in with --ssh-key)")
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
@@ -368,7 +369,8 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
         parallel=ns.parallel,
         ssh_reuse_connection=ns.ssh_reuse_connection,
         remote_shell=ns.remote_shell != "no",
-        rsync_password_file=password_file_from_args(ns, spec),
+        rsync_password_file=password_file_from_args(
+            ns, spec, *(parse_destination(url) for _, url in extra)),
         claim_timeout=ns.claim_timeout,
         retention=policy,
         min_free=min_free,
