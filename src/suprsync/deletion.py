@@ -51,6 +51,9 @@ Clock = Callable[[], float]
 
 #: Rows handled per query (and per remote check) while deleting.
 CHUNK = 500
+#: Oldest and newest local files whose file systems are measured before deleting (the
+#: files the step goes through add theirs).
+FS_SAMPLE = 50
 
 
 @dataclass
@@ -215,8 +218,8 @@ def note_filesystems(manager: SupRsyncFilesManager, archive_name: str,
     def read(session: Session) -> list[str]:
         present = select(F.local_path).where(F.archive_name == archive_name,
                                              F.removed.is_(None))
-        return [*session.scalars(present.order_by(F.timestamp).limit(CHUNK)),
-                *session.scalars(present.order_by(F.timestamp.desc()).limit(CHUNK))]
+        return [*session.scalars(present.order_by(F.timestamp).limit(FS_SAMPLE)),
+                *session.scalars(present.order_by(F.timestamp.desc()).limit(FS_SAMPLE))]
 
     for path in manager.read(read, what="local files of the archive"):
         disks.device(path)
