@@ -44,7 +44,7 @@ ROWS = 1_000_000
 #: A time two dirs after the open one.
 NOW = (OPEN_TC + 2) * 1e5 + 500.0
 #: Indexes whose entries are only the rows a step looks for.
-PARTIAL = ("ix_suprsync_unsynced", "ix_suprsync_present")
+PARTIAL = ("ix_suprsync_unsynced", "ix_suprsync_present", "ix_suprsync_verified_present")
 FILES = "supersync_v0"
 
 Statement = tuple[str, Any]
@@ -228,12 +228,12 @@ def test_claims_search_the_unsynced_index(history_db: Path,
     assert all("ix_suprsync_unsynced" in s or "PRIMARY KEY" in s for s in steps), steps
 
 
-def test_deletable_searches_the_present_index(history_db: Path,
-                                              manager: SupRsyncFilesManager) -> None:
-    """get_deletable_files reads only rows not removed."""
+def test_deletable_searches_the_verified_present_index(history_db: Path,
+                                                       manager: SupRsyncFilesManager) -> None:
+    """get_deletable_files reads only verified rows not removed."""
     statements = capture(manager, lambda: manager.get_deletable_files(ARCHIVE, 3600.0,
                                                                       limit=1000))
-    check(history_db, statements, uses="ix_suprsync_present")
+    check(history_db, statements, uses="ix_suprsync_verified_present")
 
 
 def test_finalized_until_searches_the_unsynced_index(history_db: Path,
@@ -526,11 +526,17 @@ def test_pg_copyable_and_claims_use_a_partial_index(pg_manager: SupRsyncFilesMan
 
 def test_pg_deletable_finalized_until_and_stats_are_bounded(
         pg_manager: SupRsyncFilesManager) -> None:
-    """get_deletable_files on the present index, get_finalized_until and the uncopied
-    count on the unsynced index, the newest rows from the end of the time index."""
+    """get_deletable_files on the index of verified local rows, get_finalized_until and
+    the uncopied count on the unsynced index, the newest rows from the end of the time
+    index."""
     m = pg_manager
     pg_check(m, capture(m, lambda: m.get_deletable_files(ARCHIVE, 3600.0, limit=1000)),
-             uses=("ix_suprsync_present",))
+             uses=("ix_suprsync_verified_present",))
+    from suprsync.deletion import candidate_rows
+
+    pg_check(m, capture(m, lambda: m.read(
+        lambda s: candidate_rows(s, ARCHIVE, None, NOW - 3600.0, 500))),
+        uses=("ix_suprsync_verified_present",))
     pg_check(m, capture(m, lambda: m.get_finalized_until(ARCHIVE)),
              uses=("ix_suprsync_unsynced",))
     m.get_archive_stats(ARCHIVE)  # the catalog's first count ever reads the archive
@@ -664,6 +670,22 @@ def test_a_further_destination_reads_only_its_pending_copies(
             DestinationCopy.dest == key)))
         manager.write(lambda s: s.execute(delete(DestinationRecord).where(
             DestinationRecord.id == key)))
+
+
+def test_deletion_candidates_search_only_verified_local_files(
+        history_db: Path, manager: SupRsyncFilesManager) -> None:
+    """With one destination, the deletion step's candidates come from the partial index of
+    verified local rows: local rows never verified (given up, waiting) are not read on
+    every iteration however many accumulate."""
+    from suprsync.deletion import candidate_rows
+
+    statements = capture(manager, lambda: manager.read(
+        lambda s: candidate_rows(s, ARCHIVE, None, NOW - 3600.0, 500)))
+    statements += capture(manager, lambda: manager.read(
+        lambda s: candidate_rows(s, ARCHIVE, (NOW - 7200.0, 5), NOW - 3600.0, 500)))
+    steps = check(history_db, statements, uses="ix_suprsync_verified_present")
+    on_files = [s for s in steps if FILES in s and "suprsync_conflicts" not in s]
+    assert all("ix_suprsync_verified_present" in s for s in on_files), on_files
 
 
 def test_deletion_counting_further_copies_reads_only_local_files(

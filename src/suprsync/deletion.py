@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from .catalog.conflicts import CHANGED, NewConflict, conflicted_ids, record_conflicts
 from .catalog.copies import forget_verifications, verified_at, verified_somewhere
+from .catalog.dialects import via_verified_present_index
 from .catalog.meta import DELETE_RULE_PREFIX, get_meta, publish_policy
 from .catalog.quarantine import HEALTHY
 from .catalog.schema import DELETABLE, Conflict, SupRsyncFile
@@ -188,6 +189,8 @@ def candidate_rows(session: Session, archive_name: str, after: tuple[float, int]
         # The plain bound lets the (archive, timestamp) index start the page there.
         query = query.where(F.timestamp >= after[0],
                             or_(F.timestamp > after[0], F.id > after[1]))
+    if verified_only and not elsewhere:
+        query = via_verified_present_index(query, F)
     return list(session.scalars(query.order_by(F.timestamp, F.id).limit(limit)))
 
 

@@ -28,6 +28,7 @@ STATISTICS = "statistics"
 #: Read an archive's unsynced rows through the partial index. Without statistics the
 #: planner may take another index on the archive name and walk every row of it.
 UNSYNCED_ROWS = "INDEXED BY ix_suprsync_unsynced"
+VERIFIED_PRESENT_ROWS = "INDEXED BY ix_suprsync_verified_present"
 
 
 def plain_insert_sql(table: Table, columns: Sequence[str]) -> str:
@@ -210,6 +211,12 @@ def database_file(url: str | URL) -> str | None:
             or parsed.database == ":memory:"):
         return None
     return os.path.abspath(parsed.database)
+
+
+def via_verified_present_index(query: Any, table: Any) -> Any:
+    """The query, reading ``table`` through the partial index of verified local rows
+    where the planner takes hints (sqlite); other backends render it unchanged."""
+    return query.with_hint(table, VERIFIED_PRESENT_ROWS, SqliteDialect.name)
 
 
 def via_unsynced_index(query: Any, table: Any) -> Any:

@@ -246,6 +246,15 @@ INDEXES = [
         sqlite_where=F.removed.is_(None),
         postgresql_where=F.removed.is_(None),
     ),
+    # The local rows verified at the primary: the deletion step's candidates, without
+    # the local rows it can never delete (given up, waiting for their copy).
+    Index(
+        "ix_suprsync_verified_present",
+        F.archive_name,
+        F.timestamp,
+        sqlite_where=and_(F.removed.is_(None), SYNCED),
+        postgresql_where=and_(F.removed.is_(None), SYNCED),
+    ),
     # text_pattern_ops: PostgreSQL compares bytewise through it, for prefix ranges.
     Index("ix_suprsync_remote_path", F.archive_name, F.remote_path,
           postgresql_ops={"remote_path": "text_pattern_ops"}),
