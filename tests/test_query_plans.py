@@ -537,6 +537,10 @@ def test_pg_deletable_finalized_until_and_stats_are_bounded(
     pg_check(m, capture(m, lambda: m.read(
         lambda s: candidate_rows(s, ARCHIVE, None, NOW - 3600.0, 500))),
         uses=("ix_suprsync_verified_present",))
+    # Copies at further destinations counted too: still only the local rows.
+    pg_check(m, capture(m, lambda: m.read(
+        lambda s: candidate_rows(s, ARCHIVE, None, NOW - 3600.0, 500, elsewhere=(7, 8)))),
+        uses=("ix_suprsync_present",))
     pg_check(m, capture(m, lambda: m.get_finalized_until(ARCHIVE)),
              uses=("ix_suprsync_unsynced",))
     m.get_archive_stats(ARCHIVE)  # the catalog's first count ever reads the archive
