@@ -202,6 +202,26 @@ def test_steps_that_need_a_far_side_md5_are_refused_for_a_kind_without_one(
         "nohash:base"
 
 
+@pytest.mark.parametrize("url", ["/srv/a", "file:///srv/a", "rsync://h/mod/base"])
+def test_remote_shell_no_for_a_destination_without_ssh_is_refused(url: str) -> None:
+    """--remote-shell no restricts an ssh key to rsync; any other kind would ignore it
+    without a word, so run and audit refuse it, unless an ssh destination takes it."""
+    from suprsync.audit import AuditError, transport_from_args
+    from suprsync.options import add_audit_arguments
+
+    with pytest.raises(ConfigError, match="--remote-shell no is for ssh destinations"):
+        config_from_args(_run_flags("--destination", url, "--remote-shell", "no"))
+    parser = argparse.ArgumentParser()
+    add_audit_arguments(parser)
+    with pytest.raises(AuditError, match="--remote-shell no is for ssh destinations"):
+        transport_from_args(parser.parse_args(["a", "--destination", url,
+                                               "--remote-shell", "no"]))
+    mixed = config_from_args(_run_flags("--destination", url, "--destination-id",
+                                        "d=ssh://so@h/srv/d", "--remote-shell", "no"))
+    assert mixed.remote_shell is False
+    assert config_from_args(_run_flags("--destination", url)).remote_shell is True
+
+
 @pytest.mark.parametrize("url", ["/srv/a", "file:///srv/a", "ssh://so@h/srv/a"])
 def test_a_password_file_for_a_destination_that_takes_none_is_refused(url: str,
                                                                        tmp_path) -> None:

@@ -42,6 +42,7 @@ from .options import (
     ConfigError,
     destination_from_args,
     password_file_from_args,
+    remote_shell_from_args,
 )
 from .paths import is_canonical, normalize_remote_path, normalized
 from .progress import Bar
@@ -443,11 +444,12 @@ def transport_from_args(ns: argparse.Namespace, dest: Registered | None = None) 
         raise AuditError(str(exc)) from None
     try:
         password_file = password_file_from_args(ns, where)
+        remote_shell = remote_shell_from_args(ns, where)
     except ConfigError as exc:
         raise AuditError(str(exc)) from None
     access = Access(key=ns.ssh_key, port=ns.ssh_port, known_hosts=ns.ssh_known_hosts,
                     connect_timeout=ns.cmd_timeout or 20.0, extra_options=tuple(ns.ssh_option),
-                    remote_shell=ns.remote_shell != "no", password_file=password_file)
+                    remote_shell=remote_shell, password_file=password_file)
     if where.scheme != "ssh":
         return _open(where, options, access, ns.md5)
     host = where.login or ""

@@ -259,6 +259,18 @@ def password_file_from_args(ns: argparse.Namespace, *specs: Destination) -> str 
     return os.path.abspath(path)
 
 
+def remote_shell_from_args(ns: argparse.Namespace, *specs: Destination) -> bool:
+    """False for --remote-shell no, which only an ssh destination can honour (one of
+    ``specs`` must be ssh: elsewhere the flag would be ignored without a word)."""
+    if getattr(ns, "remote_shell", "yes") != "no":
+        return True
+    if not any(spec.scheme == "ssh" for spec in specs):
+        urls = ", ".join(spec.url() for spec in specs)
+        raise ConfigError(f"--remote-shell no is for ssh destinations whose key runs only "
+                          f"rsync, not for {urls}: leave it out")
+    return False
+
+
 def destinations_from_args(ns: argparse.Namespace) -> list[tuple[str | None, str]]:
     """(id or None, URL) of every --destination and --destination-id, in that order.
 
@@ -332,6 +344,7 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
         if "=" not in opt:
             raise ConfigError(f"--ssh-option must look like KEY=VALUE, not {opt!r}")
     spec = destination_from_args(ns)
+    specs = [spec, *(parse_destination(url) for _, url in extra)]
     policy, min_free = retention_from_args(ns)
     on_finalize, on_finalize_url = hooks_from_args(ns)
     local_root = getattr(ns, "local_root", None)
@@ -368,9 +381,8 @@ def config_from_args(ns: argparse.Namespace) -> AgentConfig:
         verify_before_delete=ns.verify_before_delete,
         parallel=ns.parallel,
         ssh_reuse_connection=ns.ssh_reuse_connection,
-        remote_shell=ns.remote_shell != "no",
-        rsync_password_file=password_file_from_args(
-            ns, spec, *(parse_destination(url) for _, url in extra)),
+        remote_shell=remote_shell_from_args(ns, *specs),
+        rsync_password_file=password_file_from_args(ns, *specs),
         claim_timeout=ns.claim_timeout,
         retention=policy,
         min_free=min_free,
