@@ -236,14 +236,16 @@ def track(session: Session, dest: int, archive_name: str,
         freeze_registrations(session)
         top = max_file_id(session)
     high = min(top, low + chunk)
-    added = session.execute(insert(DC).from_select(
+    # Counted from the ids returned: on PostgreSQL the statement's rowcount is -1.
+    added = len(session.execute(insert(DC).from_select(
         ["dest", "file_id", "failed_copy_attempts", "verified", "lost"],
         select(literal(dest), F.id, literal(0), literal(False, Boolean),
                F.removed.is_not(None))
         .where(F.archive_name == archive_name, F.id > low, F.id <= high,
-               ~exists().where(DC.dest == dest, DC.file_id == F.id)))).rowcount
+               ~exists().where(DC.dest == dest, DC.file_id == F.id)))
+        .returning(DC.file_id)).all())
     session.execute(update(DR).where(DR.id == dest).values(tracked_up_to=high))
-    return int(added or 0), high >= top
+    return added, high >= top
 
 
 def repair_values(session: Session, dest: int) -> int:
