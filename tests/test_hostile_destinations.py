@@ -39,6 +39,7 @@ SQLITE_ONLY = {
     "tracked_up_to as a fraction": f"UPDATE {DESTS} SET tracked_up_to = 1.5 "
                                    "WHERE is_primary = 0",
     "is_primary as text": f"UPDATE {DESTS} SET is_primary = 'yes'",
+    "is_primary as a fraction": f"UPDATE {DESTS} SET is_primary = 1.5 WHERE is_primary = 1",
     "verified as text": f"UPDATE {COPIES} SET verified = 'yes'",
     "md5 as bytes": f"UPDATE {COPIES} SET remote_md5sum = X'00ff'",
     "copied as text": f"UPDATE {COPIES} SET copied = 'yesterday'",

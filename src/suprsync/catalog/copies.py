@@ -144,9 +144,10 @@ def _repair_primary(session: Session, archive_name: str) -> None:
     keep = marked[0] if marked else rows[0]
     for key, name, _, value in rows:
         if key == keep[0]:
-            if value is not True and value != 1:
+            if not _marked(value):
                 log.warning("no destination of archive %r is marked primary in the catalog "
-                            "(%r): %s, the first recorded, is again", archive_name, value, name)
+                            "(%r): %s, the first recorded, is the primary again",
+                            archive_name, value, name)
                 session.execute(update(DR).where(DR.id == key).values(is_primary=True))
         elif value is not False and not (type(value) is int and value == 0):
             log.warning("destination %s of archive %r was marked primary (%r) besides %s: it "
