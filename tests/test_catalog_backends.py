@@ -670,27 +670,32 @@ def test_renew_extends_leases(manager: SupRsyncFilesManager, add: AddFn, clock: 
     assert claims(manager)[files[0]] == ("agent-a", start + 50)
 
 
-def test_concurrent_claimers_never_share_a_file(catalog_url: str, tmp_path: Path) -> None:
-    """Agents claiming at the same moment from their own connections get disjoint batches."""
+def _register_200(catalog_url: str, tmp_path: Path) -> tuple[SupRsyncFilesManager, set[int]]:
     setup = SupRsyncFilesManager(catalog_url)
     expected = set()
     for i in range(200):
         expected.add(setup.add_file(str(tmp_path / f"f{i}"), f"16750/f{i}.g3", ARCHIVE,
                                     local_md5sum=md5(b"%d" % i), timestamp=float(i)).id)
-    setup.close()
+    return setup, expected
+
+
+def _claim_at_once(catalog_url: str, queue_of: Any) -> list[int]:
+    """Four claimers, each with its own connection, claim and record batches of 10 from
+    ``queue_of(manager)`` at the same moment; every id each of them claimed."""
     got: dict[str, list[int]] = {}
     errors: list[BaseException] = []
     start = threading.Barrier(4)
 
     def claimer(name: str) -> None:
         m = SupRsyncFilesManager(catalog_url, create_all=False)
+        queue = queue_of(m)
         mine: list[int] = []
         try:
             start.wait(timeout=30)
-            while batch := m.claim_copyable(ARCHIVE, name, 60, num_files=10):
+            while batch := queue.claim_copyable(ARCHIVE, name, 60, num_files=10):
                 mine += ids(batch)
-                m.record_results([CopyResult(r.id, r.local_md5sum, 1.0, True) for r in batch],
-                                 agent_id=name)
+                queue.record_results([CopyResult(r.id, r.local_md5sum, 1.0, True)
+                                      for r in batch], agent_id=name)
         except BaseException as exc:  # reported by the test thread
             errors.append(exc)
         finally:
@@ -703,9 +708,40 @@ def test_concurrent_claimers_never_share_a_file(catalog_url: str, tmp_path: Path
     for t in threads:
         t.join(timeout=120)
     assert not errors, errors
-    every = [fid for mine in got.values() for fid in mine]
+    return [fid for mine in got.values() for fid in mine]
+
+
+def test_concurrent_claimers_never_share_a_file(catalog_url: str, tmp_path: Path) -> None:
+    """Agents claiming at the same moment from their own connections get disjoint batches."""
+    setup, expected = _register_200(catalog_url, tmp_path)
+    setup.close()
+    every = _claim_at_once(catalog_url, lambda m: m)
     assert len(every) == len(set(every)), "a file was claimed by two agents"
     assert set(every) == expected
+
+
+def test_concurrent_claimers_at_a_further_destination_never_share_a_file(
+        catalog_url: str, tmp_path: Path) -> None:
+    """Agents shipping to the same further destination, claiming at the same moment from
+    their own connections, get disjoint batches; the primary's claims are not touched."""
+    from suprsync.catalog.copies import Wanted, register
+    from suprsync.catalog.destqueue import DestinationCopies
+
+    setup, expected = _register_200(catalog_url, tmp_path)
+    primary, further = setup.write(lambda s: register(
+        s, ARCHIVE, [Wanted("a", "/srv/a", True), Wanted("b", "/srv/b", True)], 1.0))
+    assert primary.primary and not further.primary
+    assert DestinationCopies(setup, further).track(ARCHIVE) == len(expected)
+    setup.close()
+    every = _claim_at_once(catalog_url, lambda m: DestinationCopies(m, further))
+    assert len(every) == len(set(every)), "a file was claimed by two agents"
+    assert set(every) == expected
+    check = SupRsyncFilesManager(catalog_url, create_all=False)
+    try:
+        # Verified at b only: the primary still has every file to copy.
+        assert len(check.get_copyable_files(ARCHIVE)) == len(expected)
+    finally:
+        check.close()
 
 
 # ------------------------------------------------------------------ the CLI
@@ -795,56 +831,3 @@ def test_path_keys_of_older_rows_are_backfilled_a_chunk_per_scan(
     manager.write(scan_path_keys)
     assert old in keyed()
 
-
-def test_concurrent_claimers_at_a_further_destination_never_share_a_file(
-        catalog_url: str, tmp_path: Path) -> None:
-    """Agents shipping to the same further destination, claiming at the same moment from
-    their own connections, get disjoint batches; the primary's claims are not touched."""
-    from suprsync.catalog.copies import Wanted, register
-    from suprsync.catalog.destqueue import DestinationCopies
-
-    setup = SupRsyncFilesManager(catalog_url)
-    expected = set()
-    for i in range(200):
-        expected.add(setup.add_file(str(tmp_path / f"f{i}"), f"16750/f{i}.g3", ARCHIVE,
-                                    local_md5sum=md5(b"%d" % i), timestamp=float(i)).id)
-    primary, further = setup.write(lambda s: register(
-        s, ARCHIVE, [Wanted("a", "/srv/a", True), Wanted("b", "/srv/b", True)], 1.0))
-    assert primary.primary and not further.primary
-    assert DestinationCopies(setup, further).track(ARCHIVE) == len(expected)
-    setup.close()
-    got: dict[str, list[int]] = {}
-    errors: list[BaseException] = []
-    start = threading.Barrier(4)
-
-    def claimer(name: str) -> None:
-        m = SupRsyncFilesManager(catalog_url, create_all=False)
-        queue = DestinationCopies(m, further)
-        mine: list[int] = []
-        try:
-            start.wait(timeout=30)
-            while batch := queue.claim_copyable(ARCHIVE, name, 60, num_files=10):
-                mine += ids(batch)
-                queue.record_results([CopyResult(r.id, r.local_md5sum, 1.0, True)
-                                      for r in batch], agent_id=name)
-        except BaseException as exc:  # reported by the test thread
-            errors.append(exc)
-        finally:
-            got[name] = mine
-            m.close()
-
-    threads = [threading.Thread(target=claimer, args=(f"agent-{i}",)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors
-    every = [fid for mine in got.values() for fid in mine]
-    assert len(every) == len(set(every)), "a file was claimed by two agents"
-    assert set(every) == expected
-    check = SupRsyncFilesManager(catalog_url, create_all=False)
-    try:
-        # Verified at b only: the primary still has every file to copy.
-        assert len(check.get_copyable_files(ARCHIVE)) == len(expected)
-    finally:
-        check.close()
