@@ -662,9 +662,20 @@ def test_a_further_destination_reads_only_its_pending_copies(
             [CopyResult(r.id, r.local_md5sum, NOW, True) for r in got], "plans"),
             table="suprsync_copies_v0")
         statements += capture(manager, lambda: copies.track(ARCHIVE), table="suprsync_copies_v0")
-        statements += capture(manager, lambda: manager.read(lambda s: counts(s, key, ATTEMPTS)),
-                              table="suprsync_copies_v0")
+        counted = capture(manager, lambda: manager.read(lambda s: counts(s, key, ATTEMPTS)),
+                          table="suprsync_copies_v0")
+        statements += counted
         check(history_db, statements)
+        # The counts by state read the range of that state in an index; the verified
+        # and lost ones read that index alone (a table read per file the destination
+        # holds, every iteration, cost a second per million files). Only the pending
+        # rows are looked up, for their attempts.
+        count_steps = [step for st, prm in counted for step in plan(history_db, st, prm)]
+        assert count_steps and all(
+            "ix_suprsync_copies_state (dest=? AND verified=?" in step
+            or "ix_suprsync_copies_pending" in step for step in count_steps), count_steps
+        assert sum("COVERING INDEX ix_suprsync_copies_state" in step
+                   for step in count_steps) >= 2, count_steps
         claim = next(s for s, _ in statements if "suprsync_dest_claims_v0" in s
                      and s.lstrip().upper().startswith("SELECT"))
         steps = plan(history_db, claim, next(p for s, p in statements if s == claim))

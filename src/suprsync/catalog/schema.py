@@ -269,5 +269,7 @@ INDEXES = [
     Index("ix_suprsync_copies_pending", DC.dest, DC.file_id,
           sqlite_where=PENDING_COPY, postgresql_where=PENDING_COPY),
     Index("ix_suprsync_copies_file", DC.file_id),
+    # A destination's files by state are counted from this index alone, every iteration.
+    Index("ix_suprsync_copies_state", DC.dest, DC.verified, DC.lost),
     Index("ix_suprsync_dest_claims_agent", DestinationClaim.agent_id),
 ]
