@@ -585,3 +585,37 @@ def test_log_finds_rows_spoiled_later_and_reports_each_once(
         assert "1 more row(s) of archive 'timestreams' are quarantined" in lines[4]
     finally:
         manager.close()
+
+
+@pytest.mark.parametrize("stored", ["blob", "text"])
+def test_a_remote_path_that_is_not_utf8_holds_its_dir_back(tmp_path: Path, stored: str) -> None:
+    """A row whose remote path is not UTF-8 (a BLOB, or undecodable TEXT) is in the dir
+    its bytes name: quarantined, it keeps that dir from being finalized."""
+    db = tmp_path / "catalog" / "suprsync.db"
+    clock = Clock()
+    manager = SupRsyncFilesManager(str(db), clock=clock)
+    sound = write_file(tmp_path / "local" / "g.g3", b"sound\n")
+    manager.add_file(str(sound), "16992/sub/g.g3", ARCHIVE, timestamp=T0 - 3600)
+    poison = write_file(tmp_path / "local" / "p.g3", b"poison\n")
+    raw = b"16992/sub/p\xff.g3"
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO supersync_v0 (local_path, local_md5sum, archive_name, "
+                     "remote_path, timestamp) VALUES (?, ?, ?, "
+                     + ("?" if stored == "blob" else "CAST(? AS TEXT)") + ", ?)",
+                     (str(poison), md5(b"poison\n"), ARCHIVE, raw, T0 - 3000))
+        assert conn.execute("SELECT typeof(remote_path) FROM supersync_v0 WHERE id = 2"
+                            ).fetchone() == (stored,)
+    remote = tmp_path / "remote"
+    agent = new_agent(manager, clock, tmp_path, remote, delete_local_after=0)
+    try:
+        for _ in range(3):
+            assert agent.iterate()
+            clock.advance(60)
+        assert (remote / "16992/sub/g.g3").exists()
+        states = manager.read(lambda s: dir_states(s, ARCHIVE))
+        assert 16992 in states["completed_unsynced"], states
+        assert not list(remote.rglob("*_finalized.yaml")), "the dir was told complete"
+    finally:
+        agent.close()
+        manager.close()
+    check_invariants(db, {ARCHIVE: remote}, file_root=tmp_path / "srfroot")

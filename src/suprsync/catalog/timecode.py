@@ -180,7 +180,10 @@ def sync_candidates(session: Session, archive_name: str) -> list[int]:
 
 
 def _dir_of_prefix(prefix: object) -> int | None:
-    """The timecode of a 6-character remote path prefix ``NNNNN/`` (what in_dir matches)."""
+    """The timecode of a 6-character remote path prefix ``NNNNN/`` (what in_dir matches;
+    the bytes of a remote path stored as a BLOB too)."""
+    if isinstance(prefix, bytes):
+        prefix = prefix.decode("ascii", "replace")
     if (isinstance(prefix, str) and len(prefix) == 6 and prefix[5] == "/"
             and prefix[:5].isascii() and prefix[:5].isdigit()):
         return int(prefix[:5])
