@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers import ARCHIVE, T0, md5
 from sqlalchemy import event
 
@@ -124,22 +125,29 @@ def test_new_process_goes_on_with_the_backfill_of_timecode_dirs(tmp_path: Path) 
     assert seen == [{16003}, {16002, 16003}, {16001, 16002, 16003}]
 
 
+def _dir_16000_finalized(manager: SupRsyncFilesManager) -> list[int]:
+    """Two files in dir 16000, finalized up to the second, and one in 16001; their ids."""
+    from sqlalchemy import update
+
+    from suprsync.catalog.schema import TimecodeDir
+
+    ids = [manager.add_file(f"/data/{rel}", rel, ARCHIVE, local_md5sum=md5(rel.encode()),
+                            timestamp=T0).id
+           for rel in ("16000/a/1.g3", "16000/a/2.g3", "16001/a/1.g3")]
+    manager.write(lambda s: s.execute(
+        update(TimecodeDir).where(TimecodeDir.timecode == 16000)
+        .values(completed=True, synced=True, finalized=True, finalize_file_id=ids[1])))
+    return ids
+
+
 def test_scan_of_new_ids_finds_a_late_file_on_each_backend(catalog_url: str) -> None:
     """The scan from a given id (what every iteration after the first reads) finds the
     late row of a finalized dir and nothing of a dir still open."""
-    from sqlalchemy import update
-
     from suprsync.catalog.lateness import find_late_files
-    from suprsync.catalog.schema import TimecodeDir
 
     manager = SupRsyncFilesManager(catalog_url)
     try:
-        ids = [manager.add_file(f"/data/{rel}", rel, ARCHIVE, local_md5sum=md5(rel.encode()),
-                                timestamp=T0).id
-               for rel in ("16000/a/1.g3", "16000/a/2.g3", "16001/a/1.g3")]
-        manager.write(lambda s: s.execute(
-            update(TimecodeDir).where(TimecodeDir.timecode == 16000)
-            .values(completed=True, synced=True, finalized=True, finalize_file_id=ids[1])))
+        ids = _dir_16000_finalized(manager)
         late = manager.add_file("/data/16000/b/3.g3", "16000/b/3.g3", ARCHIVE,
                                 local_md5sum="0" * 32, timestamp=T0).id
         manager.add_file("/data/16001/a/2.g3", "16001/a/2.g3", ARCHIVE,
@@ -147,5 +155,42 @@ def test_scan_of_new_ids_finds_a_late_file_on_each_backend(catalog_url: str) -> 
         found = manager.read(lambda s: find_late_files(s, ARCHIVE, after_id=ids[0]))
         assert [(f.timecode, f.file_id) for f in found] == [(16000, late)]
         assert manager.read(lambda s: find_late_files(s, ARCHIVE, after_id=late)) == []
+    finally:
+        manager.close()
+
+
+
+def test_each_iteration_scans_for_late_files_only_what_it_has_not_read(
+        catalog_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first look, the late-file scan starts at the last id it read: on sqlite,
+    where rows commit in id order, exactly there; on PostgreSQL RESCAN_IDS below it, for
+    rows that commit after higher ids. A late file registered between the two is found."""
+    from suprsync import finalization
+    from suprsync.catalog.anomalies import DirWatch
+    from suprsync.catalog.lateness import RESCAN_IDS
+
+    starts: list[int] = []
+    real = finalization.find_late_files
+
+    def recording(session: Any, archive_name: str, after_id: int = 0, **kw: Any) -> Any:
+        starts.append(after_id)
+        return real(session, archive_name, after_id=after_id, **kw)
+
+    monkeypatch.setattr(finalization, "find_late_files", recording)
+    manager = SupRsyncFilesManager(catalog_url)
+    try:
+        _dir_16000_finalized(manager)
+        watch = DirWatch(ARCHIVE)
+        for _ in range(2):
+            finalization.update_timecode_dirs(manager, ARCHIVE, str(tmp_path / "files"),
+                                              "test", lambda: NOW, watch=watch)
+        top = manager.max_file_id()
+        late = manager.add_file("/data/16000/b/3.g3", "16000/b/3.g3", ARCHIVE,
+                                local_md5sum="0" * 32, timestamp=T0).id
+        finalization.update_timecode_dirs(manager, ARCHIVE, str(tmp_path / "files"),
+                                          "test", lambda: NOW, watch=watch)
+        in_order = not catalog_url.startswith("postgresql")
+        assert starts[-1] == (top if in_order else max(0, top - RESCAN_IDS)), starts
+        assert [f.file_id for f in watch.late.values()] == [late]
     finally:
         manager.close()

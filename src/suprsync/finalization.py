@@ -26,13 +26,13 @@ from sqlalchemy.orm import Session
 from .catalog.anomalies import DirWatch, future_dirs, newest_timestamp, timecode_at
 from .catalog.copies import withhold_where_lost
 from .catalog.lateness import (
-    RESCAN_IDS,
     SUPRSYNC_SUBDIR,
     dir_bound,
     find_late_files,
     keep_late_scan,
     late_in_dirs,
     load_late_scan,
+    rescan_ids,
 )
 from .catalog.schema import NOT_IGNORED, UNSYNCED, Supplement, SupRsyncFile, TimecodeDir
 from .catalog.store import SupRsyncFilesManager, finalized_until
@@ -335,7 +335,8 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
     """
     now = clock()
     watch = watch if watch is not None else watch_of(manager, archive_name)
-    after = None if watch.scanned_up_to is None else max(0, watch.scanned_up_to - RESCAN_IDS)
+    rescan = rescan_ids(manager.dialect)
+    after = None if watch.scanned_up_to is None else max(0, watch.scanned_up_to - rescan)
 
     def look(session: Session) -> tuple[list[int], float | None, int, list]:
         top = max_file_id(session)
@@ -345,7 +346,7 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
             # A new watch: scan what the agents of the archive have not scanned yet,
             # and read the dirs they left with late files (the whole history once).
             kept = load_late_scan(session, archive_name)
-            start = 0 if kept is None else max(0, kept.scanned_up_to - RESCAN_IDS)
+            start = 0 if kept is None else max(0, kept.scanned_up_to - rescan)
             late = find_late_files(session, archive_name, after_id=start)
             if kept is not None:
                 late += late_in_dirs(session, archive_name, set(kept.dirs))

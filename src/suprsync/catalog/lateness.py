@@ -17,6 +17,7 @@ from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from ..paths import timecode_of
+from .dialects import CatalogDialect
 from .dirrows import in_dir
 from .meta import get_meta, set_meta
 from .quarantine import printable
@@ -28,8 +29,8 @@ S = Supplement
 
 #: Subdirectory of a timecode dir that holds finalization files.
 SUPRSYNC_SUBDIR = "suprsync"
-#: Ids below the last scanned one that are read again: on PostgreSQL a row can
-#: commit after rows with higher ids.
+#: Ids below the last scanned one that are read again where a row can commit after
+#: rows with higher ids (PostgreSQL); see :func:`rescan_ids`.
 RESCAN_IDS = 5000
 #: Meta key prefix: highest file id of the archive scanned for late files, and the dirs
 #: holding late files no finalization file describes yet (see LateScan).
@@ -49,6 +50,12 @@ class LateFile:
         """JSON form, for ``stats --json`` and ``status --json``."""
         return {"timecode": self.timecode, "file_id": self.file_id,
                 "remote_path": self.remote_path, "local_path": self.local_path}
+
+
+def rescan_ids(dialect: CatalogDialect) -> int:
+    """How many ids below the last scanned one a scan for late files reads again: none
+    where rows commit in the order of their ids (sqlite), else RESCAN_IDS."""
+    return 0 if dialect.ids_commit_in_order else RESCAN_IDS
 
 
 def own_file(remote_path: str, timecode: int) -> bool:
@@ -154,7 +161,7 @@ class LateScan:
 
     ``scanned_up_to``: ids up to this one were scanned for late files; ``dirs``: the
     dirs that held late files not yet described at the last look. A new process scans
-    only the ids above (less RESCAN_IDS) and reads the dirs listed, not the history.
+    only the ids above (less :func:`rescan_ids`) and reads the dirs listed, not the history.
     """
 
     scanned_up_to: int
