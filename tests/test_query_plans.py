@@ -43,8 +43,11 @@ from suprsync.catalog.store import SupRsyncFilesManager
 ROWS = 1_000_000
 #: A time two dirs after the open one.
 NOW = (OPEN_TC + 2) * 1e5 + 500.0
+#: sqlite's partial index of unverified rows.
+UNVERIFIED = "ix_suprsync_unverified"
 #: Indexes whose entries are only the rows a step looks for.
-PARTIAL = ("ix_suprsync_unsynced", "ix_suprsync_present", "ix_suprsync_verified_present")
+PARTIAL = (UNVERIFIED, "ix_suprsync_unsynced", "ix_suprsync_present",
+           "ix_suprsync_verified_present")
 FILES = "supersync_v0"
 
 Statement = tuple[str, Any]
@@ -164,7 +167,7 @@ def check(db: Path, statements: list[Statement], uses: str | None = None,
     ("SCAN f USING COVERING INDEX ix_suprsync_archive_time", True),
     ("SEARCH supersync_v0 USING INDEX ix_suprsync_archive_time (archive_name=?)", True),
     ("SEARCH supersync_v0 USING COVERING INDEX ix_suprsync_remote_path (archive_name=?)", True),
-    ("SEARCH supersync_v0 USING INDEX ix_suprsync_unsynced (archive_name=?)", False),
+    ("SEARCH supersync_v0 USING INDEX ix_suprsync_unverified (archive_name=?)", False),
     ("SCAN supersync_v0 USING INDEX ix_suprsync_present", False),
     ("SEARCH supersync_v0 USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)", False),
     ("SEARCH f USING INDEX ix_suprsync_remote_path (archive_name=? AND remote_path>? AND "
@@ -207,7 +210,7 @@ def test_copyable_searches_the_unsynced_index(history_db: Path,
     statements = capture(manager, lambda: found.extend(
         manager.get_copyable_files(ARCHIVE, max_copy_attempts=ATTEMPTS, num_files=100)))
     assert found
-    check(history_db, statements, uses="ix_suprsync_unsynced")
+    check(history_db, statements, uses=UNVERIFIED)
 
 
 def test_claims_search_the_unsynced_index(history_db: Path,
@@ -224,8 +227,8 @@ def test_claims_search_the_unsynced_index(history_db: Path,
         ARCHIVE, "plans", 60.0, ATTEMPTS, 5, after=(last.timestamp, last.id), up_to=top))
     statements += capture(manager, lambda: manager.renew_claims("plans", 60.0))
     manager.release_claims("plans")
-    steps = check(history_db, statements, uses="ix_suprsync_unsynced")
-    assert all("ix_suprsync_unsynced" in s or "PRIMARY KEY" in s for s in steps), steps
+    steps = check(history_db, statements, uses=UNVERIFIED)
+    assert all(UNVERIFIED in s or "PRIMARY KEY" in s for s in steps), steps
 
 
 def test_deletable_searches_the_verified_present_index(history_db: Path,
@@ -240,7 +243,7 @@ def test_finalized_until_searches_the_unsynced_index(history_db: Path,
                                                      manager: SupRsyncFilesManager) -> None:
     """get_finalized_until reads only unsynced rows, not the archive in time order."""
     statements = capture(manager, lambda: manager.get_finalized_until(ARCHIVE))
-    check(history_db, statements, uses="ix_suprsync_unsynced")
+    check(history_db, statements, uses=UNVERIFIED)
 
 
 def test_archive_stats_are_bounded(history_db: Path, manager: SupRsyncFilesManager) -> None:
@@ -249,7 +252,7 @@ def test_archive_stats_are_bounded(history_db: Path, manager: SupRsyncFilesManag
     plus the rows above it; in a later call and in a fresh manager (a new process)."""
     manager.get_archive_stats(ARCHIVE)  # the catalog's first count ever reads the archive
     again = capture(manager, lambda: manager.get_archive_stats(ARCHIVE))
-    check(history_db, again, uses="ix_suprsync_unsynced", pick="remote_md5sum IS NULL")
+    check(history_db, again, uses=UNVERIFIED, pick="remote_md5sum IS NULL")
     check(history_db, again, uses="ix_suprsync_archive_time", pick="local_path")
     other = SupRsyncFilesManager(str(history_db), clock=lambda: NOW)
     try:
@@ -286,7 +289,7 @@ def test_sync_check_searches_the_unsynced_index(history_db: Path,
     look for quarantined rows (once none is missing) reads the dir by path range."""
     statements = capture(manager, lambda: manager.read(
         lambda s: tc_rules.unsynced_count(s, ARCHIVE, OPEN_TC)))
-    check(history_db, statements, uses="ix_suprsync_unsynced")
+    check(history_db, statements, uses=UNVERIFIED)
     done = capture(manager, lambda: manager.read(  # the other archive has no unsynced row
         lambda s: tc_rules.unsynced_count(s, OTHER, OPEN_TC - 5)))
     check(history_db, done, uses="ix_suprsync_remote_path", pick="typeof")
@@ -294,7 +297,7 @@ def test_sync_check_searches_the_unsynced_index(history_db: Path,
     # read session is rolled back.
     marked = capture(manager, lambda: manager.read(lambda s: (
         tc_rules.mark_completed(s, ARCHIVE, NOW), tc_rules.mark_synced(s, ARCHIVE))))
-    check(history_db, marked, uses="ix_suprsync_unsynced")
+    check(history_db, marked, uses=UNVERIFIED)
 
 
 def test_finalization_summary_reads_one_dir(history_db: Path,
@@ -722,3 +725,42 @@ def test_deletion_counting_further_copies_reads_only_local_files(
     # Each lookup is a search by file id (the primary key or the file index).
     assert copies and all(s.startswith("SEARCH") and "file_id=?" in s for s in copies), copies
     assert steps
+
+
+def test_a_catalog_with_the_older_unsynced_index_is_read_through_it(tmp_path: Path) -> None:
+    """A catalog made before ``ix_suprsync_unverified``, looked at without creating
+    anything, is read through its ``ix_suprsync_unsynced``; opened to work, it gains the
+    new index, which the reads name from then on, and keeps the old one (an agent of
+    the older version may be naming it)."""
+    db = tmp_path / "older.db"
+    SupRsyncFilesManager(str(db)).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP INDEX ix_suprsync_unverified")
+        conn.execute("CREATE INDEX ix_suprsync_unsynced ON supersync_v0 "
+                     "(archive_name, timestamp) WHERE remote_md5sum IS NULL "
+                     "OR remote_md5sum != local_md5sum")
+        conn.executemany(
+            "INSERT INTO supersync_v0 (local_path, local_md5sum, archive_name, remote_path, "
+            "timestamp, failed_copy_attempts) VALUES (?, ?, 'arch', ?, ?, ?)",
+            [(f"/d/{i}", "0" * 32, f"16750/{i}", float(i), 5 if i < 3 else 0)
+             for i in range(6)])
+
+    def copyable(create_all: bool) -> tuple[list[str], list[Statement]]:
+        manager = SupRsyncFilesManager(str(db), create_all=create_all)
+        found: list[str] = []
+        try:
+            statements = capture(manager, lambda: found.extend(
+                f.local_path for f in manager.get_copyable_files("arch", max_copy_attempts=5)))
+        finally:
+            manager.close()
+        return found, statements
+
+    found, statements = copyable(create_all=False)
+    assert found == ["/d/3", "/d/4", "/d/5"]
+    assert any("INDEXED BY ix_suprsync_unsynced" in s for s, _ in statements), statements
+    found, statements = copyable(create_all=True)
+    assert found == ["/d/3", "/d/4", "/d/5"]
+    assert any(f"INDEXED BY {UNVERIFIED}" in s for s, _ in statements), statements
+    with sqlite3.connect(db) as conn:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {UNVERIFIED, "ix_suprsync_unsynced"} <= names

@@ -27,7 +27,9 @@ STATISTICS = "statistics"
 
 #: Read an archive's unsynced rows through the partial index. Without statistics the
 #: planner may take another index on the archive name and walk every row of it.
-UNSYNCED_ROWS = "INDEXED BY ix_suprsync_unsynced"
+UNSYNCED_ROWS = "INDEXED BY ix_suprsync_unverified"
+#: An index a hint names, and the one it falls back to where the catalog lacks it.
+_HINT_FALLBACK = {"ix_suprsync_unverified": "ix_suprsync_unsynced"}
 VERIFIED_PRESENT_ROWS = "INDEXED BY ix_suprsync_verified_present"
 
 
@@ -57,6 +59,9 @@ class CatalogDialect:
     deletion_mark: str | None = None
     #: DDL on a DB-API connection opens a transaction that must be committed.
     transactional_ddl = True
+    #: The partial index of unsynced rows this backend makes (see schema.UNSYNCED_INDEXES;
+    #: sqlite catalogs made before ix_suprsync_unverified keep their ix_suprsync_unsynced).
+    unsynced_index = "ix_suprsync_unsynced"
 
     def insert_ignoring_duplicates(self, table: Table) -> Any:
         """An INSERT that skips rows whose primary key exists (also inserted meanwhile)."""
@@ -112,6 +117,7 @@ class SqliteDialect(CatalogDialect):
     prefix_like_uses_index = False
     typeof_checks = True
     json_each = True
+    unsynced_index = "ix_suprsync_unverified"
     deletion_mark = TRIGGERS
     transactional_ddl = False
 
@@ -235,6 +241,11 @@ def _table_with_hint(element: Table, compiler: SQLCompiler, **kw: Any) -> str:
     hints = kw.get("fromhints")
     if hints and element in hints and not kw.get("ashint"):
         hint = hints[element]
-        if hint.rsplit(" ", 1)[-1] in getattr(compiler.dialect, "suprsync_indexes", ()):
+        have = getattr(compiler.dialect, "suprsync_indexes", ())
+        name = hint.rsplit(" ", 1)[-1]
+        if name not in have and _HINT_FALLBACK.get(name) in have:
+            name = _HINT_FALLBACK[name]
+            hint = hint.rsplit(" ", 1)[0] + " " + name
+        if name in have:
             sql += " " + hint
     return sql

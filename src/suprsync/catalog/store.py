@@ -40,6 +40,7 @@ from .schema import (
     NOT_IGNORED,
     SYNCED,
     UNSYNCED,
+    UNSYNCED_INDEXES,
     Base,
     CatalogMeta,
     Conflict,
@@ -269,6 +270,8 @@ class SupRsyncFilesManager:
         tables = [t.name for t in Base.metadata.sorted_tables]
         existing = {ix["name"] for t in tables for ix in inspect(self._engine).get_indexes(t)}
         for index in INDEXES:
+            if index.name in UNSYNCED_INDEXES and index.name != self.dialect.unsynced_index:
+                continue
             if index.name not in existing:
                 index.create(self._engine, checkfirst=True)
         with self.Session.begin() as session:
