@@ -15,7 +15,11 @@ raises AssertionError listing every violation, each naming file ids and paths:
 4. one finalization file per (archive, finalized timecode, instance), locally under
    ``file_root/<tc>/<instance>/`` and remotely under ``<base>/<tc>/suprsync/<instance>/``,
    plus one per further finalization file recorded for it in the catalog's
-   ``suprsync_supplements_v0`` (the rule is ``finalization_problem``, in one place).
+   ``suprsync_supplements_v0`` (the rule is ``finalization_problem``, in one place);
+5. no false completion: a finalization file at an archive's destination, registered
+   as a row, has beside it every file its dir's rows surely not ignored name that were
+   registered before it (``check_every_destination`` also checks their md5 at
+   further destinations).
 
 Rows written by other programs are untrusted: NULL columns, bytes that are not UTF-8
 and numbers stored as text never crash the checker. Text is read as bytes and paths
@@ -503,6 +507,12 @@ def check_invariants(db: str | os.PathLike[str], destinations: Mapping[str, str 
         problems += _row_problems(row, dests, gone_ok, report)
     problems += finalization_problems(dests, Path(file_root) if file_root else None,
                                       instance_ids, read_supplements(db))
+    # 5. no false completion: a finalized dir at an archive's destination holds every
+    # file registered into it before its finalization file.
+    for archive, base in dests.items():
+        problems += _false_completions(
+            archive, {r.id: r for r in rows if as_text(r.archive_name) == archive},
+            {archive: base}, _normalized_remote, missing_only=True)
     if fence is not None:
         extra = [*dests.values(), *map(Path, local_roots)]
         if file_root is not None:
@@ -544,11 +554,22 @@ def _read_copies(db: str | os.PathLike[str]) -> list[tuple[Any, ...]]:
         conn.close()
 
 
+def _normalized_remote(row: Row) -> str | None:
+    """The row's remote path as suprsync writes it, or None when it has none."""
+    try:
+        raw = as_text(row.remote_path)
+        return normalize_remote_path(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
 def _false_completions(archive: str, rows: Mapping[int, Row], bases: Mapping[str, Path],
-                       where: Callable[[Row], str | None]) -> list[str]:
-    """A finalization file at a further destination whose dir lacks a file there: every
-    row of the dir surely not ignored (outside ``<tc>/suprsync/``) registered before
-    the finalization file must be at that destination with its md5."""
+                       where: Callable[[Row], str | None],
+                       missing_only: bool = False) -> list[str]:
+    """A finalization file at a destination whose dir lacks a file there: every row of
+    the dir surely not ignored (outside ``<tc>/suprsync/``) registered before the
+    finalization file must be at that destination with its md5 (``missing_only``: must
+    be there at all; a later change of a file's content is then no false completion)."""
     by_remote = {r: row for row in rows.values() if (r := where(row)) is not None}
     in_dir: dict[str, list[tuple[str, Row]]] = defaultdict(list)
     for remote, row in by_remote.items():
@@ -567,7 +588,8 @@ def _false_completions(archive: str, rows: Mapping[int, Row], bases: Mapping[str
                         if row.id >= fin.id:
                             continue
                         md5 = md5_text(row.local_md5sum)
-                        if destination_md5(base, remote)[0] != md5:
+                        got = destination_md5(base, remote)[0]
+                        if got is None if missing_only else got != md5:
                             problems.append(
                                 f"FALSE COMPLETION: destination {name} holds {path} but not "
                                 f"{row.describe()} of that dir")
@@ -590,13 +612,6 @@ def check_every_destination(db: str | os.PathLike[str], archive: str,
     rows = {r.id: r for r in read_rows(db) if as_text(r.archive_name) == archive}
     problems = []
 
-    def where(row: Row) -> str | None:
-        try:
-            raw = as_text(row.remote_path)
-            return normalize_remote_path(raw) if raw is not None else None
-        except ValueError:
-            return None
-
     checked = 0
     for arch, name, file_id, seen, verified in _read_copies(db):
         row = rows.get(file_id)
@@ -605,7 +620,7 @@ def check_every_destination(db: str | os.PathLike[str], archive: str,
         md5 = md5_text(row.local_md5sum)
         if seen is None or md5 is None or seen != md5:
             continue
-        remote = where(row)
+        remote = _normalized_remote(row)
         checked += 1
         if remote is None:
             problems.append(f"{row.describe()} reads verified at destination {name} but its "
@@ -618,7 +633,7 @@ def check_every_destination(db: str | os.PathLike[str], archive: str,
     for row in rows.values():
         local = as_text(row.local_path)
         md5 = md5_text(row.local_md5sum)
-        remote = where(row)
+        remote = _normalized_remote(row)
         if (row.ignored or local is None or "\x00" in local or local in gone_ok
                 or os.path.exists(local) or md5 is None or remote is None):
             continue
@@ -628,7 +643,7 @@ def check_every_destination(db: str | os.PathLike[str], archive: str,
             problems.append(f"LOST: local file of {row.describe()} is gone and only "
                             f"{holders or 'no destination'} hold md5 {md5} (at least "
                             f"{min_copies} should)")
-    problems += _false_completions(archive, rows, bases, where)
+    problems += _false_completions(archive, rows, bases, _normalized_remote)
     if problems:
         raise AssertionError(f"{len(problems)} further-destination invariant violation(s):\n  "
                              + "\n  ".join(problems[:_MAX_PROBLEMS]))
