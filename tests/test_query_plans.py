@@ -320,6 +320,16 @@ def test_late_file_scan_reads_new_ids(history_db: Path,
     statements = capture(manager, lambda: manager.read(
         lambda s: find_late_files(s, ARCHIVE, after_id=top - 100)))
     check(history_db, statements, uses="INTEGER PRIMARY KEY")
+    # The bounds are read for the dirs the new ids are in, by the dir index, not for
+    # every finalized dir of the archive.
+    dirs = capture(manager, lambda: manager.read(
+        lambda s: find_late_files(s, ARCHIVE, after_id=top - 100)), table="timecode_dirs_v0")
+    assert dirs
+    for statement, params in dirs:
+        assert " IN (" in statement, statement
+        steps = plan(history_db, statement, params)
+        assert any("ix_suprsync_tcdir (archive_name=? AND timecode=?)" in s for s in steps), steps
+        assert not any(s.startswith("SCAN timecode_dirs_v0") for s in steps), steps
 
 
 def test_dirs_left_with_late_files_are_read_by_path_range(

@@ -11,7 +11,10 @@ files, which downstream skips) are never late.
 from __future__ import annotations
 
 import json
+import weakref
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
@@ -63,29 +66,54 @@ def own_file(remote_path: str, timecode: int) -> bool:
     return remote_path.startswith(f"{timecode}/{SUPRSYNC_SUBDIR}/")
 
 
+#: Engines whose catalog has the supplements table (once there, it stays).
+_with_supplements: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def has_supplements(session: Session) -> bool:
     """True when the catalog has the supplements table (read-only commands do not add it)."""
-    return inspect(session.get_bind()).has_table(S.__tablename__)
+    engine = session.get_bind()
+    if engine in _with_supplements:
+        return True
+    found = inspect(engine).has_table(S.__tablename__)
+    if found:
+        _with_supplements.add(engine)
+    return found
 
 
-def described_bounds(session: Session, archive_name: str) -> dict[int, int]:
-    """Per finalized dir of the archive, the highest file id its finalization files describe.
+def described_bounds(session: Session, archive_name: str,
+                     only: Collection[int] | None = None) -> dict[int, int]:
+    """Per finalized dir of the archive (of the dirs in ``only``), the highest file id
+    its finalization files describe.
 
     A dir finalized without a recorded file id (written so by another program) is left
     out: what it described is unknown.
     """
+    dirs = [TD.timecode.in_(sorted(only))] if only is not None else []
+    sups = [S.timecode.in_(sorted(only))] if only is not None else []
+    if only is not None and not only:
+        return {}
     bounds = {int(tc): int(fid) for tc, fid in session.execute(
         select(TD.timecode, func.max(TD.finalize_file_id))
         .where(TD.archive_name == archive_name, TD.finalized.is_(True),
-               TD.finalize_file_id.is_not(None))
+               TD.finalize_file_id.is_not(None), *dirs)
         .group_by(TD.timecode))}
     if bounds and has_supplements(session):
         for tc, up_to in session.execute(
                 select(S.timecode, func.max(S.covers_up_to))
-                .where(S.archive_name == archive_name).group_by(S.timecode)):
+                .where(S.archive_name == archive_name, *sups).group_by(S.timecode)):
             if int(tc) in bounds:
                 bounds[int(tc)] = max(bounds[int(tc)], int(up_to))
     return bounds
+
+
+def _lowest_bound(session: Session, archive_name: str) -> int | None:
+    """The lowest file id a finalized dir of the archive was described up to (None:
+    no finalized dir has one)."""
+    low = session.scalar(select(func.min(TD.finalize_file_id)).where(
+        TD.archive_name == archive_name, TD.finalized.is_(True),
+        TD.finalize_file_id.is_not(None)))
+    return None if low is None else int(low)
 
 
 def find_late_files(session: Session, archive_name: str, after_id: int = 0,
@@ -93,27 +121,39 @@ def find_late_files(session: Session, archive_name: str, after_id: int = 0,
     """Late files of the archive with an id above after_id (of the dirs in ``only``).
 
     The scan is a primary-key range that reads 15 characters of each remote path;
-    only the rows found late are read whole.
+    the bounds are read for the dirs it met, and only the rows found late are read
+    whole. From the first id (no scan before), it starts at the lowest bound.
     """
-    bounds = described_bounds(session, archive_name)
-    if only is not None:
-        bounds = {tc: b for tc, b in bounds.items() if tc in only}
-    if not bounds:
-        return []
-    low = max(after_id, min(bounds.values()))
+    low = after_id
+    if low <= 0:
+        lowest = _lowest_bound(session, archive_name)
+        if lowest is None:
+            return []
+        low = lowest
     # archive_name || '' keeps the planner on the primary-key range.
     heads = session.execute(
         select(F.id, func.substr(F.remote_path, 1, 15))
         .where(F.id > low, F.archive_name.concat("") == archive_name, NOT_IGNORED)
         .execution_options(yield_per=5000))
+    bounds: dict[int, int | None] = {}  # per dir met: its bound, None when not finalized
     found: dict[int, int] = {}
-    for file_id, head in heads:
-        if not isinstance(head, str):
-            continue
-        tc = timecode_of(head)
-        if tc is None or tc not in bounds or file_id <= bounds[tc] or own_file(head, tc):
-            continue
-        found[int(file_id)] = tc
+    for part in heads.partitions():
+        seen: list[tuple[int, int]] = []
+        for file_id, head in part:
+            if not isinstance(head, str):
+                continue
+            tc = timecode_of(head)
+            if tc is None or (only is not None and tc not in only) or own_file(head, tc):
+                continue
+            seen.append((int(file_id), tc))
+        new = {tc for _, tc in seen if tc not in bounds}
+        if new:
+            read = described_bounds(session, archive_name, new)
+            bounds.update({tc: read.get(tc) for tc in new})
+        for file_id, tc in seen:
+            bound = bounds[tc]
+            if bound is not None and file_id > bound:
+                found[file_id] = tc
     late: list[LateFile] = []
     ids = sorted(found)
     for start in range(0, len(ids), 500):
@@ -142,7 +182,7 @@ def dir_bound(session: Session, archive_name: str, timecode: int) -> int | None:
 def late_in_dirs(session: Session, archive_name: str, timecodes: set[int]) -> list[LateFile]:
     """Late files of these finalized dirs, each dir read by its range of the remote-path
     index (rows whose remote path is not text are left out, as find_late_files does)."""
-    bounds = described_bounds(session, archive_name)
+    bounds = described_bounds(session, archive_name, timecodes)
     late: list[LateFile] = []
     for tc in sorted(timecodes & set(bounds)):
         for file_id, remote, local in session.execute(
