@@ -137,15 +137,9 @@ def find_late_files(session: Session, archive_name: str, after_id: int = 0,
         .execution_options(yield_per=5000))
     bounds: dict[int, int | None] = {}  # per dir met: its bound, None when not finalized
     found: dict[int, int] = {}
-    for part in heads.partitions():
-        seen: list[tuple[int, int]] = []
-        for file_id, head in part:
-            if not isinstance(head, str):
-                continue
-            tc = timecode_of(head)
-            if tc is None or (only is not None and tc not in only) or own_file(head, tc):
-                continue
-            seen.append((int(file_id), tc))
+    seen: list[tuple[int, int]] = []
+
+    def judge() -> None:
         new = {tc for _, tc in seen if tc not in bounds}
         if new:
             read = described_bounds(session, archive_name, new)
@@ -154,6 +148,23 @@ def find_late_files(session: Session, archive_name: str, after_id: int = 0,
             bound = bounds[tc]
             if bound is not None and file_id > bound:
                 found[file_id] = tc
+        seen.clear()
+
+    for file_id, head in heads:
+        if not isinstance(head, str):
+            continue
+        tc = timecode_of(head)
+        if tc is None or (only is not None and tc not in only) or own_file(head, tc):
+            continue
+        if tc in bounds:  # a dir met before: judged as it comes
+            bound = bounds[tc]
+            if bound is not None and file_id > bound:
+                found[int(file_id)] = tc
+            continue
+        if len(seen) >= 5000:
+            judge()
+        seen.append((int(file_id), tc))
+    judge()
     late: list[LateFile] = []
     ids = sorted(found)
     for start in range(0, len(ids), 500):
