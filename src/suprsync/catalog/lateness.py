@@ -89,10 +89,10 @@ def described_bounds(session: Session, archive_name: str,
     A dir finalized without a recorded file id (written so by another program) is left
     out: what it described is unknown.
     """
-    dirs = [TD.timecode.in_(sorted(only))] if only is not None else []
-    sups = [S.timecode.in_(sorted(only))] if only is not None else []
     if only is not None and not only:
         return {}
+    dirs = [] if only is None else [TD.timecode.in_(sorted(only))]
+    sups = [] if only is None else [S.timecode.in_(sorted(only))]
     bounds = {int(tc): int(fid) for tc, fid in session.execute(
         select(TD.timecode, func.max(TD.finalize_file_id))
         .where(TD.archive_name == archive_name, TD.finalized.is_(True),
@@ -116,13 +116,13 @@ def _lowest_bound(session: Session, archive_name: str) -> int | None:
     return None if low is None else int(low)
 
 
-def find_late_files(session: Session, archive_name: str, after_id: int = 0,
-                    only: set[int] | None = None) -> list[LateFile]:
-    """Late files of the archive with an id above after_id (of the dirs in ``only``).
+def find_late_files(session: Session, archive_name: str, after_id: int = 0) -> list[LateFile]:
+    """Late files of the archive with an id above after_id.
 
     The scan is a primary-key range that reads 15 characters of each remote path;
-    the bounds are read for the dirs it met, and only the rows found late are read
-    whole. From the first id (no scan before), it starts at the lowest bound.
+    the bounds are read for the dirs it met, 5,000 rows at a time, and only the rows
+    found late are read whole. From the first id (no scan before), it starts at the
+    lowest bound.
     """
     low = after_id
     if low <= 0:
@@ -140,7 +140,7 @@ def find_late_files(session: Session, archive_name: str, after_id: int = 0,
     seen: list[tuple[int, int]] = []
 
     def judge() -> None:
-        new = {tc for _, tc in seen if tc not in bounds}
+        new = {tc for _, tc in seen} - bounds.keys()
         if new:
             read = described_bounds(session, archive_name, new)
             bounds.update({tc: read.get(tc) for tc in new})
@@ -154,16 +154,11 @@ def find_late_files(session: Session, archive_name: str, after_id: int = 0,
         if not isinstance(head, str):
             continue
         tc = timecode_of(head)
-        if tc is None or (only is not None and tc not in only) or own_file(head, tc):
+        if tc is None or own_file(head, tc):
             continue
-        if tc in bounds:  # a dir met before: judged as it comes
-            bound = bounds[tc]
-            if bound is not None and file_id > bound:
-                found[int(file_id)] = tc
-            continue
+        seen.append((int(file_id), tc))
         if len(seen) >= 5000:
             judge()
-        seen.append((int(file_id), tc))
     judge()
     late: list[LateFile] = []
     ids = sorted(found)
