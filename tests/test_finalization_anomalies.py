@@ -392,9 +392,10 @@ def test_a_new_agent_reads_the_dirs_left_with_late_files_not_the_history(
     scans: list[tuple] = []
 
     def listen(_conn, _cursor, statement, params, _context, _many) -> None:  # noqa: ANN001
-        # The late-file scan: new ids from a lower bound (detection also has an upper one;
-        # a dir's own rows, read by their path prefix, compare BLOB paths with substr too).
-        if "substr(supersync_v0.remote_path" in statement and "id <=" not in statement \
+        # The late-file scan: ids and path heads of new ids (detection reads path heads
+        # only; a dir's own rows, read by their path prefix, compare BLOB paths with
+        # substr too).
+        if "SELECT supersync_v0.id, substr(supersync_v0.remote_path" in statement \
                 and "remote_path >= x''" not in statement:
             scans.append(tuple(params))
 

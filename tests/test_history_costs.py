@@ -4,6 +4,11 @@ forever, the scan for late files of a new process, the sweep for quarantined row
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -160,14 +165,9 @@ def test_scan_of_new_ids_finds_a_late_file_on_each_backend(catalog_url: str) -> 
 
 
 
-def test_each_iteration_scans_for_late_files_only_what_it_has_not_read(
-        catalog_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """After the first look, the late-file scan starts at the last id it read: on sqlite,
-    where rows commit in id order, exactly there; on PostgreSQL RESCAN_IDS below it, for
-    rows that commit after higher ids. A late file registered between the two is found."""
+def record_late_scan_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ids the timecode step's late-file scans start after, as they run."""
     from suprsync import finalization
-    from suprsync.catalog.anomalies import DirWatch
-    from suprsync.catalog.lateness import RESCAN_IDS
 
     starts: list[int] = []
     real = finalization.find_late_files
@@ -177,6 +177,18 @@ def test_each_iteration_scans_for_late_files_only_what_it_has_not_read(
         return real(session, archive_name, after_id=after_id, **kw)
 
     monkeypatch.setattr(finalization, "find_late_files", recording)
+    return starts
+
+
+def test_each_iteration_scans_for_late_files_only_what_it_has_not_read(
+        catalog_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the first look, the late-file scan starts exactly at the last id it read (on
+    PostgreSQL that id is read once the registrations in flight have ended). A late
+    file registered between the two is found."""
+    from suprsync import finalization
+    from suprsync.catalog.anomalies import DirWatch
+
+    starts = record_late_scan_starts(monkeypatch)
     manager = SupRsyncFilesManager(catalog_url)
     try:
         _dir_16000_finalized(manager)
@@ -189,8 +201,101 @@ def test_each_iteration_scans_for_late_files_only_what_it_has_not_read(
                                 local_md5sum="0" * 32, timestamp=T0).id
         finalization.update_timecode_dirs(manager, ARCHIVE, str(tmp_path / "files"),
                                           "test", lambda: NOW, watch=watch)
-        in_order = not catalog_url.startswith("postgresql")
-        assert starts[-1] == (top if in_order else max(0, top - RESCAN_IDS)), starts
+        assert starts[-1] == top, starts
         assert [f.file_id for f in watch.late.values()] == [late]
     finally:
         manager.close()
+
+
+@dataclass
+class OutOfOrder:
+    """A PostgreSQL catalog with dir 16000 finalized and looked at once; then a
+    producer's row of the dir (id ``early``) inserted in ``slow``'s open transaction,
+    and a row with a higher id (``later``) committed."""
+
+    manager: SupRsyncFilesManager
+    slow: Any
+    watch: Any
+    files: str
+    early: int
+    later: int
+
+    def step(self) -> None:
+        """One timecode step of the archive."""
+        from suprsync import finalization
+
+        finalization.update_timecode_dirs(self.manager, ARCHIVE, self.files, "test",
+                                          lambda: NOW, watch=self.watch)
+
+
+@contextmanager
+def out_of_order(pg: Any, tmp_path: Path) -> Iterator[OutOfOrder]:
+    import psycopg
+
+    from suprsync.catalog.anomalies import DirWatch
+
+    url = "postgresql://" + pg.create_database().split("://", 1)[1]
+    manager = SupRsyncFilesManager(url)
+    slow = psycopg.connect(url)
+    try:
+        _dir_16000_finalized(manager)
+        case = OutOfOrder(manager, slow, DirWatch(ARCHIVE), str(tmp_path / "files"), 0, 0)
+        case.step()
+        rel = "16000/b/early.g3"
+        case.early = slow.execute(
+            "INSERT INTO supersync_v0 (local_path, local_md5sum, archive_name, remote_path, "
+            "timestamp, failed_copy_attempts) VALUES (%s, %s, %s, %s, %s, 0) RETURNING id",
+            (f"/data/{rel}", md5(rel.encode()), ARCHIVE, rel, T0)).fetchone()[0]
+        case.later = manager.add_file("/data/16000/b/later.g3", "16000/b/later.g3", ARCHIVE,
+                                      local_md5sum="0" * 32, timestamp=T0).id
+        assert case.later > case.early
+        yield case
+    finally:
+        slow.close()
+        manager.close()
+
+
+def test_a_row_that_commits_after_higher_ids_is_still_scanned_for_lateness(
+        pg: Any, tmp_path: Path) -> None:
+    """PostgreSQL: a producer's row with a lower id commits after a row with a higher
+    id, while the timecode step runs. The step waits for it before it reads where its
+    scan ends, so the scan after it (which starts at that id) cannot pass the row by."""
+    with out_of_order(pg, tmp_path) as case:
+        running = threading.Thread(target=case.step)
+        running.start()
+        time.sleep(0.5)
+        case.slow.commit()
+        running.join(60)
+        assert not running.is_alive()
+        case.step()
+        assert sorted(case.watch.late) == [case.early, case.later]
+        assert case.watch.settled
+
+
+def test_a_long_producer_transaction_is_waited_for_briefly_then_ids_are_read_again(
+        pg: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """PostgreSQL: while a producer keeps a transaction writing the files table open,
+    the timecode step waits SETTLE_WAIT for it, not longer: it scans without the
+    settled bound, says so once, and the next scan reads RESCAN_IDS again, which
+    finds the producer's row once it commits."""
+    from suprsync import finalization
+    from suprsync.catalog.lateness import RESCAN_IDS
+
+    monkeypatch.setattr(finalization, "SETTLE_WAIT", 0.2)
+    starts = record_late_scan_starts(monkeypatch)
+    with out_of_order(pg, tmp_path) as case:
+        with caplog.at_level("WARNING", logger="suprsync.finalization"):
+            case.step()
+            case.step()
+        warned = [r for r in caplog.records if "has been open for more than" in r.message]
+        assert len(warned) == 1, [r.message for r in caplog.records]
+        assert not case.watch.settled
+        assert sorted(case.watch.late) == [case.later]
+        case.slow.commit()
+        case.step()
+        assert starts[-1] == max(0, case.later - RESCAN_IDS), starts
+        assert sorted(case.watch.late) == [case.early, case.later]
+        assert case.watch.settled
+        case.step()
+        assert starts[-1] == case.later, starts

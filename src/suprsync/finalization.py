@@ -21,11 +21,14 @@ from typing import Any
 
 import yaml
 from sqlalchemy import case, func, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from .catalog.anomalies import DirWatch, future_dirs, newest_timestamp, timecode_at
 from .catalog.copies import withhold_where_lost
+from .catalog.dialects import LOCK_TIMEOUT
 from .catalog.lateness import (
+    RESCAN_IDS,
     SUPRSYNC_SUBDIR,
     dir_bound,
     find_late_files,
@@ -45,6 +48,7 @@ from .catalog.timecode import (
     mark_dir_synced,
     max_file_id,
     rows_above,
+    settled_top,
     sync_candidates,
     waiting_count,
 )
@@ -312,6 +316,35 @@ def supplement_dir(manager: SupRsyncFilesManager, archive_name: str, timecode: i
     return remote_path, content.max_id
 
 
+#: How long the timecode step waits for the registrations in flight (a producer's
+#: transaction) before it scans without that bound, reading RESCAN_IDS again next time.
+SETTLE_WAIT = 2.0
+
+
+def _settled_top(manager: SupRsyncFilesManager, archive_name: str,
+                 watch: DirWatch) -> int | None:
+    """settled_top in its own short transaction; None (logged once while it lasts) when
+    a transaction writing the files table held it off for SETTLE_WAIT."""
+    try:
+        top = manager.write(lambda s: settled_top(s, SETTLE_WAIT),
+                            what=f"last registered id of {archive_name}")
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) != LOCK_TIMEOUT:
+            raise
+        if not watch.unsettled_logged:
+            watch.unsettled_logged = True
+            log.warning("a transaction writing the catalog's files table has been open "
+                        "for more than %.0f s: the look for late files of archive %s reads "
+                        "the last %d ids again until it ends", SETTLE_WAIT, archive_name,
+                        RESCAN_IDS)
+        return None
+    if watch.unsettled_logged:
+        watch.unsettled_logged = False
+        log.info("the look for late files of archive %s again ends where registrations "
+                 "have ended", archive_name)
+    return top
+
+
 _watches: weakref.WeakKeyDictionary[SupRsyncFilesManager, dict[str, DirWatch]] = (
     weakref.WeakKeyDictionary())
 
@@ -336,18 +369,23 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
     now = clock()
     watch = watch if watch is not None else watch_of(manager, archive_name)
     rescan = rescan_ids(manager.dialect)
-    after = None if watch.scanned_up_to is None else max(0, watch.scanned_up_to - rescan)
+    after = None
+    if watch.scanned_up_to is not None:
+        after = watch.scanned_up_to if watch.settled else max(0, watch.scanned_up_to - rescan)
+    # Where rows can commit after rows with higher ids, the scan ends at an id below
+    # which every registration has ended, so that the next one can start there.
+    settled = _settled_top(manager, archive_name, watch) if rescan else None
 
     def look(session: Session) -> tuple[list[int], float | None, int, list]:
-        top = max_file_id(session)
+        top = settled if settled is not None else max_file_id(session)
         if after is not None:
-            late = find_late_files(session, archive_name, after_id=after)
+            late = find_late_files(session, archive_name, after_id=after, up_to=top)
         else:
             # A new watch: scan what the agents of the archive have not scanned yet,
             # and read the dirs they left with late files (the whole history once).
             kept = load_late_scan(session, archive_name)
             start = 0 if kept is None else max(0, kept.scanned_up_to - rescan)
-            late = find_late_files(session, archive_name, after_id=start)
+            late = find_late_files(session, archive_name, after_id=start, up_to=top)
             if kept is not None:
                 late += late_in_dirs(session, archive_name, set(kept.dirs))
                 found = {f.timecode for f in late}
@@ -359,6 +397,7 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
     watch.saw_future(future, now)
     watch.saw_late(late)
     watch.scanned_up_to = top
+    watch.settled = not rescan or settled is not None
     trusted = not watch.saw_clock(newest, now) and clock_ok
 
     def advance(session: Session) -> tuple[list[int], list[int]]:

@@ -79,6 +79,12 @@ class DirWatch:
     rows_ahead: bool = False
     #: Highest file id scanned for late files (None: never scanned).
     scanned_up_to: int | None = None
+    #: True when no row below scanned_up_to can commit after the scan (the next scan
+    #: starts there, not RESCAN_IDS below).
+    settled: bool = False
+    #: True while registrations in flight keep the scan from ending at a settled id
+    #: (logged once).
+    unsettled_logged: bool = False
     #: Dirs whose late files were all described since the state was last kept.
     cleared: set[int] = field(default_factory=set)
     #: Further finalization files written for late files since this watch began.

@@ -50,7 +50,7 @@ from .schema import (
     DestinationRecord,
     SupRsyncFile,
 )
-from .timecode import freeze_registrations, max_file_id
+from .timecode import max_file_id, settled_top
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +234,7 @@ def track(session: Session, dest: int, archive_name: str,
     if top <= low:
         return 0, True
     if not dialect_of(session).ids_commit_in_order:
-        freeze_registrations(session)
-        top = max_file_id(session)
+        top = settled_top(session)
     high = min(top, low + chunk)
     # Counted from the ids returned: on PostgreSQL the statement's rowcount is -1.
     added = len(session.execute(insert(DC).from_select(

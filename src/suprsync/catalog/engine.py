@@ -7,7 +7,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
@@ -43,11 +43,12 @@ def make_engine(
 ) -> Engine:
     """Create the engine; for sqlite, WAL mode and a busy timeout on every connection."""
     url = catalog_url(db)
-    if not dialect_for_url(url).one_file:
+    dialect = dialect_for_url(url)
+    if not dialect.one_file:
         server = create_engine(url, echo=echo, pool_size=pool_size,
                                max_overflow=max_overflow, pool_pre_ping=True)
-        if server.dialect.name == "postgresql":
-            event.listen(server, "connect", _without_jit)
+        event.listen(server, "connect",
+                     lambda dbapi_conn, _record: dialect.configure_connection(dbapi_conn))
         return server
     path = database_file(url)
     if path:
@@ -65,24 +66,6 @@ def make_engine(
         configure_sqlite(dbapi_conn)
 
     return engine
-
-
-def _without_jit(dbapi_conn: Any, _record: Any) -> None:
-    """Plan this connection's queries without JIT compilation (PostgreSQL 11 and later).
-
-    The catalog's queries are short index lookups whose costs PostgreSQL overestimates
-    when they range over parameters (the collision lookup of a batch: 500 ranges it
-    cannot see into). Above ``jit_above_cost`` it compiles them first, which took
-    5 to 25 ms for a lookup that runs in 0.3 ms (1,000,000 rows).
-    """
-    if dbapi_conn.info.server_version < 110000:
-        return
-    cur = dbapi_conn.cursor()
-    try:
-        cur.execute("SET jit = off")
-    finally:
-        cur.close()
-    dbapi_conn.commit()
 
 
 def configure_sqlite(conn: sqlite3.Connection) -> None:

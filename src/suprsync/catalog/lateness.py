@@ -116,8 +116,9 @@ def _lowest_bound(session: Session, archive_name: str) -> int | None:
     return None if low is None else int(low)
 
 
-def find_late_files(session: Session, archive_name: str, after_id: int = 0) -> list[LateFile]:
-    """Late files of the archive with an id above after_id.
+def find_late_files(session: Session, archive_name: str, after_id: int = 0,
+                    up_to: int | None = None) -> list[LateFile]:
+    """Late files of the archive with an id above after_id (and at most up_to).
 
     The scan is a primary-key range that reads 15 characters of each remote path;
     the bounds are read for the dirs it met, 5,000 rows at a time, and only the rows
@@ -131,10 +132,11 @@ def find_late_files(session: Session, archive_name: str, after_id: int = 0) -> l
             return []
         low = lowest
     # archive_name || '' keeps the planner on the primary-key range.
-    heads = session.execute(
-        select(F.id, func.substr(F.remote_path, 1, 15))
-        .where(F.id > low, F.archive_name.concat("") == archive_name, NOT_IGNORED)
-        .execution_options(yield_per=5000))
+    query = (select(F.id, func.substr(F.remote_path, 1, 15))
+             .where(F.id > low, F.archive_name.concat("") == archive_name, NOT_IGNORED))
+    if up_to is not None:
+        query = query.where(F.id <= up_to)
+    heads = session.execute(query.execution_options(yield_per=5000))
     bounds: dict[int, int | None] = {}  # per dir met: its bound, None when not finalized
     found: dict[int, int] = {}
     seen: list[tuple[int, int]] = []

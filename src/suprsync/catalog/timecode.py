@@ -280,11 +280,18 @@ def rows_above(session: Session, archive_name: str, timecode: int,
     return int(count or 0), int(top or 0)
 
 
-def freeze_registrations(session: Session) -> None:
+def freeze_registrations(session: Session, wait: float | None = None) -> None:
     """Wait for registrations in flight and hold new ones until commit (a table lock
     on PostgreSQL, which hands out ids before rows commit; sqlite hands them out
-    under its write lock)."""
-    dialect_of(session).freeze_registrations(session, F.__table__)
+    under its write lock). With ``wait``, an error after that many seconds."""
+    dialect_of(session).freeze_registrations(session, F.__table__, wait)
+
+
+def settled_top(session: Session, wait: float | None = None) -> int:
+    """The highest file id once the registrations in flight have ended: no row with a
+    lower id can commit later (a write transaction; see freeze_registrations)."""
+    freeze_registrations(session, wait)
+    return max_file_id(session)
 
 
 def dir_states(session: Session, archive_name: str) -> dict[str, list[int]]:
