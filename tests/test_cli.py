@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -336,3 +337,23 @@ def test_every_command_that_prints_data_has_json(tmp_path: Path) -> None:
                                                                  "created": 0}
     copied = cli("migrate", "--from", db, "--to", str(tmp_path / "new.db"))
     assert copied["copied"]["supersync_v0"] == 1
+
+
+def test_the_command_loads_its_code_with_the_collector_paused_then_running(
+        tmp_catalog: Path) -> None:
+    """What the imports made is frozen out of the cyclic collector's reach (it would
+    collect among them while they are made, and again at exit), and the collector runs
+    again for what the command does: a long `suprsync run` must not grow unbounded."""
+    SupRsyncFilesManager(str(tmp_catalog), create_all=True)
+    probe = ("import gc, sys\n"
+             "from suprsync import cli\n"
+             "before = gc.get_freeze_count()\n"
+             "code = cli.main(sys.argv[1:])\n"
+             "print(code, gc.isenabled(), before, gc.get_freeze_count())\n")
+    result = subprocess.run([sys.executable, "-c", probe, "stats", "--db", str(tmp_catalog)],
+                            capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stderr
+    code, enabled, before, after = result.stdout.split()[-4:]
+    assert (code, enabled, before) == ("0", "True", "0")
+    assert int(after) > 10_000  # SQLAlchemy's and the catalog code's objects
