@@ -374,6 +374,39 @@ def tc_states(manager: SupRsyncFilesManager, archive: str) -> dict[str, list[int
     return manager.read(lambda s: dir_states(s, archive))
 
 
+def test_timecode_dirs_of_rows_given_the_ids_of_deleted_newest_rows_are_detected(
+    manager: SupRsyncFilesManager, tmp_path: Path
+) -> None:
+    """Another program deletes the newest rows, and sqlite gives their ids to the next
+    registrations, below the last id detection read: their dirs are still detected, by
+    this manager and by a new one."""
+    local = make_file(tmp_path, "w.g3", b"w")
+    insert_plain(manager, local, "16750/a.g3", ARCHIVE, 100.0)
+    gone = [insert_plain(manager, local, f"16750/{n}.g3", ARCHIVE, 100.0) for n in "bc"]
+    assert manager.detect_timecode_dirs(ARCHIVE) == 1
+    sql(manager, f"DELETE FROM supersync_v0 WHERE id IN ({gone[0]}, {gone[1]})")
+    new = insert_plain(manager, local, "16751/d.g3", ARCHIVE, 200.0)
+    for n in "efg":
+        insert_plain(manager, local, f"16750/{n}.g3", ARCHIVE, 100.0)
+    if manager.dialect.reuses_ids:
+        assert new == gone[0]
+    assert manager.detect_timecode_dirs(ARCHIVE) == 1
+    assert tc_states(manager, ARCHIVE)["open"] == [16750, 16751]
+    # The same for a new process, which reads how far detection got from the catalog.
+    top = manager.max_file_id()
+    sql(manager, f"DELETE FROM supersync_v0 WHERE id IN ({top - 1}, {top})")
+    again = SupRsyncFilesManager(manager.db_path)
+    try:
+        fresh = [insert_plain(again, local, rel, ARCHIVE, 300.0)
+                 for rel in ("16752/h.g3", "16752/i.g3", "16750/j.g3")]
+        if manager.dialect.reuses_ids:
+            assert fresh[0] == top - 1
+        assert again.detect_timecode_dirs(ARCHIVE) == 1
+    finally:
+        again.close()
+    assert 16752 in tc_states(manager, ARCHIVE)["open"]
+
+
 def test_timecode_dirs_detected_and_rebuilt_per_archive(
     manager: SupRsyncFilesManager, tmp_path: Path
 ) -> None:
@@ -806,6 +839,33 @@ def test_partners_find_same_parent_and_child_paths_in_any_spelling(
     assert found("16750/p") == {"16750/p", "16750//p/child", "16750/p/./deep/er", "16750"}
     assert found("16750/p/child") == {"16750/p", "16750//p/child", "16750"}
     assert found("16750/q") == {"16750/q/p", "16750"}
+
+
+def test_path_keys_follow_the_ids_sqlite_gives_again_after_the_newest_rows_go(
+    manager: SupRsyncFilesManager, tmp_path: Path
+) -> None:
+    """Another program deletes the newest rows; sqlite gives their ids to the next
+    registrations, below the last id the scan read. Their spellings are still found,
+    and the record of a deleted row names nothing any more."""
+    local = make_file(tmp_path, "z.g3", b"z")
+    insert_plain(manager, local, "16750/a.g3", ARCHIVE, 1.0)
+    gone = [insert_plain(manager, local, "16750//b.g3", ARCHIVE, 1.0),
+            insert_plain(manager, local, "16750/c.g3", ARCHIVE, 1.0)]
+    manager.write(scan_path_keys)
+    sql(manager, f"DELETE FROM supersync_v0 WHERE id IN ({gone[0]}, {gone[1]})")
+    d = insert_plain(manager, local, "16750/./d.g3", ARCHIVE, 1.0)
+    e = insert_plain(manager, local, "16750//e.g3", ARCHIVE, 1.0)
+    insert_plain(manager, local, "16750/f.g3", ARCHIVE, 1.0)
+    if manager.dialect.reuses_ids:
+        assert [d, e] == gone
+    manager.write(scan_path_keys)
+
+    def ids_at(key: str) -> set[int]:
+        return {p.id for p in manager.read(lambda s: partners(s, ARCHIVE, [key]))}
+
+    assert ids_at("16750/d.g3") == {d}
+    assert ids_at("16750/e.g3") == {e}
+    assert ids_at("16750/b.g3") == set()
 
 
 def test_path_keys_of_older_rows_are_backfilled_a_chunk_per_scan(

@@ -418,6 +418,42 @@ def test_a_new_agent_reads_the_dirs_left_with_late_files_not_the_history(
     check(tmp_path)
 
 
+@pytest.mark.parametrize("restart", [False, True], ids=["same-agent", "new-agent"])
+def test_a_late_file_given_the_id_of_a_deleted_top_row_is_still_found(
+        tmp_path: Path, restart: bool) -> None:
+    """sqlite gives the id of a deleted top row to the next registration: a late file
+    registered after another program deleted the newest rows gets an id the look for late
+    files has read already, and is still found, by a running agent and by a new one."""
+    clock = Clock(NOW)
+    agent = agent_for(tmp_path, clock)
+    tc = NOW_TC - 3
+    add(agent, tmp_path, f"{tc}/crate1/a.g3")
+    iterate(agent, clock, 3)
+    db = tmp_path / "catalog.db"
+    assert tcdirs(db)[tc] == (1, 1, 1)
+    with sqlite3.connect(db) as conn:  # another program's newest rows, scanned next
+        conn.executemany(
+            "INSERT INTO supersync_v0 (local_path, local_md5sum, archive_name, remote_path, "
+            "timestamp, ignore) VALUES (?, ?, 'other', ?, ?, 1)",
+            [(f"/gone/{i}", f"{i:032x}", f"{NOW_TC}/bulk/{i}.g3", NOW) for i in range(3)])
+    top = agent.manager.max_file_id()
+    iterate(agent, clock, 1)
+    with sqlite3.connect(db) as conn:  # ... and taken back
+        conn.execute("DELETE FROM supersync_v0 WHERE archive_name = 'other'")
+    if restart:
+        agent.close()
+        agent.manager.close()
+        agent = agent_for(tmp_path, clock)
+    late_id = add(agent, tmp_path, f"{tc}/crate9/late.g3")
+    assert late_id <= top  # an id scanned before
+    iterate(agent, clock, 4)
+    assert agent.anomalies()["late_files_found"] == 1
+    assert len(remote_yamls(tmp_path)) == 2
+    assert (ARCHIVE, "crate9", tc, INSTANCE) in downstream_records(tmp_path / "remote" / ARCHIVE)
+    agent.close()
+    check(tmp_path)
+
+
 KILL_AFTER_YAML = textwrap.dedent("""
     import os, signal, sys
     import suprsync.finalization as tc

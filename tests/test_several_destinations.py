@@ -21,7 +21,7 @@ from helpers import (
     ssh_config,
 )
 from invariants import check_every_destination, check_invariants
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from suprsync import SupRsyncFilesManager
 from suprsync.catalog.copies import (
@@ -279,6 +279,44 @@ def test_a_destination_added_later_is_back_filled_from_what_is_still_local(
     finally:
         agent.close()
     check_every_destination(manager.db_path, ARCHIVE, a, {"b": b}, 1)
+
+
+def test_a_file_given_the_id_of_a_deleted_newest_row_reaches_every_destination(
+        manager, clock, tmp_path):
+    """sqlite gives the id of a deleted newest row to the next registration: a file whose
+    id the tracking of a further destination has passed already is still sent there."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    add_files(manager, tmp_path / "data", 1)
+    agent = new_agent(manager, clock, tmp_path, a, more_destinations=(("b", str(b)),))
+    try:
+        assert agent.iterate()
+        with manager.engine.begin() as conn:  # another program's newest rows, tracked next
+            conn.execute(text(
+                "INSERT INTO supersync_v0 (local_path, local_md5sum, archive_name, "
+                "remote_path, timestamp, ignore) VALUES (:l, :m, 'other', :r, :t, :ig)"),
+                [{"l": f"/gone/{i}", "m": f"{i:032x}", "r": f"16750/x/{i}.g3", "t": T0,
+                  "ig": True}
+                 for i in range(3)])
+        top = manager.max_file_id()
+        clock.advance(60)
+        assert agent.iterate()
+        with manager.engine.begin() as conn:  # ... and taken back
+            conn.execute(text("DELETE FROM supersync_v0 WHERE archive_name = 'other'"))
+        # More new files than rows taken back: the highest id is past the bound again.
+        new = add_files(manager, tmp_path / "data", 4, start=1)
+        if manager.dialect.reuses_ids:
+            assert new[0] <= top < new[-1]
+        for _ in range(2):
+            clock.advance(60)
+            assert agent.iterate()
+        for i in range(1, 5):
+            sent = f"16750/sub/f{i}.g3"
+            assert (b / sent).read_bytes() == (a / sent).read_bytes()
+        assert all(copies_of(manager)[i][1] for i in new), "verified at b"
+    finally:
+        agent.close()
+    check_invariants(manager.db_path, {ARCHIVE: a}, absent_ok=[])
+    check_every_destination(manager.db_path, ARCHIVE, a, {"b": b}, 2)
 
 
 def test_a_dir_is_synced_when_verified_everywhere_and_its_finalization_file_reaches_both(

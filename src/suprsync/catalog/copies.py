@@ -40,7 +40,9 @@ from sqlalchemy.orm import Session
 
 from .dialects import dialect_of
 from .dirrows import in_dir
+from .idmarks import ids_reused, row_mark
 from .lateness import SUPRSYNC_SUBDIR
+from .meta import get_meta, set_meta
 from .schema import (
     NOT_IGNORED,
     PENDING_COPY,
@@ -61,6 +63,8 @@ CL = DestinationClaim
 
 #: File ids given copy rows per transaction when a destination catches up.
 TRACK_CHUNK = 50_000
+#: Meta key prefix (then the destination's key): the row at its tracked_up_to (idmarks).
+TRACKED_MARK_PREFIX = "tracked_mark:"
 #: Ids per IN (...) list.
 ID_CHUNK = 500
 #: What a destination id may hold.
@@ -224,12 +228,19 @@ def track(session: Session, dest: int, archive_name: str,
         return 0, True
     top = max_file_id(session)
     low = _file_id_bound(record[1])
+    mark_key = TRACKED_MARK_PREFIX + str(dest)
     if low is None or low > top:
         # Not a bound this agent wrote (or the catalog's last rows are gone): start
         # again from the first file; rows that have a copy row keep it.
         log.warning("destination %s of archive %r is recorded as tracked up to file id %r, "
                     "which the catalog (last id %d) does not have: its files are looked "
                     "through again from the first", record[0], archive_name, record[1], top)
+        low = 0
+    elif low and ids_reused(session, low, get_meta(session, mark_key)):
+        log.warning("destination %s of archive %r is tracked up to file id %d, which no "
+                    "longer holds the row read there (the newest rows were deleted or "
+                    "changed, and sqlite gives their ids to new rows): its files are looked "
+                    "through again from the first", record[0], archive_name, low)
         low = 0
     if top <= low:
         return 0, True
@@ -245,6 +256,7 @@ def track(session: Session, dest: int, archive_name: str,
                ~exists().where(DC.dest == dest, DC.file_id == F.id)))
         .returning(DC.file_id)).all())
     session.execute(update(DR).where(DR.id == dest).values(tracked_up_to=high))
+    set_meta(session, mark_key, row_mark(session, high))
     return added, high >= top
 
 

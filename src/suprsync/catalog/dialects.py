@@ -82,6 +82,9 @@ class CatalogDialect:
 
     #: Rows commit in the order of their ids (no row below the highest id can appear later).
     ids_commit_in_order = True
+    #: The id of a deleted highest row can be given to a new row (sqlite's rowid without
+    #: AUTOINCREMENT, which the original schema has).
+    reuses_ids = True
 
     def insert_claims(self, session: Session, table: Table,
                       leases: list[dict[str, Any]], key: tuple[str, ...] = ("file_id",)
@@ -160,6 +163,7 @@ class PostgresDialect(CatalogDialect):
         return query.with_for_update(skip_locked=True, of=of)
 
     ids_commit_in_order = False
+    reuses_ids = False  # a sequence never gives an id twice
 
     def insert_claims(self, session: Session, table: Table,
                       leases: list[dict[str, Any]], key: tuple[str, ...] = ("file_id",)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from ..paths import timecode_of
 from .dialects import CatalogDialect
 from .dirrows import in_dir
+from .idmarks import ids_reused
 from .meta import get_meta, set_meta
 from .quarantine import printable
 from .schema import NOT_IGNORED, Supplement, SupRsyncFile, TimecodeDir
@@ -210,10 +211,12 @@ class LateScan:
     ``scanned_up_to``: ids up to this one were scanned for late files; ``dirs``: the
     dirs that held late files not yet described at the last look. A new process scans
     only the ids above (less :func:`rescan_ids`) and reads the dirs listed, not the history.
+    ``mark``: the row at scanned_up_to then (see idmarks; None when not kept).
     """
 
     scanned_up_to: int
     dirs: frozenset[int]
+    mark: str | None = None
 
 
 def load_late_scan(session: Session, archive_name: str) -> LateScan | None:
@@ -223,20 +226,26 @@ def load_late_scan(session: Session, archive_name: str) -> LateScan | None:
         return None
     try:
         d = json.loads(value)
-        return LateScan(int(d["scanned_up_to"]), frozenset(int(tc) for tc in d["dirs"]))
-    except (ValueError, TypeError, KeyError):
+        mark = d.get("mark")
+        return LateScan(int(d["scanned_up_to"]), frozenset(int(tc) for tc in d["dirs"]),
+                        mark if isinstance(mark, str) else None)
+    except (ValueError, TypeError, KeyError, AttributeError):
         return None
 
 
-def keep_late_scan(session: Session, archive_name: str, scanned_up_to: int,
+def keep_late_scan(session: Session, archive_name: str, scanned_up_to: int, mark: str,
                    dirs: set[int], cleared: set[int]) -> None:
-    """Merge this process's view into the kept state: the highest scan, the dirs kept
-    before except those it found described, and the dirs it holds late files of."""
+    """Merge this process's view into the kept state: the highest scan whose row is still
+    the one marked, the dirs kept before except those it found described, and the dirs
+    it holds late files of."""
     there = load_late_scan(session, archive_name)
-    top = scanned_up_to if there is None else max(scanned_up_to, there.scanned_up_to)
+    top, top_mark = scanned_up_to, mark
+    if there is not None and there.scanned_up_to > scanned_up_to \
+            and not ids_reused(session, there.scanned_up_to, there.mark):
+        top, top_mark = there.scanned_up_to, there.mark
     merged = (set() if there is None else set(there.dirs) - cleared) | dirs
-    if there is not None and there == LateScan(top, frozenset(merged)):
+    if there is not None and there == LateScan(top, frozenset(merged), top_mark):
         return
     set_meta(session, LATE_SCAN_PREFIX + archive_name,
-             json.dumps({"scanned_up_to": top, "dirs": sorted(merged)}))
+             json.dumps({"scanned_up_to": top, "dirs": sorted(merged), "mark": top_mark}))
 

@@ -13,12 +13,13 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import delete, func, or_, select, text
 from sqlalchemy.orm import Session
 
 from ..collisions import Partner
 from ..paths import ODD_END, ODD_INSIDE, ODD_START, ODD_WHOLE, normalize_remote_path, parents
 from .dialects import dialect_of
+from .idmarks import ids_reused, row_mark
 from .inserts import insert_missing
 from .meta import get_meta, set_meta
 from .schema import PathKey, SupRsyncFile
@@ -27,6 +28,8 @@ F = SupRsyncFile
 
 #: Meta key: highest file id already scanned for oddly spelled remote paths.
 SCANNED_KEY = "path_keys_scanned_up_to"
+#: Meta key: the row at SCANNED_KEY's id when it was scanned (see idmarks).
+MARK_KEY = "path_keys_scanned_mark"
 #: Meta key: lowest file id scanned so far (older ids are scanned backwards).
 BACKFILLED_KEY = "path_keys_scanned_from"
 #: Older file ids scanned per call.
@@ -51,12 +54,17 @@ def _record(session: Session, low: int, high: int) -> int:
             found[file_id] = (archive, normalize_remote_path(remote))
         except (ValueError, TypeError):
             continue  # never sent: nothing can meet it
-    if found:
-        known = set(session.scalars(select(PathKey.file_id).where(
-            PathKey.file_id.in_(list(found)))))
-        insert_missing(session, PathKey.__table__,
-                       [{"file_id": i, "archive_name": a, "path": p}
-                        for i, (a, p) in found.items() if i not in known])
+    # A record of an id in the range that no longer holds that path (its row deleted,
+    # the id given to a new row, or the path rewritten) is replaced or dropped.
+    kept = {i: (a, p) for i, a, p in session.execute(
+        select(PathKey.file_id, PathKey.archive_name, PathKey.path)
+        .where(PathKey.file_id >= low, PathKey.file_id <= high))}
+    stale = [i for i, value in kept.items() if found.get(i) != value]
+    for chunk in _chunks(stale):
+        session.execute(delete(PathKey).where(PathKey.file_id.in_(chunk)))
+    insert_missing(session, PathKey.__table__,
+                   [{"file_id": i, "archive_name": a, "path": p}
+                    for i, (a, p) in found.items() if kept.get(i) != (a, p)])
     return len(found)
 
 
@@ -71,13 +79,19 @@ def scan_path_keys(session: Session) -> int:
     high = get_meta(session, SCANNED_KEY)
     low = get_meta(session, BACKFILLED_KEY)
     done, first = (int(high), int(low or 0)) if high is not None else (top, top + 1)
-    if top < done:
-        done, first = top, top + 1  # the table was emptied and refilled: look again
     found = 0
-    if top > done or high is None:
+    if high is not None and (top < done or ids_reused(session, done,
+                                                      get_meta(session, MARK_KEY))):
+        # The newest rows were deleted (the table perhaps emptied), and sqlite may have
+        # given their ids to new rows: look through every id again, from the top down.
+        done, first = top, top + 1
+        set_meta(session, SCANNED_KEY, str(top))
+        set_meta(session, MARK_KEY, row_mark(session, top))
+    elif top > done or high is None:
         # From done itself: sqlite may give a new row the id of a deleted highest one.
         found += _record(session, done if high is not None else top + 1, top)
         set_meta(session, SCANNED_KEY, str(top))
+        set_meta(session, MARK_KEY, row_mark(session, top))
     if first > 1:
         start = max(1, first - BACKFILL)
         found += _record(session, start, first - 1)
@@ -106,7 +120,7 @@ def _key_of(remote_path: Any) -> str | None:
         return None
 
 
-def _chunks(values: Sequence[str]) -> Iterable[list[str]]:
+def _chunks(values: Sequence[Any]) -> Iterable[list[Any]]:
     for start in range(0, len(values), CHUNK):
         yield list(values[start:start + CHUNK])
 

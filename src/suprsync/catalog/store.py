@@ -30,6 +30,7 @@ from .dialects import (
     via_unsynced_index,
 )
 from .engine import CatalogBusy, configure_sqlite, make_engine, retry_busy
+from .idmarks import ids_reused, row_mark
 from .localdirs import record_dirs
 from .meta import get_meta, set_meta
 from .quarantine import HEALTHY, TIME_OK, is_valid_text
@@ -154,6 +155,8 @@ TC_SCAN_CHUNK = 20_000
 
 #: Meta key prefix: ``low high`` of the file ids scanned for timecode dirs, per archive.
 TC_SCAN_PREFIX = "timecode_dirs_scanned:"
+#: Meta key prefix (then the archive): the row at the highest id scanned (see idmarks).
+TC_SCAN_MARK_PREFIX = "timecode_dirs_scanned_mark:"
 
 
 def tc_scan_state(session: Session, archive_name: str, top: int) -> tuple[int, int]:
@@ -229,7 +232,7 @@ class SupRsyncFilesManager:
         self._count_jobs: dict[str, threading.Thread] = {}
         self._count_jobs_lock = threading.Lock()
         # Per archive, the file ids already scanned for timecode dirs: (low, high].
-        self._tc_scanned: dict[str, tuple[int, int]] = {}
+        self._tc_scanned: dict[str, tuple[tuple[int, int], str]] = {}
 
     @property
     def engine(self):  # type: ignore[no-untyped-def]
@@ -575,21 +578,39 @@ class SupRsyncFilesManager:
         and a catalog is backfilled once. Returns the number of dir rows created.
         """
         scanned = self._tc_scanned.get(archive_name)
+        mark_key = TC_SCAN_MARK_PREFIX + archive_name
 
-        def scan(session: Session) -> tuple[int, tuple[int, int]]:
+        def scan(session: Session) -> tuple[int, tuple[int, int], str, int | None]:
             top = tc_rules.max_file_id(session)
-            low, high = scanned if scanned is not None else tc_scan_state(session,
-                                                                          archive_name, top)
+            if scanned is not None:
+                (low, high), mark = scanned
+            else:
+                low, high = tc_scan_state(session, archive_name, top)
+                mark = get_meta(session, mark_key)
+            reused = None
+            if ids_reused(session, high, mark):
+                # The newest rows were deleted and their ids perhaps given to new rows:
+                # scan as a new catalog is scanned, from the top down.
+                reused, low, high = high, top, top
             created, _ = tc_rules.scan_timecodes(session, archive_name, high, top)
             new_low = max(0, low - TC_SCAN_CHUNK)
             if low > 0:
                 created += tc_rules.scan_timecodes(session, archive_name, new_low, low)[0]
             state = (new_low, max(high, top))
-            if state != (low, high) or scanned is None:
+            if state != (low, high) or scanned is None or reused is not None:
                 record_tc_scan_state(session, archive_name, state)
-            return created, state
+            if state[1] != high or mark is None or reused is not None:
+                mark = row_mark(session, state[1])
+                set_meta(session, mark_key, mark)
+            return created, state, mark, reused
 
-        created, self._tc_scanned[archive_name] = self.write(scan, what="detect timecode dirs")
+        created, state, mark, reused = self.write(scan, what="detect timecode dirs")
+        self._tc_scanned[archive_name] = (state, mark)
+        if reused is not None:
+            log.warning("file id %d no longer holds the row read there for the timecode "
+                        "dirs of archive %s (the newest rows were deleted or changed, and "
+                        "sqlite gives their ids to new rows): its rows are read again, from "
+                        "the newest", reused, archive_name)
         return created
 
     def _ensure_tcdir(self, session: Session, archive_name: str, timecode: int | None) -> None:
