@@ -97,11 +97,12 @@ def _wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], log: Pa
     raise RuntimeError(f"rsync daemon did not listen on {host}:{port}: {log.read_text()}")
 
 
-def start_rrsync_sshd(base: Path, restricted: Path) -> SshServer:
-    """A real sshd whose client key may only run ``rrsync <restricted>``."""
+def start_rrsync_sshd(base: Path, restricted: Path, *options: str) -> SshServer:
+    """A real sshd whose client key may only run ``rrsync [options] <restricted>``."""
     restricted.mkdir(parents=True, exist_ok=True)
     server = make_sshd(base)
     public = (base / "client_ed25519.pub").read_text().strip()
-    (base / "authorized_keys").write_text(f'command="{RRSYNC} {restricted}",restrict {public}\n')
+    command = " ".join([RRSYNC, *options, str(restricted)])
+    (base / "authorized_keys").write_text(f'command="{command}",restrict {public}\n')
     server.start()
     return server

@@ -43,8 +43,14 @@ def contract_rsyncd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RsyncD
 
 @pytest.fixture(scope="session")
 def contract_rrsync_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
-    """An sshd whose test key is forced to ``rrsync /``."""
-    server = start_rrsync_sshd(tmp_path_factory.mktemp("contract-rrsync"), Path("/"))
+    """An sshd whose test key is forced to ``rrsync -no-lock /``.
+
+    rrsync locks its DIR for each session unless told not to, and ``/`` is the DIR of
+    every test worker's server: their sessions would collide. The servers of
+    test_shellless keep the lock, each with a DIR of its own.
+    """
+    server = start_rrsync_sshd(tmp_path_factory.mktemp("contract-rrsync"), Path("/"),
+                               "-no-lock")
     yield server
     server.stop()
 
