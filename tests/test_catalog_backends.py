@@ -7,6 +7,7 @@ another program writing to the catalog would.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -405,6 +406,47 @@ def test_timecode_dirs_of_rows_given_the_ids_of_deleted_newest_rows_are_detected
     finally:
         again.close()
     assert 16752 in tc_states(manager, ARCHIVE)["open"]
+
+
+def test_a_newest_row_put_back_unchanged_does_not_hide_the_new_rows_below_it(
+    manager: SupRsyncFilesManager, tmp_path: Path
+) -> None:
+    """The newest rows are deleted, a new row takes the first free id and the last of
+    them is put back exactly as it was, at its old id: the new row is still read by
+    timecode detection and by the spelling records."""
+    local = make_file(tmp_path, "v.g3", b"v")
+    insert_plain(manager, local, "16000/a.g3", ARCHIVE, 1.0)
+    insert_plain(manager, local, "16000/b.g3", ARCHIVE, 2.0)
+    last = insert_plain(manager, local, "16000/c.g3", ARCHIVE, 3.0)
+    assert manager.detect_timecode_dirs(ARCHIVE) == 1
+    manager.write(scan_path_keys)
+    sql(manager, f"DELETE FROM supersync_v0 WHERE id >= {last - 1}")
+    new = insert_plain(manager, local, "17000//new.g3", ARCHIVE, 9.0)
+    back = insert_plain(manager, local, "16000/c.g3", ARCHIVE, 3.0)
+    if manager.dialect.reuses_ids:
+        assert (new, back) == (last - 1, last)
+    assert manager.detect_timecode_dirs(ARCHIVE) == 1
+    manager.write(scan_path_keys)
+    assert {p.id for p in manager.read(lambda s: partners(s, ARCHIVE, ["17000/new.g3"]))} \
+        == {new}
+
+
+def test_a_producer_rewriting_its_newest_row_costs_no_reading_again(
+    manager: SupRsyncFilesManager, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only a deletion that lowers the highest id lets sqlite give an id again: changing
+    the newest row, or deleting older rows, leaves the scans where they were."""
+    local = make_file(tmp_path, "u.g3", b"u")
+    first = insert_plain(manager, local, "16000/a.g3", ARCHIVE, 1.0)
+    last = insert_plain(manager, local, "16000/b.g3", ARCHIVE, 2.0)
+    manager.detect_timecode_dirs(ARCHIVE)
+    sql(manager, f"UPDATE supersync_v0 SET timestamp = 5.0, remote_path = '16000/bb.g3' "
+                 f"WHERE id = {last}")
+    sql(manager, f"DELETE FROM supersync_v0 WHERE id = {first}")
+    insert_plain(manager, local, "16001/c.g3", ARCHIVE, 3.0)
+    with caplog.at_level(logging.WARNING):
+        assert manager.detect_timecode_dirs(ARCHIVE) == 1
+    assert not [r for r in caplog.records if "newest rows" in r.getMessage()]
 
 
 def test_timecode_dirs_detected_and_rebuilt_per_archive(

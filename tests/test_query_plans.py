@@ -34,7 +34,7 @@ from sqlalchemy import event
 
 from suprsync.catalog import timecode as tc_rules
 from suprsync.catalog.conflicts import conflict_count, conflicted_ids
-from suprsync.catalog.idmarks import row_mark
+from suprsync.catalog.idmarks import id_mark
 from suprsync.catalog.lateness import dir_bound, find_late_files, keep_late_scan, late_in_dirs
 from suprsync.catalog.pathkeys import partners
 from suprsync.catalog.quarantine import register_sqlite_functions
@@ -388,7 +388,7 @@ def test_agent_iterations_never_scan_the_archive(history_db: Path, tmp_path: Pat
     # A catalog in use keeps a count of its rows and how far its late files were looked for.
     adder.get_archive_stats(ARCHIVE)
     top = adder.max_file_id()
-    adder.write(lambda s: keep_late_scan(s, ARCHIVE, top, row_mark(s, top), set(), set()))
+    adder.write(lambda s: keep_late_scan(s, ARCHIVE, top, id_mark(s), set(), set()))
     adder.close()
     config = AgentConfig(archive_name=ARCHIVE, remote_basedir=str(remote), db_path=str(db),
                          suprsync_file_root=str(root), instance_id="plans", sleep_time=0,

@@ -33,6 +33,7 @@ from suprsync.catalog.copies import (
     registered,
 )
 from suprsync.catalog.schema import DestinationCopy, SupRsyncFile, TimecodeDir
+from suprsync.catalog.timecode import timecode_at
 
 
 @pytest.fixture
@@ -317,6 +318,37 @@ def test_a_file_given_the_id_of_a_deleted_newest_row_reaches_every_destination(
         agent.close()
     check_invariants(manager.db_path, {ARCHIVE: a}, absent_ok=[])
     check_every_destination(manager.db_path, ARCHIVE, a, {"b": b}, 2)
+
+
+def test_a_file_given_the_id_of_a_deleted_row_inherits_nothing_of_it(manager, clock, tmp_path):
+    """What suprsync keeps about a file (here its copy at a further destination, marked
+    lost) goes with its row: a new file that sqlite gives the same id is sent there."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    tc = timecode_at(clock())  # today's dir: not finalized, no row of a finalization file
+    agent = new_agent(manager, clock, tmp_path, a, more_destinations=(("b", str(b)),))
+    try:
+        add_files(manager, tmp_path / "data", 1, timecode=tc)
+        (old,) = add_files(manager, tmp_path / "data", 1, timecode=tc, start=1)
+        assert agent.iterate()
+        assert manager.max_file_id() == old
+        with manager.engine.begin() as conn:
+            conn.execute(text("UPDATE suprsync_copies_v0 SET lost = :t, verified = :f "
+                              "WHERE file_id = :i"), {"t": True, "f": False, "i": old})
+            conn.execute(text("DELETE FROM supersync_v0 WHERE id = :i"), {"i": old})
+        if manager.dialect.reuses_ids:
+            assert old not in copies_of(manager)
+        (new,) = add_files(manager, tmp_path / "data", 1, timecode=tc, start=2)
+        if manager.dialect.reuses_ids:
+            assert new == old
+        for _ in range(2):
+            clock.advance(60)
+            assert agent.iterate()
+        assert (b / f"{tc}/sub/f2.g3").read_bytes() == (a / f"{tc}/sub/f2.g3").read_bytes()
+        assert copies_of(manager)[new][1:] == (True, False)
+    finally:
+        agent.close()
+    check_every_destination(manager.db_path, ARCHIVE, a, {"b": b}, 2,
+                            absent_ok=[a / f"{tc}/sub/f1.g3"])
 
 
 def test_a_dir_is_synced_when_verified_everywhere_and_its_finalization_file_reaches_both(

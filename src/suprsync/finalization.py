@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from .catalog.anomalies import DirWatch, future_dirs, newest_timestamp, timecode_at
 from .catalog.copies import withhold_where_lost
 from .catalog.dialects import LOCK_TIMEOUT
-from .catalog.idmarks import ids_reused, row_mark
+from .catalog.idmarks import id_mark, ids_reused
 from .catalog.lateness import (
     RESCAN_IDS,
     SUPRSYNC_SUBDIR,
@@ -374,13 +374,14 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
     # which every registration has ended, so that the next one can start there.
     settled = _settled_top(manager, archive_name, watch) if rescan else None
 
-    def look(session: Session) -> tuple[list[int], float | None, int, str, list, int | None]:
+    def look(session: Session) -> tuple[list[int], float | None, int, str | None, list,
+                                         int | None]:
         top = settled if settled is not None else max_file_id(session)
         reused = None  # the id a scan had passed whose row is no longer the one read
         if watch.scanned_up_to is not None:
             after = watch.scanned_up_to if watch.settled else max(0, watch.scanned_up_to
                                                                   - rescan)
-            if ids_reused(session, watch.scanned_up_to, watch.scanned_mark):
+            if ids_reused(session, watch.scanned_up_to, watch.scanned_mark, top):
                 reused, after = watch.scanned_up_to, 0
             late = find_late_files(session, archive_name, after_id=after, up_to=top)
         else:
@@ -388,7 +389,7 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
             # and read the dirs they left with late files (the whole history once).
             kept = load_late_scan(session, archive_name)
             start = 0 if kept is None else max(0, kept.scanned_up_to - rescan)
-            if kept is not None and ids_reused(session, kept.scanned_up_to, kept.mark):
+            if kept is not None and ids_reused(session, kept.scanned_up_to, kept.mark, top):
                 reused, start = kept.scanned_up_to, 0
             late = find_late_files(session, archive_name, after_id=start, up_to=top)
             if kept is not None:
@@ -396,15 +397,14 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
                 found = {f.timecode for f in late}
                 watch.cleared.update(tc for tc in kept.dirs if tc not in found)
         return (future_dirs(session, archive_name, now), newest_timestamp(session, archive_name),
-                top, row_mark(session, top), late, reused)
+                top, id_mark(session), late, reused)
 
     future, newest, top, mark, late, reused = manager.read(
         look, what=f"timecode anomalies of {archive_name}")
     if reused is not None:
-        log.warning("file id %d no longer holds the row the look for late files of archive "
-                    "%s read there (the newest rows were deleted or changed, and sqlite "
-                    "gives their ids to new rows): it read every id again", reused,
-                    archive_name)
+        log.warning("the newest rows of the catalog were deleted since the look for late "
+                    "files of archive %s read up to file id %d (sqlite gives their ids to "
+                    "new rows): it read every id again", archive_name, reused)
     watch.saw_future(future, now)
     watch.saw_late(late)
     watch.scanned_up_to, watch.scanned_mark = top, mark

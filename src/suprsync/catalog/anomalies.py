@@ -79,7 +79,7 @@ class DirWatch:
     rows_ahead: bool = False
     #: Highest file id scanned for late files (None: never scanned).
     scanned_up_to: int | None = None
-    #: The row at scanned_up_to when it was scanned (see idmarks).
+    #: The count of idmarks when scanned_up_to was read.
     scanned_mark: str | None = None
     #: True when no row below scanned_up_to can commit after the scan (the next scan
     #: starts there, not RESCAN_IDS below).

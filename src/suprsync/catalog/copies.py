@@ -40,7 +40,7 @@ from sqlalchemy.orm import Session
 
 from .dialects import dialect_of
 from .dirrows import in_dir
-from .idmarks import ids_reused, row_mark
+from .idmarks import id_mark, ids_reused
 from .lateness import SUPRSYNC_SUBDIR
 from .meta import get_meta, set_meta
 from .schema import (
@@ -63,7 +63,7 @@ CL = DestinationClaim
 
 #: File ids given copy rows per transaction when a destination catches up.
 TRACK_CHUNK = 50_000
-#: Meta key prefix (then the destination's key): the row at its tracked_up_to (idmarks).
+#: Meta key prefix (then the destination's key): the count of idmarks at its tracked_up_to.
 TRACKED_MARK_PREFIX = "tracked_mark:"
 #: Ids per IN (...) list.
 ID_CHUNK = 500
@@ -236,11 +236,11 @@ def track(session: Session, dest: int, archive_name: str,
                     "which the catalog (last id %d) does not have: its files are looked "
                     "through again from the first", record[0], archive_name, record[1], top)
         low = 0
-    elif low and ids_reused(session, low, get_meta(session, mark_key)):
-        log.warning("destination %s of archive %r is tracked up to file id %d, which no "
-                    "longer holds the row read there (the newest rows were deleted or "
-                    "changed, and sqlite gives their ids to new rows): its files are looked "
-                    "through again from the first", record[0], archive_name, low)
+    elif low and ids_reused(session, low, get_meta(session, mark_key), top):
+        log.warning("the newest rows of the catalog were deleted since destination %s of "
+                    "archive %r was tracked up to file id %d (sqlite gives their ids to new "
+                    "rows): its files are looked through again from the first", record[0],
+                    archive_name, low)
         low = 0
     if top <= low:
         return 0, True
@@ -256,7 +256,7 @@ def track(session: Session, dest: int, archive_name: str,
                ~exists().where(DC.dest == dest, DC.file_id == F.id)))
         .returning(DC.file_id)).all())
     session.execute(update(DR).where(DR.id == dest).values(tracked_up_to=high))
-    set_meta(session, mark_key, row_mark(session, high))
+    set_meta(session, mark_key, id_mark(session))
     return added, high >= top
 
 

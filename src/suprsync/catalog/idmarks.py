@@ -1,44 +1,84 @@
-"""Whether the ids a scan has passed still hold the rows it read.
+"""Whether the ids a scan has passed can hold rows it has not read.
 
 Several steps read the files table in id order and keep the last id read, so that
 the next call reads only newer rows. sqlite gives a new row the id after the highest
-one present: once the newest rows are deleted (by another program), their ids go to
-the next registrations, below an id already passed. A scan therefore also keeps a
-mark of the row at its last id; while that row is still there, unchanged, every new
-row has a higher id. On PostgreSQL ids come from a sequence and are never given twice.
+one present (the original schema has no AUTOINCREMENT): once another program deletes
+the newest rows, their ids go to the next registrations, below an id already passed.
+
+Only a deletion (or a change of id) that lowers the highest id lets sqlite give an
+id again, and on sqlite two triggers count those in ``suprsync_meta_v0``. A scan
+keeps the count beside its last id; when the count has moved, or the highest id is
+below the last id read, the scan reads again. A third trigger removes what suprsync
+keeps about a file (copies at further destinations, leases, conflicts, pins,
+spellings) when its row is deleted, so that a row given the id later starts afresh.
+On PostgreSQL ids come from a sequence and are never given twice.
 """
 
 from __future__ import annotations
 
-import hashlib
-
-from sqlalchemy import select
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from .dialects import dialect_of
-from .schema import SupRsyncFile
+from .meta import get_meta, set_meta
+from .schema import (
+    CatalogMeta,
+    Conflict,
+    DestinationClaim,
+    DestinationCopy,
+    FileClaim,
+    PathKey,
+    PinnedFile,
+)
+from .settings import FILES_TABLE
 
-F = SupRsyncFile
+#: Meta key: how many times a deletion or a change of id lowered the highest file id.
+NEWEST_KEY = "newest_rows_deleted"
+_META = CatalogMeta.__tablename__
+_BUMP = (f"BEGIN UPDATE {_META} SET value = CAST(value AS INTEGER) + 1 "
+         f"WHERE key = '{NEWEST_KEY}'; END")
+_LOWERED = f"OLD.id > coalesce((SELECT max(id) FROM {FILES_TABLE}), 0)"
+_SATELLITES = (DestinationCopy, DestinationClaim, FileClaim, Conflict, PinnedFile, PathKey)
 
-#: The mark of an id no row holds.
-NO_ROW = "-"
+SQLITE_TRIGGERS = {
+    "suprsync_newest_deleted_v0":
+    f"CREATE TRIGGER IF NOT EXISTS suprsync_newest_deleted_v0 AFTER DELETE ON {FILES_TABLE} "
+    f"WHEN {_LOWERED} {_BUMP}",
+    "suprsync_newest_moved_v0":
+    f"CREATE TRIGGER IF NOT EXISTS suprsync_newest_moved_v0 AFTER UPDATE OF id ON "
+    f"{FILES_TABLE} WHEN {_LOWERED} {_BUMP}",
+    "suprsync_rows_forgotten_v0":
+    f"CREATE TRIGGER IF NOT EXISTS suprsync_rows_forgotten_v0 AFTER DELETE ON {FILES_TABLE} "
+    "BEGIN " + " ".join(f"DELETE FROM {t.__tablename__} WHERE file_id = OLD.id;"
+                        for t in _SATELLITES) + " END",
+}
 
 
-def row_mark(session: Session, file_id: int) -> str:
-    """A digest of the row holding file_id now (NO_ROW when none does; "" where ids are
-    never given twice, so that no mark ever differs)."""
+def install(session: Session) -> None:
+    """Create the count and its triggers where ids can be given again (when missing)."""
     if not dialect_of(session).reuses_ids:
-        return ""
-    row = session.execute(select(F.local_path, F.remote_path, F.archive_name, F.timestamp)
-                          .where(F.id == file_id)).first()
-    if row is None:
-        return NO_ROW
-    text = repr(tuple(row)).encode("utf-8", "backslashreplace")
-    return hashlib.blake2b(text, digest_size=8).hexdigest()
+        return
+    if get_meta(session, NEWEST_KEY) is None:
+        set_meta(session, NEWEST_KEY, "0")
+    names = set(session.scalars(text(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"),
+        {"t": FILES_TABLE}))
+    for name, statement in SQLITE_TRIGGERS.items():
+        if name not in names:
+            session.execute(text(statement))
 
 
-def ids_reused(session: Session, file_id: int, mark: str | None) -> bool:
-    """True when the row at file_id is not the one marked: the newest rows were deleted
-    since, and ids up to file_id may hold rows not read. No mark (None): nothing to
-    compare, trusted."""
-    return mark is not None and row_mark(session, file_id) != mark
+def id_mark(session: Session) -> str | None:
+    """The count now, kept beside a scan's last id; None where ids are never given
+    twice or no count is kept."""
+    if not dialect_of(session).reuses_ids:
+        return None
+    return get_meta(session, NEWEST_KEY)
+
+
+def ids_reused(session: Session, file_id: int, mark: str | None, top: int) -> bool:
+    """True when ids up to file_id may hold rows a scan that ended there with ``mark``
+    has not read: the highest id (``top``) is below it, or the count moved since."""
+    if top < file_id:
+        return True
+    return mark is not None and id_mark(session) != mark

@@ -211,7 +211,7 @@ class LateScan:
     ``scanned_up_to``: ids up to this one were scanned for late files; ``dirs``: the
     dirs that held late files not yet described at the last look. A new process scans
     only the ids above (less :func:`rescan_ids`) and reads the dirs listed, not the history.
-    ``mark``: the row at scanned_up_to then (see idmarks; None when not kept).
+    ``mark``: the count of idmarks then (None when not kept).
     """
 
     scanned_up_to: int
@@ -233,15 +233,16 @@ def load_late_scan(session: Session, archive_name: str) -> LateScan | None:
         return None
 
 
-def keep_late_scan(session: Session, archive_name: str, scanned_up_to: int, mark: str,
-                   dirs: set[int], cleared: set[int]) -> None:
-    """Merge this process's view into the kept state: the highest scan whose row is still
-    the one marked, the dirs kept before except those it found described, and the dirs
-    it holds late files of."""
+def keep_late_scan(session: Session, archive_name: str, scanned_up_to: int,
+                   mark: str | None, dirs: set[int], cleared: set[int]) -> None:
+    """Merge this process's view into the kept state: the highest scan whose ids have
+    not been given again since, the dirs kept before except those it found described,
+    and the dirs it holds late files of."""
     there = load_late_scan(session, archive_name)
     top, top_mark = scanned_up_to, mark
+    highest = int(session.scalar(select(func.max(F.id))) or 0)
     if there is not None and there.scanned_up_to > scanned_up_to \
-            and not ids_reused(session, there.scanned_up_to, there.mark):
+            and not ids_reused(session, there.scanned_up_to, there.mark, highest):
         top, top_mark = there.scanned_up_to, there.mark
     merged = (set() if there is None else set(there.dirs) - cleared) | dirs
     if there is not None and there == LateScan(top, frozenset(merged), top_mark):

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from ..collisions import Partner
 from ..paths import ODD_END, ODD_INSIDE, ODD_START, ODD_WHOLE, normalize_remote_path, parents
 from .dialects import dialect_of
-from .idmarks import ids_reused, row_mark
+from .idmarks import id_mark, ids_reused
 from .inserts import insert_missing
 from .meta import get_meta, set_meta
 from .schema import PathKey, SupRsyncFile
@@ -28,7 +28,7 @@ F = SupRsyncFile
 
 #: Meta key: highest file id already scanned for oddly spelled remote paths.
 SCANNED_KEY = "path_keys_scanned_up_to"
-#: Meta key: the row at SCANNED_KEY's id when it was scanned (see idmarks).
+#: Meta key: the count of idmarks when SCANNED_KEY's id was read.
 MARK_KEY = "path_keys_scanned_mark"
 #: Meta key: lowest file id scanned so far (older ids are scanned backwards).
 BACKFILLED_KEY = "path_keys_scanned_from"
@@ -80,18 +80,17 @@ def scan_path_keys(session: Session) -> int:
     low = get_meta(session, BACKFILLED_KEY)
     done, first = (int(high), int(low or 0)) if high is not None else (top, top + 1)
     found = 0
-    if high is not None and (top < done or ids_reused(session, done,
-                                                      get_meta(session, MARK_KEY))):
+    if high is not None and ids_reused(session, done, get_meta(session, MARK_KEY), top):
         # The newest rows were deleted (the table perhaps emptied), and sqlite may have
         # given their ids to new rows: look through every id again, from the top down.
         done, first = top, top + 1
         set_meta(session, SCANNED_KEY, str(top))
-        set_meta(session, MARK_KEY, row_mark(session, top))
+        set_meta(session, MARK_KEY, id_mark(session))
     elif top > done or high is None:
         # From done itself: sqlite may give a new row the id of a deleted highest one.
         found += _record(session, done if high is not None else top + 1, top)
         set_meta(session, SCANNED_KEY, str(top))
-        set_meta(session, MARK_KEY, row_mark(session, top))
+        set_meta(session, MARK_KEY, id_mark(session))
     if first > 1:
         start = max(1, first - BACKFILL)
         found += _record(session, start, first - 1)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..hashing import md5_file
 from ..paths import check_local_file, normalize_remote_path, timecode_of
-from . import filecount
+from . import filecount, idmarks
 from . import timecode as tc_rules
 from .copies import forget_verifications
 from .dialects import (
@@ -30,7 +30,7 @@ from .dialects import (
     via_unsynced_index,
 )
 from .engine import CatalogBusy, configure_sqlite, make_engine, retry_busy
-from .idmarks import ids_reused, row_mark
+from .idmarks import id_mark, ids_reused
 from .localdirs import record_dirs
 from .meta import get_meta, set_meta
 from .quarantine import HEALTHY, TIME_OK, is_valid_text
@@ -232,7 +232,7 @@ class SupRsyncFilesManager:
         self._count_jobs: dict[str, threading.Thread] = {}
         self._count_jobs_lock = threading.Lock()
         # Per archive, the file ids already scanned for timecode dirs: (low, high].
-        self._tc_scanned: dict[str, tuple[tuple[int, int], str]] = {}
+        self._tc_scanned: dict[str, tuple[tuple[int, int], str | None]] = {}
 
     @property
     def engine(self):  # type: ignore[no-untyped-def]
@@ -279,6 +279,7 @@ class SupRsyncFilesManager:
                 index.create(self._engine, checkfirst=True)
         with self.Session.begin() as session:
             filecount.install_mark(session)
+            idmarks.install(session)
 
     def write(self, fn: Callable[[Session], T], what: str = "catalog write") -> T:
         """Run fn(session) in one short transaction, waiting while the catalog is locked."""
@@ -580,7 +581,7 @@ class SupRsyncFilesManager:
         scanned = self._tc_scanned.get(archive_name)
         mark_key = TC_SCAN_MARK_PREFIX + archive_name
 
-        def scan(session: Session) -> tuple[int, tuple[int, int], str, int | None]:
+        def scan(session: Session) -> tuple[int, tuple[int, int], str | None, int | None]:
             top = tc_rules.max_file_id(session)
             if scanned is not None:
                 (low, high), mark = scanned
@@ -588,7 +589,7 @@ class SupRsyncFilesManager:
                 low, high = tc_scan_state(session, archive_name, top)
                 mark = get_meta(session, mark_key)
             reused = None
-            if ids_reused(session, high, mark):
+            if ids_reused(session, high, mark, top):
                 # The newest rows were deleted and their ids perhaps given to new rows:
                 # scan as a new catalog is scanned, from the top down.
                 reused, low, high = high, top, top
@@ -599,18 +600,19 @@ class SupRsyncFilesManager:
             state = (new_low, max(high, top))
             if state != (low, high) or scanned is None or reused is not None:
                 record_tc_scan_state(session, archive_name, state)
-            if state[1] != high or mark is None or reused is not None:
-                mark = row_mark(session, state[1])
+            now_mark = id_mark(session)
+            if now_mark != mark:
+                mark = now_mark
                 set_meta(session, mark_key, mark)
             return created, state, mark, reused
 
         created, state, mark, reused = self.write(scan, what="detect timecode dirs")
         self._tc_scanned[archive_name] = (state, mark)
         if reused is not None:
-            log.warning("file id %d no longer holds the row read there for the timecode "
-                        "dirs of archive %s (the newest rows were deleted or changed, and "
-                        "sqlite gives their ids to new rows): its rows are read again, from "
-                        "the newest", reused, archive_name)
+            log.warning("the newest rows of the catalog were deleted since the timecode "
+                        "dirs of archive %s were looked for up to file id %d (sqlite gives "
+                        "their ids to new rows): its rows are read again, from the newest",
+                        archive_name, reused)
         return created
 
     def _ensure_tcdir(self, session: Session, archive_name: str, timecode: int | None) -> None:
