@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import signal
 import sqlite3
@@ -28,6 +29,7 @@ from helpers import (
     wrapped_sshd,
     write_file,
 )
+from invariants import check_invariants
 
 from suprsync import SupRsyncFilesManager
 from suprsync.agent import Agent
@@ -99,6 +101,38 @@ def test_session_data_after_one_iteration_has_exactly_the_documented_keys(
     assert set(stats) == STATS_KEYS
     assert stats["num_files"] == 3
     assert stats["uncopied_files"] == 0
+
+
+def test_an_unforeseen_error_fails_the_iteration_and_the_agent_goes_on(
+        make_agent, manager: SupRsyncFilesManager, tmp_path: Path, remote_dir: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """An error no rule foresaw (here raised by the screening of a batch) fails one
+    iteration, counted and logged with its traceback once, a line each time after;
+    the agent releases its leases and copies everything once the error is gone."""
+    from suprsync import copying
+
+    files = register(manager, tmp_path / "local", 2)
+    agent = make_agent()
+    real = copying.screen_batch
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise ValueError("a value no rule foresaw")
+
+    monkeypatch.setattr(copying, "screen_batch", broken)
+    with caplog.at_level(logging.ERROR):
+        assert agent.iterate() is False
+        assert agent.iterate() is False
+    assert caplog.text.count("Traceback") == 1
+    assert "failed unexpectedly again (ValueError: a value no rule foresaw)" in caplog.text
+    data = agent.session.snapshot()
+    assert data["counters"]["errors_nonzero"] == 2 and agent.session.degraded
+    assert manager.claim_holders() == []
+    monkeypatch.setattr(copying, "screen_batch", real)
+    assert agent.iterate() is True
+    assert synced_count(manager.db_path) == len(files)
+    assert all((remote_dir / f"r/f{i}.dat").read_bytes() == data_
+               for i, data_ in enumerate(files.values()))
+    check_invariants(manager.db_path, {ARCHIVE: remote_dir})
 
 
 def test_session_last_copy_error_only_when_the_transfer_failed(

@@ -619,3 +619,32 @@ def test_a_remote_path_that_is_not_utf8_holds_its_dir_back(tmp_path: Path, store
         agent.close()
         manager.close()
     check_invariants(db, {ARCHIVE: remote}, file_root=tmp_path / "srfroot")
+
+
+def test_an_odd_path_in_an_archive_named_in_undecodable_text_stops_no_batch(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A row spelled oddly (``a//b``) whose archive name is text that is not UTF-8 is in
+    no archive suprsync serves: the collision check's spelling records pass it over,
+    and every sound row is still copied."""
+    db = tmp_path / "catalog" / "suprsync.db"
+    good, _poison, _files = poisoned_catalog(db, tmp_path / "local")
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO supersync_v0 (local_path, local_md5sum, archive_name, "
+                     "remote_path, timestamp) VALUES (?, ?, CAST(x'ff61' AS TEXT), "
+                     "'16990//odd.g3', ?)", ("/data/odd.g3", GOOD_MD5, T0 - 7200))
+    clock = Clock()
+    manager = SupRsyncFilesManager(str(db), clock=clock)
+    remote = tmp_path / "remote"
+    agent = new_agent(manager, clock, tmp_path, remote, delete_local_after=0)
+    try:
+        with caplog.at_level(logging.INFO):
+            for _ in range(3):
+                assert agent.iterate() is True
+        assert remote_tree(remote)[:3] == [f"16990/sub/g{n}.g3" for n in range(3)]
+        assert all(raw_row(db, i)[6] == raw_row(db, i)[2] for i in good)
+        assert "Traceback" not in caplog.text
+    finally:
+        agent.close()
+        manager.close()
+    forget_false_claims(db)
+    check_invariants(db, {ARCHIVE: remote}, file_root=tmp_path / "srfroot")

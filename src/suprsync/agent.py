@@ -150,6 +150,8 @@ class Agent:
         self._failures = 0
         #: The last iteration failed only at destinations that back off on their own.
         self._only_destinations_failed = False
+        #: Unexpected errors of iterations logged with their traceback already.
+        self._unexpected: set[str] = set()
         #: Called with the report of every copy step (metrics use this).
         self.observers: list[Callable[[CopyReport], None]] = []
         #: Recorded conflicts of the archive, as of the last stats step.
@@ -348,6 +350,25 @@ class Agent:
             log.error("[%s] iteration failed: %s; retrying next iteration",
                       self.config.instance_id,
                       describe(exc) if isinstance(exc, OSError) else exc)
+            self._release_own_claims()
+            return False
+        except CatalogLost:
+            raise  # run() ends: see _check_catalog
+        except Exception as exc:
+            # Something unforeseen (a value in a row no rule expected, say): the agent
+            # keeps running and retries after the backoff; the traceback is logged the
+            # first time this error appears, a line each time after.
+            self._only_destinations_failed = False
+            self.session.count("errors_nonzero")
+            self.session.degraded = True
+            what = f"{type(exc).__name__}: {exc}"
+            if what not in self._unexpected:
+                self._unexpected.add(what)
+                log.exception("[%s] iteration failed unexpectedly; retrying next iteration",
+                              self.config.instance_id)
+            else:
+                log.error("[%s] iteration failed unexpectedly again (%s); retrying next "
+                          "iteration", self.config.instance_id, what.splitlines()[0][:300])
             self._release_own_claims()
             return False
         finally:

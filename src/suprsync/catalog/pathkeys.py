@@ -22,6 +22,7 @@ from .dialects import dialect_of
 from .idmarks import id_mark, ids_reused
 from .inserts import insert_missing
 from .meta import get_meta, set_meta
+from .quarantine import is_valid_text
 from .schema import PathKey, SupRsyncFile
 
 F = SupRsyncFile
@@ -50,6 +51,8 @@ def _record(session: Session, low: int, high: int) -> int:
         F.id >= low, F.id <= high, not_canonical_sql())).all()
     found: dict[int, tuple[str, str]] = {}
     for file_id, archive, remote in rows:
+        if not is_valid_text(archive):
+            continue  # in no archive an agent can serve (nor a record can name)
         try:
             found[file_id] = (archive, normalize_remote_path(remote))
         except (ValueError, TypeError):
