@@ -117,6 +117,9 @@ class World:
         self.agents: dict[str, Agent] = {}
         self.log: list[str] = []
         self.files: list[str] = []
+        #: Files the producer wrote through a folder swapped for a link out of the tree:
+        #: its data, which it registers and which may be shipped and deleted.
+        self.written_outside: set[Path] = set()
         self.top_names: set[str] = set()
         self.secret_made: dict[str, str] = {}  # secret path -> the mutation that made it
         self.crashes: list[str] = []
@@ -147,6 +150,9 @@ class World:
         old = time.time() - 3600
         os.utime(path, (old, old))
         self.files.append(str(path))
+        real = path.resolve()
+        if not real.is_relative_to(self.local.resolve()):
+            self.written_outside.add(real)
         return str(path)
 
     def in_tree(self, path: str) -> bool:
@@ -726,7 +732,7 @@ def play_round(base: Path, round_seed: int, tally: Tally, deadline: float,
                 for _ in range(rng.randint(0, 2)):
                     MUTATIONS[rng.choice(mutations)](w)
             fence = snapshot_fence(w.base, [w.local, *w.dests.values(), *w.more.values(),
-                                            w.file_root,
+                                            w.file_root, *w.written_outside,
                                             *(Path(str(w.db) + s)
                                               for s in CATALOG_FILE_SUFFIXES)])
             result = agent_step(w)
