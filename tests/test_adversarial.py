@@ -24,6 +24,7 @@ rows it names; the test fails at the end listing one example of each distinct ki
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -624,6 +625,9 @@ def run_in_process(w: World, archive: str) -> StepResult:
         w.agents[archive] = agent
     result = StepResult(f"Agent.iterate() for {archive}")
     outcome: list[BaseException] = []
+    # The agent survives an error no rule foresaw and logs its traceback: a crash here.
+    unforeseen = UnforeseenErrors()
+    logging.getLogger("suprsync").addHandler(unforeseen)
 
     def target() -> None:
         try:
@@ -634,6 +638,9 @@ def run_in_process(w: World, archive: str) -> StepResult:
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     thread.join(PROCESS_TIMEOUT)
+    logging.getLogger("suprsync").removeHandler(unforeseen)
+    result.crashes += [f"Agent.iterate() for {archive} failed unexpectedly:\n{text}"
+                       for text in unforeseen.texts]
     if thread.is_alive():
         result.crashes.append(f"Agent.iterate() for {archive} hung > {PROCESS_TIMEOUT} s")
         agent.stop()
@@ -643,6 +650,18 @@ def run_in_process(w: World, archive: str) -> StepResult:
     elif outcome:
         result.crashes.append(f"Agent.iterate() for {archive} raised {outcome[0]!r}")
     return result
+
+
+class UnforeseenErrors(logging.Handler):
+    """Collects the tracebacks the agent logs for errors no rule foresaw."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.texts: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "failed unexpectedly" in record.getMessage():
+            self.texts.append(self.format(record)[-1500:])
 
 
 def agent_step(w: World) -> StepResult:
