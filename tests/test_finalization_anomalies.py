@@ -454,6 +454,31 @@ def test_a_late_file_given_the_id_of_a_deleted_top_row_is_still_found(
     check(tmp_path)
 
 
+@pytest.mark.parametrize("spelling", ["./{tc}/crate1/a.g3", "{tc}//crate1/a.g3"])
+def test_a_file_spelled_otherwise_that_is_not_sent_holds_its_dir_back(
+        tmp_path: Path, spelling: str) -> None:
+    """Another program registers a second file at a dir's path, spelled otherwise and
+    with other content: it is a collision, never sent, and the dir is not finalized
+    without it (downstream would believe the dir complete)."""
+    clock = Clock(NOW)
+    agent = agent_for(tmp_path, clock)
+    tc = NOW_TC - 3
+    add(agent, tmp_path, f"{tc}/crate1/a.g3")
+    other = make_file(tmp_path / "data", "other/a.g3", b"other content")
+    db = tmp_path / "catalog.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO supersync_v0 (local_path, local_md5sum, archive_name, "
+                     "remote_path, timestamp) VALUES (?, ?, ?, ?, ?)",
+                     (str(other), hashlib.md5(b"other content").hexdigest(), ARCHIVE,
+                      spelling.format(tc=tc), NOW))
+    iterate(agent, clock, 4)
+    assert tcdirs(db)[tc][2] == 0, "finalized without the file spelled otherwise"
+    assert remote_yamls(tmp_path) == []
+    assert other.exists()
+    agent.close()
+    check(tmp_path)
+
+
 KILL_AFTER_YAML = textwrap.dedent("""
     import os, signal, sys
     import suprsync.finalization as tc

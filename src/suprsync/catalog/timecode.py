@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from ..paths import subdir_of, timecode_of
+from ..paths import normalize_remote_path, subdir_of, timecode_of
 from .anomalies import future_limit, timecode_at
 from .dialects import dialect_of, via_unsynced_index
 from .dirrows import in_dir
@@ -196,12 +196,30 @@ def blocked_dirs(session: Session, archive_name: str) -> set[int]:
     One read of the archive's unsynced rows (a partial index: as many entries as
     files waiting or given up on, however long the history).
     """
-    prefixes: set[Any] = set()
+    dirs: set[int] = set()
     for rows in (unsynced_rows(archive_name, F.remote_path.label("path")),
                  pending_copies(archive_name, F.remote_path.label("path"))):
         sub = rows.subquery()
-        prefixes.update(session.scalars(select(func.substr(sub.c.path, 1, 6)).distinct()))
-    return {tc for prefix in prefixes if (tc := _dir_of_prefix(prefix)) is not None}
+        for prefix in session.scalars(select(func.substr(sub.c.path, 1, 6)).distinct()):
+            tc = _dir_of_prefix(prefix)
+            if tc is not None:
+                dirs.add(tc)
+            elif prefix is not None:
+                # Spelled otherwise (``./NNNNN/x``, ``NNNNN//x``): the dir of the
+                # normalized path, read for these few rows alone.
+                paths = session.scalars(select(sub.c.path)
+                                        .where(func.substr(sub.c.path, 1, 6) == prefix))
+                dirs.update(tc for p in paths if (tc := _dir_of_path(p)) is not None)
+    return dirs
+
+
+def _dir_of_path(remote_path: object) -> int | None:
+    """The timecode dir a remote path lies in once normalized; None for one that is
+    not a path suprsync sends."""
+    try:
+        return timecode_of(normalize_remote_path(remote_path))  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return None
 
 
 def mark_synced(session: Session, archive_name: str) -> list[int]:
