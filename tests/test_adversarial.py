@@ -525,6 +525,25 @@ def mutate_delete(w: World) -> None:
     w.log.append(f"mutation: removed {path!r} (absence expected)")
 
 
+def mutate_take_back_newest(w: World) -> None:
+    """Another program deletes the newest rows (not suprsync's own finalization files):
+    sqlite gives their ids to the next registrations."""
+    conn = sqlite3.connect(w.db, timeout=60)
+    try:
+        newest = conn.execute("SELECT id, CAST(remote_path AS BLOB) FROM supersync_v0 "
+                              "ORDER BY id DESC LIMIT ?", (w.rng.randint(1, 3),)).fetchall()
+        if not newest or any(b"/suprsync/" in bytes(r or b"") for _, r in newest):
+            return
+        low = min(i for i, _ in newest)
+        conn.execute("DELETE FROM supersync_v0 WHERE id >= ?", (low,))
+        conn.commit()
+    finally:
+        conn.close()
+    w.covered["newest_rows_taken_back"] += 1
+    w.log.append(f"mutation: rows from id {low} up deleted (sqlite gives their ids again)")
+    register_some(w, w.rng.randint(1, 3))
+
+
 def mutate_register_more(w: World) -> None:
     register_some(w, w.rng.randint(1, 3))
 
@@ -535,6 +554,7 @@ MUTATIONS: dict[str, Callable[[World], None]] = {
     "symlink_component": mutate_symlink_component,
     "delete_local": mutate_delete,
     "register_more": mutate_register_more,
+    "take_back_newest": mutate_take_back_newest,
 }
 
 
