@@ -377,7 +377,7 @@ def update_timecode_dirs(manager: SupRsyncFilesManager, archive_name: str, file_
     def look(session: Session) -> tuple[list[int], float | None, int, str | None, list,
                                          int | None]:
         top = settled if settled is not None else max_file_id(session)
-        reused = None  # the id a scan had passed whose row is no longer the one read
+        reused = None  # the last id read, when ids up to it may have been given again
         if watch.scanned_up_to is not None:
             after = watch.scanned_up_to if watch.settled else max(0, watch.scanned_up_to
                                                                   - rescan)

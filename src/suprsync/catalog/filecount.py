@@ -23,7 +23,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from .dialects import STATISTICS, TRIGGERS, dialect_of
-from .meta import get_meta, set_meta
+from .meta import get_meta, install_counter, set_meta
 from .schema import CatalogMeta, SupRsyncFile
 from .settings import FILES_TABLE
 
@@ -83,16 +83,8 @@ def parse(value: str | None) -> Count | None:
 
 def install_mark(session: Session) -> None:
     """Create the mark and, on sqlite, the triggers that keep it (when missing)."""
-    if dialect_of(session).deletion_mark != TRIGGERS:
-        return
-    if get_meta(session, MARK_KEY) is None:
-        set_meta(session, MARK_KEY, "0")
-    names = set(session.scalars(text(
-        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"),
-        {"t": FILES_TABLE}))
-    for name, statement in SQLITE_TRIGGERS.items():
-        if name not in names:
-            session.execute(text(statement))
+    if dialect_of(session).deletion_mark == TRIGGERS:
+        install_counter(session, MARK_KEY, SQLITE_TRIGGERS)
 
 
 def deletion_mark(session: Session) -> int | None:

@@ -16,11 +16,10 @@ On PostgreSQL ids come from a sequence and are never given twice.
 
 from __future__ import annotations
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from .dialects import dialect_of
-from .meta import get_meta, set_meta
+from .meta import get_meta, install_counter
 from .schema import (
     CatalogMeta,
     Conflict,
@@ -56,16 +55,8 @@ SQLITE_TRIGGERS = {
 
 def install(session: Session) -> None:
     """Create the count and its triggers where ids can be given again (when missing)."""
-    if not dialect_of(session).reuses_ids:
-        return
-    if get_meta(session, NEWEST_KEY) is None:
-        set_meta(session, NEWEST_KEY, "0")
-    names = set(session.scalars(text(
-        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"),
-        {"t": FILES_TABLE}))
-    for name, statement in SQLITE_TRIGGERS.items():
-        if name not in names:
-            session.execute(text(statement))
+    if dialect_of(session).reuses_ids:
+        install_counter(session, NEWEST_KEY, SQLITE_TRIGGERS)
 
 
 def id_mark(session: Session) -> str | None:

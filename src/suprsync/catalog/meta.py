@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from .inserts import insert_missing
 from .schema import CatalogMeta
+from .settings import FILES_TABLE
 
 #: Meta key prefix: the retention policy an archive's agent runs with.
 DELETE_RULE_PREFIX = "delete_after:"
@@ -26,6 +27,19 @@ def set_meta(session: Session, key: str, value: str | None) -> None:
     """Store value under key (replacing what was there)."""
     insert_missing(session, CatalogMeta.__table__, [{"key": key, "value": value}])
     session.execute(update(CatalogMeta).where(CatalogMeta.key == key).values(value=value))
+
+
+def install_counter(session: Session, key: str, triggers: dict[str, str]) -> None:
+    """Create a count under key (0) and the sqlite triggers on the files table that
+    keep it (name -> CREATE statement), those missing."""
+    if get_meta(session, key) is None:
+        set_meta(session, key, "0")
+    names = set(session.scalars(text(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = :t"),
+        {"t": FILES_TABLE}))
+    for name, statement in triggers.items():
+        if name not in names:
+            session.execute(text(statement))
 
 
 def publish_policy(session: Session, archive_name: str, text: str) -> None:

@@ -155,7 +155,7 @@ TC_SCAN_CHUNK = 20_000
 
 #: Meta key prefix: ``low high`` of the file ids scanned for timecode dirs, per archive.
 TC_SCAN_PREFIX = "timecode_dirs_scanned:"
-#: Meta key prefix (then the archive): the row at the highest id scanned (see idmarks).
+#: Meta key prefix (then the archive): the count of idmarks when the highest id was scanned.
 TC_SCAN_MARK_PREFIX = "timecode_dirs_scanned_mark:"
 
 
